@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv when needed and installs raftlite into it (building io/native).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.raftlite-installed
+TEST_TIME_LIMIT := 18m
+
+.PHONY: install demo test test-slow bench clean
+
+$(STAMP): pyproject.toml setup.py io/native/_aio_build.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m raftlite sim run --seed 1 --nodes 3 --duration 20 --nemesis all --timeline
+
+# Fails loudly if the suite runs past $(TEST_TIME_LIMIT) (CI allows 90 minutes; we aim
+# well under 20).
+test: $(STAMP)
+	@status=0; timeout --kill-after=30s $(TEST_TIME_LIMIT) $(PY) -m pytest -m "not slow" || status=$$?; \
+	if [ $$status -eq 124 ]; then echo "FAILED: make test ran past $(TEST_TIME_LIMIT) and was stopped" >&2; fi; \
+	exit $$status
+
+# Long sweeps and soaks that do not belong in `make test`.
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+bench: $(STAMP)
+	$(PY) -m raftlite sim bench --nodes 5 --duration 60
+	$(PY) bench/native_io_bench.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache io/native/_aio*.so io/native/_aio.c

@@ -1,0 +1,47 @@
+"""Node configuration: one frozen value with a limit on everything, unit last in the name."""
+
+from dataclasses import dataclass, fields
+
+__all__ = ["Config", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range or inconsistent with another."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    # Failure detection and elections. Followers wait a randomized timeout in
+    # [election_timeout_ms, 2 * election_timeout_ms) before campaigning.
+    election_timeout_ms: float = 1000.0
+    heartbeat_interval_ms: float = 100.0
+    # Replication flow control.
+    append_batch_bytes_max: int = 1 << 20
+    append_entries_max: int = 512
+    inflight_appends_max: int = 64
+    inflight_bytes_max: int = 32 << 20
+    # Nothing larger crosses a connection; bigger payloads are chunked.
+    message_bytes_max: int = 64 << 20
+    # Every queue is bounded.
+    outbound_queue_messages_max: int = 4096
+    client_queue_requests_max: int = 1024
+
+    def validate(self) -> "Config":
+        """Raise ConfigError naming the first bad field; return self for chaining."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{field.name} must be a number, got {value!r}")
+            if value <= 0:
+                raise ConfigError(f"{field.name} must be positive, got {value!r}")
+        if self.heartbeat_interval_ms * 2 > self.election_timeout_ms:
+            raise ConfigError(
+                "heartbeat_interval_ms must be at most half of election_timeout_ms "
+                f"(got {self.heartbeat_interval_ms} and {self.election_timeout_ms}): "
+                "otherwise a single late heartbeat triggers an election"
+            )
+        if self.append_batch_bytes_max > self.message_bytes_max:
+            raise ConfigError("append_batch_bytes_max must not exceed message_bytes_max")
+        if self.inflight_bytes_max < self.append_batch_bytes_max:
+            raise ConfigError("inflight_bytes_max must hold at least one full append batch")
+        return self

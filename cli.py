@@ -1,0 +1,125 @@
+"""The `raftlite` command line.
+
+    raftlite sim run   --seed S --nodes N --duration SECONDS [--nemesis LIST] [--trace FILE]
+    raftlite sim bench [--nodes N] [--duration SECONDS]
+
+User mistakes (bad flags, unknown nemesis, unwritable trace file) print one clear line
+and exit with status 2; they never print a traceback.
+"""
+
+import argparse
+import sys
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected zero or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raftlite", description="raftlite: replicated SQLite over Raft")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sim = commands.add_parser("sim", help="deterministic simulations with fault injection")
+    sim_commands = sim.add_subparsers(dest="sim_command", required=True, metavar="SUBCOMMAND")
+
+    run = sim_commands.add_parser("run", help="one seeded run with faults, then a summary and trace hash")
+    run.add_argument("--seed", type=_non_negative_int, required=True)
+    run.add_argument("--nodes", type=_positive_int, default=3)
+    run.add_argument("--duration", type=_positive_float, default=10.0, help="simulated seconds of faults")
+    run.add_argument("--nemesis", default="none", help="comma list of fault kinds, or 'all' (default: none)")
+    run.add_argument("--actor", default="heartbeat", help="which actor to run (default: heartbeat)")
+    run.add_argument("--trace", metavar="FILE", help="write every event as JSON lines to FILE")
+    run.add_argument("--timeline", action="store_true", help="print the plain-text timeline of faults")
+
+    bench = sim_commands.add_parser("bench", help="simulator speed: events per wall second")
+    bench.add_argument("--nodes", type=_positive_int, default=5)
+    bench.add_argument("--duration", type=_positive_float, default=20.0, help="simulated seconds")
+    bench.add_argument("--seed", type=_non_negative_int, default=1)
+    return parser
+
+
+def _sim_run(args: argparse.Namespace) -> int:
+    from raftlite.sim.nemesis import NemesisError, parse_nemesis_list
+    from raftlite.sim.run import ACTORS, run_simulation
+
+    try:
+        kinds = parse_nemesis_list(args.nemesis)
+    except NemesisError as error:
+        raise UsageError(str(error)) from None
+    if args.actor not in ACTORS:
+        raise UsageError(f"unknown actor {args.actor!r}; choose from {', '.join(sorted(ACTORS))}")
+    sink = None
+    if args.trace:
+        try:
+            sink = open(args.trace, "w", encoding="utf-8")
+        except OSError as error:
+            raise UsageError(f"cannot write trace file {args.trace}: {error.strerror}") from None
+    try:
+        summary, sim = run_simulation(
+            seed=args.seed, nodes=args.nodes, duration_ms=args.duration * 1000.0, nemesis=kinds,
+            actor=args.actor, trace_sink=sink, keep_trace=args.timeline,
+        )
+    finally:
+        if sink is not None:
+            sink.close()
+    if args.timeline:
+        print(sim.trace.timeline())
+    print(summary.render())
+    return 0
+
+
+def _sim_bench(args: argparse.Namespace) -> int:
+    from raftlite.sim.bench import run_benchmark
+
+    print(run_benchmark(nodes=args.nodes, duration_s=args.duration, seed=args.seed).render())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "sim" and args.sim_command == "run":
+            return _sim_run(args)
+        if args.command == "sim" and args.sim_command == "bench":
+            return _sim_bench(args)
+    except UsageError as error:
+        print(f"raftlite: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    parser.error("unknown command")
+    return 2

@@ -1,0 +1,12 @@
+"""Test-wide settings: hypothesis never uses wall-clock deadlines, and is derandomized
+under CI so a red run can be reproduced from the same commit."""
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "ci", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow], print_blob=True,
+)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
