@@ -110,7 +110,7 @@ class SimNode:
             files=self.disk.durable_files(),
             scratch_dir=self.scratch_dir,
         )
-        sim.trace.record(env.now, self.node_id, "start", {"incarnation": self.incarnation})
+        sim.trace.record(env.now, self.node_id, "start", {"life": self.incarnation})
         self._run(self.actor.on_start, (self.ctx,))
 
     def crash(self, mode: str | None = None) -> None:

@@ -94,6 +94,7 @@ def test_wheel_from_git_archive_holds_every_subpackage_and_nothing_else(tmp_path
     code_files = [name for name in names if not name.startswith("raftlite-") or not ".dist-info/" in name]
     assert not [name for name in code_files if "/tests/" in name or name.startswith("tests/")]
     assert "raftlite/setup.py" not in names
+    assert any(name.startswith("raftlite/io/native/_aio") and name.endswith(".so") for name in names)
     assert "raftlite/io/native/_aio_build.py" not in names
     top_level_files = sorted(
         name for name in code_files if name.count("/") == 1 and name.startswith("raftlite/")

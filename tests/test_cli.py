@@ -1,0 +1,48 @@
+"""The `raftlite` command line: useful output, and clear errors without tracebacks."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def raftlite(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raftlite", *args], capture_output=True, text=True, timeout=50)
+
+
+def test_sim_run_prints_a_summary_with_the_trace_hash(tmp_path):
+    trace = tmp_path / "trace.jsonl"
+    result = raftlite("sim", "run", "--seed", "3", "--nodes", "3", "--duration", "5", "--nemesis", "crash,partition",
+                      "--trace", str(trace), "--timeline")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1].startswith("trace hash ") and len(lines[-1].split()[-1]) == 64
+    assert any(line.startswith("seed 3: 3 nodes") for line in lines)
+    assert any(" crash " in line for line in lines)                   # the timeline
+    assert trace.read_text().count("\n") > 100
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["sim", "run", "--seed", "x"], "expected a whole number, got 'x'"),
+        (["sim", "run", "--seed", "1", "--nodes", "0"], "expected a positive number, got 0"),
+        (["sim", "run", "--seed", "1", "--nemesis", "crash,meteor"], "unknown nemesis meteor"),
+        (["sim", "run", "--seed", "1", "--trace", "/nonexistent/dir/t.jsonl"], "cannot write trace file"),
+        (["sim", "run", "--seed", "1", "--actor", "nope"], "unknown actor 'nope'"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_user_mistakes_get_one_clear_line_and_status_2(args, message):
+    result = raftlite(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sim_bench_reports_events_per_second():
+    result = raftlite("sim", "bench", "--nodes", "3", "--duration", "2")
+    assert result.returncode == 0, result.stderr
+    assert "events/s" in result.stdout and "%]" in result.stderr   # figure + progress lines
