@@ -83,10 +83,11 @@ def test_wheel_from_git_archive_holds_every_subpackage_and_nothing_else(tmp_path
     subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
     # --no-isolation: the build dependencies (setuptools, cffi) are the test venv's own,
     # so the test needs no network.
-    subprocess.run(
+    built = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path / "dist"), str(source)],
-        check=True, capture_output=True, timeout=240,
+        capture_output=True, text=True, timeout=240,
     )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("raftlite-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     packages = {os.path.dirname(name) for name in names if name.endswith("__init__.py")}
