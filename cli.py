@@ -1,6 +1,7 @@
 """The `raftlite` command line.
 
     raftlite sim run   --seed S --nodes N --duration SECONDS [--nemesis LIST] [--trace FILE]
+    raftlite sim check --seeds A..B --nodes N [--nemesis LIST] [--duration SECONDS]
     raftlite sim bench [--nodes N] [--duration SECONDS]
 
 User mistakes (bad flags, unknown nemesis, unwritable trace file) print one clear line
@@ -64,6 +65,12 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace", metavar="FILE", help="write every event as JSON lines to FILE")
     run.add_argument("--timeline", action="store_true", help="print the plain-text timeline of faults")
 
+    check = sim_commands.add_parser("check", help="a sweep of seeded raft runs with the safety checkers on")
+    check.add_argument("--seeds", required=True, help="A..B (inclusive) or one seed")
+    check.add_argument("--nodes", type=_positive_int, default=3)
+    check.add_argument("--nemesis", default="all", help="comma list of fault kinds, or 'all' (default: all)")
+    check.add_argument("--duration", type=_positive_float, default=10.0, help="simulated seconds of faults per seed")
+
     bench = sim_commands.add_parser("bench", help="simulator speed: events per wall second")
     bench.add_argument("--nodes", type=_positive_int, default=5)
     bench.add_argument("--duration", type=_positive_float, default=20.0, help="simulated seconds")
@@ -101,6 +108,20 @@ def _sim_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_check(args: argparse.Namespace) -> int:
+    from raftlite.sim.nemesis import NemesisError, parse_nemesis_list
+    from raftlite.sim.sweep import parse_seed_range, sweep
+
+    try:
+        kinds = parse_nemesis_list(args.nemesis)
+        seeds = parse_seed_range(args.seeds)
+    except (NemesisError, ValueError) as error:
+        raise UsageError(str(error)) from None
+    result = sweep(seeds=seeds, nodes=args.nodes, nemesis=kinds, nemesis_text=args.nemesis, duration_s=args.duration)
+    print(result.render())
+    return 1 if result.failures else 0
+
+
 def _sim_bench(args: argparse.Namespace) -> int:
     from raftlite.sim.bench import run_benchmark
 
@@ -114,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "sim" and args.sim_command == "run":
             return _sim_run(args)
+        if args.command == "sim" and args.sim_command == "check":
+            return _sim_check(args)
         if args.command == "sim" and args.sim_command == "bench":
             return _sim_bench(args)
     except UsageError as error:

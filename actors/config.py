@@ -25,6 +25,15 @@ class Config:
     # Every queue is bounded.
     outbound_queue_messages_max: int = 4096
     client_queue_requests_max: int = 1024
+    # Snapshots and log compaction: snapshot once this many entries were applied since
+    # the last one, keeping this many entries before it for lagging followers.
+    snapshot_threshold_entries: int = 1024
+    snapshot_trailing_entries: int = 128
+    snapshot_chunk_bytes: int = 256 << 10
+    # Durable raft log segments roll over at this size.
+    segment_bytes_max: int = 8 << 20
+    # A promotion to voter waits at most this long for the node to catch up.
+    promotion_timeout_ms: float = 30_000.0
 
     def validate(self) -> "Config":
         """Raise ConfigError naming the first bad field; return self for chaining."""
@@ -34,6 +43,8 @@ class Config:
                 raise ConfigError(f"{field.name} must be a number, got {value!r}")
             if value <= 0:
                 raise ConfigError(f"{field.name} must be positive, got {value!r}")
+        if self.snapshot_trailing_entries >= self.snapshot_threshold_entries:
+            raise ConfigError("snapshot_trailing_entries must be below snapshot_threshold_entries")
         if self.heartbeat_interval_ms * 2 > self.election_timeout_ms:
             raise ConfigError(
                 "heartbeat_interval_ms must be at most half of election_timeout_ms "

@@ -49,6 +49,8 @@ __all__ = [
     "Reply",
     "Send",
     "SetTimer",
+    "StatusRequest",
+    "StatusResponse",
     "Sync",
     "Truncate",
     "Write",
@@ -161,6 +163,20 @@ class IoResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+# --- client requests every actor answers -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusResponse:
+    node_id: NodeId
+    status: Mapping[str, Any]
 
 
 # --- context ----------------------------------------------------------------------------

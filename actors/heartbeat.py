@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Hashable, Mapping
 
-from raftlite.actors.contract import Client, Context, IoResult, NodeId
+from raftlite.actors.contract import Client, Context, IoResult, NodeId, StatusRequest, StatusResponse
 from raftlite.core.records import encode_record, scan_records
 
 __all__ = ["Heartbeat", "HeartbeatDetector", "StatusRequest", "StatusResponse"]
@@ -33,17 +33,6 @@ _JOURNAL_ENTRY = struct.Struct("<dBI")  # local time ms, event (1 suspect, 0 tru
 class Heartbeat:
     incarnation: int
     sequence: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StatusRequest:
-    pass
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StatusResponse:
-    node_id: NodeId
-    status: Mapping[str, Any]
 
 
 class HeartbeatDetector:

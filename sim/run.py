@@ -1,20 +1,37 @@
-"""One seeded simulation run from start to summary: what `raftlite sim run` does."""
+"""One seeded simulation run from start to summary: what `raftlite sim run` and each seed
+of `raftlite sim check` do."""
 
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, TextIO
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, TextIO
 
 from raftlite.actors.config import Config
 from raftlite.actors.heartbeat import HeartbeatDetector
+from raftlite.actors.raft_node import ClientError, Propose, ProposeResult, RaftNode
+from raftlite.core.raft import State
+from raftlite.core.raft_types import Configuration, Role
 from raftlite.sim.nemesis import Nemesis
-from raftlite.sim.simulation import Simulation
+from raftlite.sim.raft_checkers import RaftChecker
+from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
 from raftlite.sim.trace import Trace
 
 __all__ = ["ACTORS", "RunSummary", "run_simulation"]
 
-# Actors a run can drive, by name. Later work adds the raft node and the database.
-ACTORS: dict[str, Callable[[int], Any]] = {
-    "heartbeat": lambda node_id: HeartbeatDetector(),
+
+def _heartbeat(founders: Sequence[int]) -> Callable[[int], Any]:
+    return lambda node_id: HeartbeatDetector()
+
+
+def _raft(founders: Sequence[int]) -> Callable[[int], Any]:
+    bootstrap = Configuration.of({node: Role.VOTER for node in founders})
+    return lambda node_id: RaftNode(bootstrap=bootstrap if node_id in founders else None)
+
+
+# Actors a run can drive, by name: each builder takes the founding members' ids and
+# returns the factory the simulator calls for every (re)start of a node.
+ACTORS: dict[str, Callable[[Sequence[int]], Callable[[int], Any]]] = {
+    "heartbeat": _heartbeat,
+    "raft": _raft,
 }
 
 
@@ -29,6 +46,14 @@ class RunSummary:
     trace_hash: str
     faults: dict[str, int]
     status: dict[int, dict[str, Any]]
+    violation: str | None = None
+    problems: tuple[str, ...] = ()
+    acknowledged: int = 0
+    recovery_ms: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.violation is None and not self.problems
 
     @property
     def events_per_second(self) -> float:
@@ -41,11 +66,69 @@ class RunSummary:
             f"events {self.events} ({self.events_per_second:,.0f}/s), trace lines {self.trace_events}",
             "faults " + (", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"),
         ]
+        if self.acknowledged:
+            recovery = f"{self.recovery_ms:.0f} ms" if self.recovery_ms is not None else "never"
+            lines.append(f"acknowledged writes {self.acknowledged}; after the final heal a write committed in {recovery}")
         for node_id, status in self.status.items():
             details = " ".join(f"{key}={value}" for key, value in status.items())
             lines.append(f"  n{node_id}: {details}")
+        if self.violation:
+            lines.append(f"SAFETY VIOLATION: {self.violation}")
+        for problem in self.problems:
+            lines.append(f"PROBLEM: {problem}")
         lines.append(f"trace hash {self.trace_hash}")
         return "\n".join(lines)
+
+
+@dataclass
+class _ProposalLoad:
+    """Proposes a steady stream of commands, each to a random up node (clients do not
+    know the leader; a refusal is part of the workload)."""
+
+    sim: Simulation
+    interval_ms: float
+    stop_at_ms: float
+    sent: int = 0
+    acknowledged: int = 0
+    clients: list = field(default_factory=list)
+
+    def start(self) -> None:
+        self.rng = self.sim.rng
+        self.sim.call_later(self.interval_ms, self._tick)
+
+    def _tick(self) -> None:
+        if self.sim.now_ms >= self.stop_at_ms:
+            return
+        up = self.sim.up_nodes()
+        if up:
+            self.sent += 1
+            self.clients.append(self.sim.submit(self.rng.choice(up), Propose(data=b"w%d" % self.sent)))
+        self.sim.call_later(self.interval_ms, self._tick)
+
+    def count_acknowledged(self) -> int:
+        return sum(1 for c in self.clients for r in self.sim.replies.get(c, ()) if isinstance(r, ProposeResult))
+
+
+def _leader(sim: Simulation) -> int | None:
+    for node_id in sim.node_ids:
+        raft = getattr(sim.nodes[node_id].actor, "raft", None)
+        if raft is not None and raft.state == State.LEADER and sim.nodes[node_id].state == NodeState.UP:
+            return node_id
+    return None
+
+
+def _await_recovery(sim: Simulation, limit_ms: float) -> float | None:
+    """After the final heal: time until a leader commits a fresh proposal, or None."""
+    started = sim.now_ms
+    pending = None
+    while sim.now_ms - started < limit_ms:
+        leader = _leader(sim)
+        if pending is not None and any(isinstance(r, ProposeResult) for r in sim.replies.get(pending, ())):
+            return sim.now_ms - started
+        if leader is not None and (pending is None or any(isinstance(r, ClientError) for r in sim.replies.get(pending, ()))):
+            pending = sim.submit(leader, Propose(data=b"liveness-probe"))
+        sim.run_for(10.0)
+    return None
 
 
 def run_simulation(
@@ -59,23 +142,52 @@ def run_simulation(
     trace_sink: TextIO | None = None,
     keep_trace: bool = False,
     quiet_period_ms: float | None = None,
+    proposal_interval_ms: float = 20.0,
 ) -> tuple[RunSummary, Simulation]:
-    """Run `duration_ms` with faults, heal everything, then a quiet period to settle."""
+    """Run `duration_ms` with faults, heal everything, then a quiet period to settle.
+
+    With the raft actor, a client load proposes throughout, the safety checkers run
+    after every step, and after the heal a write must commit within 10 x the maximum
+    election timeout (TigerBeetle's liveness mode)."""
     config = (config or Config()).validate()
     trace = Trace(keep=keep_trace, sink=trace_sink)
+    founders = list(range(1, nodes + 1))
     sim = Simulation(
-        seed=seed, node_ids=range(1, nodes + 1), actor_factory=ACTORS[actor], config=config, trace=trace,
+        seed=seed, node_ids=founders, actor_factory=ACTORS[actor](founders), config=config, trace=trace,
     )
-    quiet = quiet_period_ms if quiet_period_ms is not None else 10 * 2 * config.election_timeout_ms
+    liveness_limit = 10 * 2 * config.election_timeout_ms
+    quiet = quiet_period_ms if quiet_period_ms is not None else liveness_limit
     chaos = Nemesis(sim, nemesis)
+    checker = None
+    load = None
+    if actor == "raft":
+        checker = RaftChecker(sim).attach()
+        sim.actor_hooks.append(checker.instrument)
+        load = _ProposalLoad(sim, proposal_interval_ms, stop_at_ms=duration_ms)
+        load.start()
+    violation = None
+    problems: list[str] = []
+    recovery_ms = None
     started = time.perf_counter()
-    sim.start()
-    chaos.start(heal_at_ms=duration_ms)
-    sim.run_until(duration_ms + quiet)
+    try:
+        sim.start()
+        chaos.start(heal_at_ms=duration_ms)
+        sim.run_until(duration_ms)
+        if checker is not None:
+            recovery_ms = _await_recovery(sim, liveness_limit)
+            if recovery_ms is None:
+                problems.append(f"liveness: no write committed within {liveness_limit:.0f} ms of the final heal")
+            sim.run_for(max(0.0, quiet - (recovery_ms or liveness_limit)) + 4 * config.heartbeat_interval_ms)
+            problems.extend(checker.check_convergence())
+        else:
+            sim.run_until(duration_ms + quiet)
+    except SimulationFailure as failure:
+        violation = str(failure)
     wall = time.perf_counter() - started
     summary = RunSummary(
         seed=seed, nodes=nodes, simulated_ms=sim.now_ms, wall_seconds=wall, events=sim.events,
         trace_events=trace.count, trace_hash=trace.hexdigest(), faults=dict(chaos.injected),
-        status=sim.status(),
+        status=sim.status(), violation=violation, problems=tuple(problems),
+        acknowledged=load.count_acknowledged() if load else 0, recovery_ms=recovery_ms,
     )
     return summary, sim

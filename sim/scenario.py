@@ -22,7 +22,16 @@ Commands (node ids are integers, times are simulated milliseconds):
     disk-eio N COUNT | disk-full N | disk-space N [BYTES] | corrupt N [FILE OFFSET BIT]
     files N                     the node's durable files: size and checksummed records
     trace [KIND ...]            trace events since the previous `trace` (filtered by kind)
-    request N STATUS            a client StatusRequest to node N and its reply
+    request N status            a client StatusRequest to node N and its reply
+
+Raft actor (`nodes N actor=raft [extra=K]`: K more nodes that are not founding members):
+
+    propose N TEXT [wait=MS]    a client proposal to node N; prints replies within MS (200)
+    read N [wait=MS]            a linearizable read through node N
+    transfer N TARGET           ask leader N to hand leadership to TARGET
+    member N NODE ROLE          ask leader N to make NODE a voter/standby/spare, or remove it
+    replies                     replies that arrived since they were last printed
+    log N                       node N's log as index:term:kind (kind n/c/- for normal/config/noop)
 """
 
 import json
@@ -30,6 +39,9 @@ from typing import Callable
 
 from raftlite.actors.config import Config
 from raftlite.actors.heartbeat import StatusRequest
+from raftlite.actors.raft_node import ChangeMembership, Propose, Read, TransferLeadership
+from raftlite.core.raft_types import Role
+from raftlite.sim.raft_checkers import RaftChecker
 from raftlite.core.records import scan_records
 from raftlite.sim.network import bridge, halves, isolate, majorities_ring, one_way, symmetric_cut
 from raftlite.sim.run import ACTORS
@@ -68,7 +80,10 @@ class ScenarioRunner:
             "pause": self._pause, "resume": self._resume, "skew": self._skew, "drift": self._drift,
             "disk-eio": self._disk_eio, "disk-full": self._disk_full, "disk-space": self._disk_space,
             "corrupt": self._corrupt, "files": self._files, "trace": self._trace, "request": self._request,
+            "propose": self._propose, "read": self._read, "transfer": self._transfer, "member": self._member,
+            "replies": self._replies, "log": self._log,
         }
+        self.clients: list = []
 
     def execute(self, line: str) -> str:
         words = line.split()
@@ -106,14 +121,19 @@ class ScenarioRunner:
     def _nodes(self, words: list[str]) -> str:
         count = _ints(words[:1])[0]
         options = dict(word.split("=", 1) for word in words[1:])
+        extra = int(options.get("extra", 0))
         config = Config(
             heartbeat_interval_ms=float(options.get("heartbeat-ms", 100)),
             election_timeout_ms=float(options.get("timeout-ms", 1000)),
         )
         self.sim = Simulation(
-            seed=int(options.get("seed", 1)), node_ids=range(1, count + 1),
-            actor_factory=ACTORS[options.get("actor", "heartbeat")], config=config, trace=Trace(keep=True),
+            seed=int(options.get("seed", 1)), node_ids=range(1, count + extra + 1),
+            actor_factory=ACTORS[options.get("actor", "heartbeat")](list(range(1, count + 1))), config=config,
+            trace=Trace(keep=True),
         )
+        if options.get("actor") == "raft":
+            checker = RaftChecker(self.sim).attach()
+            self.sim.actor_hooks.append(checker.instrument)
         self.sim.start()
         return self._window()
 
@@ -262,6 +282,56 @@ class ScenarioRunner:
         self.sim.run_for(5.0)
         replies = self.sim.replies.pop(client)
         return "\n".join(repr(reply) for reply in replies) or "no reply"
+
+
+    # -- raft requests -------------------------------------------------------------------
+
+    def _submit(self, node_id: int, request, words: list[str]) -> str:
+        options = dict(word.split("=", 1) for word in words if "=" in word)
+        client = self.sim.submit(node_id, request)
+        self.clients.append((node_id, client))
+        self.sim.run_for(float(options.get("wait", 200)))
+        return self._replies([])
+
+    def _propose(self, words: list[str]) -> str:
+        text = " ".join(word for word in words[1:] if "=" not in word)
+        return self._submit(self._node(words), Propose(data=text.encode()), words[1:])
+
+    def _read(self, words: list[str]) -> str:
+        return self._submit(self._node(words), Read(), words[1:])
+
+    def _transfer(self, words: list[str]) -> str:
+        return self._submit(self._node(words), TransferLeadership(target=self._node(words, 1)), words[2:])
+
+    def _member(self, words: list[str]) -> str:
+        roles = {"voter": Role.VOTER, "standby": Role.STANDBY, "spare": Role.SPARE, "remove": None}
+        if len(words) < 3 or words[2] not in roles:
+            raise ScenarioError("usage: member N NODE voter|standby|spare|remove")
+        request = ChangeMembership(node=_ints([words[1]])[0], role=roles[words[2]])
+        return self._submit(self._node(words), request, words[3:])
+
+    def _replies(self, words: list[str]) -> str:
+        lines, waiting = [], []
+        for node_id, client in self.clients:
+            answers = self.sim.replies.get(client, [])
+            if answers:
+                lines.extend(f"n{node_id}: {answer!r}" for answer in answers)
+                answers.clear()
+                continue
+            waiting.append((node_id, client))
+        self.clients = waiting
+        if waiting:
+            lines.append(f"{len(waiting)} pending")
+        return "\n".join(self._events_since(self.window_start) + lines) or "no replies"
+
+    def _log(self, words: list[str]) -> str:
+        raft = getattr(self.sim.nodes[self._node(words)].actor, "raft", None)
+        if raft is None:
+            return "not running"
+        kinds = {0: "n", 1: "-", 2: "c"}
+        entries = [f"{e.index}:{e.term}:{kinds[int(e.kind)]}" for e in raft.entries]
+        base = f"[base {raft.log_base_index}:{raft.log_base_term}] " if raft.log_base_index else ""
+        return base + (" ".join(entries) or "empty")
 
 
 def run_script(text: str) -> str:

@@ -100,6 +100,8 @@ class SimNode:
             shutil.rmtree(self.scratch_dir, ignore_errors=True)
             os.makedirs(self.scratch_dir)
         self.actor = self.actor_factory(self.node_id)
+        for hook in sim.actor_hooks:
+            hook(self.node_id, self.actor)
         clock, env = self.clock, sim.env
         self.ctx = Context(
             node_id=self.node_id,
@@ -235,6 +237,8 @@ class Simulation:
         self.scratch_root = tempfile.mkdtemp(prefix=f"raftlite-sim-{seed}-") if scratch_dir else None
         self.nodes = {n: SimNode(self, n, actor_factory) for n in self.node_ids}
         self.checkers: list[Callable[["Simulation"], None]] = []
+        # Called with (node_id, actor) whenever a node (re)starts, before on_start.
+        self.actor_hooks: list[Callable[[int, Any], None]] = []
         # Decides whether a bit flip at (node, file, offset) is allowed (DESIGN.md §3
         # bounds at-rest corruption); actors with entry-level knowledge install their own.
         self.corruption_guard: Callable[[int, str, int], bool] = self._default_corruption_guard

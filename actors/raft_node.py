@@ -1,0 +1,404 @@
+"""The raft node actor: the raft core, its durable storage and a state machine, behind
+the actor contract.
+
+Theory of operation
+-------------------
+Every input (a peer's message, a client request, the `tick` timer, a disk completion)
+is handed to the pure `Raft` core; then `_process` drains the core's Ready batches and
+turns each into commands, honouring the ordering contract of core/raft.py:
+
+1. `ready.messages` are sent at once (the leader's appends may go before it persists);
+2. what must be durable (hard state, entries, a received snapshot) becomes one storage
+   *persist group* of disk commands;
+3. when that group — and every group before it — has completed, the batch's
+   `messages_after_persist` (votes, append acknowledgements) are sent, its committed
+   entries are applied to the state machine, client requests are answered, and
+   `advance` is called. Batches with nothing to persist wait their turn too, so
+   acknowledgements and applies stay in order.
+
+A storage failure (EIO, ENOSPC) stalls persistence: the node retries the same group
+every tick and never acknowledges anything that is not durable; it never reuses a log
+index (the raft core assigns indexes, and a failed group is rewritten byte for byte).
+Corrupt durable state makes the node refuse to start (`Halt`, naming file and offset).
+
+Client requests are the small message set below; the wire protocol (a later layer)
+maps onto them. A proposal is answered only once its entry is committed and applied;
+if leadership is lost while it is in the log, it fails with `LeadershipLost` (outcome
+unknown); if it never entered the log, with `NotLeader`.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Mapping, Protocol
+
+from raftlite.actors.contract import Client, Context, IoResult, NodeId, StatusRequest, StatusResponse
+from raftlite.actors.raft_storage import RaftStorage
+from raftlite.core.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError
+from raftlite.core.raft import Raft, RaftSettings, Ready, State
+from raftlite.core.raft_log_format import StorageCorruption, recover
+from raftlite.core.raft_types import Configuration, Entry, EntryKind, Role
+
+__all__ = [
+    "ChangeMembership", "ClientError", "DigestStateMachine", "Propose", "ProposeResult", "RaftNode", "Read",
+    "ReadResult", "StateMachine", "StatusRequest", "StatusResponse", "TransferLeadership", "settings_from_config",
+]
+
+
+# -- client requests and answers ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Propose:
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Read:
+    """A linearizable read of the state machine (ReadIndex)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChangeMembership:
+    node: NodeId
+    role: Role | None  # None removes the node
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferLeadership:
+    target: NodeId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProposeResult:
+    index: int
+    term: int
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadResult:
+    index: int
+    value: Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientError:
+    """A refusal: `kind` is "not-leader" (certainly not applied), "leadership-lost"
+    (outcome unknown) or "dropped" (refused before entering the log)."""
+
+    kind: str
+    message: str
+    leader: NodeId | None = None
+
+
+def _client_error(error: RaftError) -> ClientError:
+    if isinstance(error, NotLeader):
+        return ClientError(kind="not-leader", message=str(error), leader=error.leader_hint)
+    if isinstance(error, LeadershipLost):
+        return ClientError(kind="leadership-lost", message=str(error))
+    return ClientError(kind="dropped", message=str(error))
+
+
+# -- the state machine interface -------------------------------------------------------------
+
+
+class StateMachine(Protocol):
+    def apply(self, entry: Entry) -> Any: ...
+
+    def read(self) -> Any: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+class DigestStateMachine:
+    """A minimal real state machine for raft tests: a running digest of applied commands.
+
+    Two replicas that applied the same commands in the same order hold the same digest;
+    its `read` returns (count, digest)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.digest = 0
+
+    def apply(self, entry: Entry) -> Any:
+        if entry.kind != EntryKind.NORMAL:
+            return None
+        self.count += 1
+        # FNV-1a over the previous digest and the command: order-sensitive and cheap.
+        value = self.digest ^ 0xCBF29CE484222325
+        for byte in entry.data:
+            value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+        self.digest = value
+        return self.count
+
+    def read(self) -> Any:
+        return (self.count, self.digest)
+
+    def snapshot(self) -> bytes:
+        return self.count.to_bytes(8, "little") + self.digest.to_bytes(8, "little")
+
+    def restore(self, data: bytes) -> None:
+        self.count = int.from_bytes(data[:8], "little")
+        self.digest = int.from_bytes(data[8:16], "little")
+
+
+def settings_from_config(config) -> RaftSettings:
+    """Raft counts time in ticks; one tick is one heartbeat interval."""
+    tick_ms = config.heartbeat_interval_ms
+    return RaftSettings(
+        election_ticks=max(2, round(config.election_timeout_ms / tick_ms)),
+        heartbeat_ticks=1,
+        append_entries_max=config.append_entries_max,
+        append_batch_bytes_max=config.append_batch_bytes_max,
+        inflight_appends_max=config.inflight_appends_max,
+        inflight_bytes_max=config.inflight_bytes_max,
+        snapshot_chunk_bytes=config.snapshot_chunk_bytes,
+        promotion_timeout_ticks=max(1, round(config.promotion_timeout_ms / tick_ms)),
+    )
+
+
+@dataclass(slots=True)
+class _Batch:
+    ready: Ready
+    group: int | None          # storage persist group, None when nothing to persist
+    durable: bool = False
+
+
+@dataclass(slots=True)
+class _PendingProposal:
+    client: Client
+    term: int
+
+
+class RaftNode:
+    """An actor. `bootstrap` is the initial configuration of a new cluster: a founding
+    node whose storage is empty writes it as log entry 1. A node joining an existing
+    cluster gets None and learns its configuration from the leader."""
+
+    TICK = "tick"
+    RETRY_STORAGE = "retry-storage"
+
+    def __init__(
+        self,
+        *,
+        bootstrap: Configuration | None,
+        state_machine_factory: Callable[[], StateMachine] = DigestStateMachine,
+        settings: RaftSettings | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.state_machine_factory = state_machine_factory
+        self.settings_override = settings
+        self.raft: Raft | None = None
+        # Observers for the simulator's checkers (None outside tests).
+        self.on_apply: Callable[[NodeId, Entry], None] | None = None
+        self.on_acknowledge: Callable[[NodeId, Entry], None] | None = None
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def on_start(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.batches: deque[_Batch] = deque()
+        self.next_group = 0
+        self.proposals: dict[int, _PendingProposal] = {}   # log index -> waiting client
+        self.pending_membership: dict[int, Client] = {}     # CONFIG index -> client
+        self.reads: list[tuple[Client, int | None]] = []    # (client, read index once known)
+        self.read_contexts = 0
+        self.applied_since_snapshot = 0
+        self.storage_errors = 0
+        try:
+            recovered = recover(ctx.files)
+        except StorageCorruption as error:
+            ctx.halt(f"refusing to start: {error}")
+            return
+        self.storage = RaftStorage(ctx, recovered, segment_bytes_max=ctx.config.segment_bytes_max)
+        self.state_machine = self.state_machine_factory()
+        if recovered.snapshot is not None:
+            self.state_machine.restore(recovered.snapshot.data)
+        self.raft = Raft(
+            ctx.node_id,
+            settings=self.settings_override or settings_from_config(ctx.config),
+            rng=ctx.rng,
+            configuration=Configuration(),
+            hard_state=recovered.hard_state,
+            snapshot=recovered.snapshot,
+            entries=recovered.entries,
+        )
+        never_initialized = recovered.snapshot is None and not recovered.entries and recovered.hard_state.term == 0
+        if never_initialized and self.bootstrap is not None:
+            self.raft.bootstrap(self.bootstrap)
+        ctx.set_timer(self.TICK, ctx.config.heartbeat_interval_ms)
+        self._process()
+
+    def on_message(self, src: NodeId | Client, message: Any) -> None:
+        if self.raft is None:
+            return
+        if isinstance(src, Client):
+            self._handle_client(src, message)
+        else:
+            self.raft.step(src, message)
+        self._process()
+
+    def on_timer(self, timer: Hashable) -> None:
+        if timer == self.TICK:
+            self.raft.tick()
+            self.ctx.set_timer(self.TICK, self.ctx.config.heartbeat_interval_ms)
+            if self.storage.failed:
+                self.storage.retry()
+            self._process()
+
+    def on_io_done(self, token: Hashable, result: IoResult) -> None:
+        if not result.ok:
+            self.storage_errors += 1
+        for group in self.storage.on_io_done(token, result):
+            for batch in self.batches:
+                if batch.group == group:
+                    batch.durable = True
+        self._complete_batches()
+        self._process()
+
+    # -- clients -------------------------------------------------------------------------
+
+    def _handle_client(self, client: Client, message: Any) -> None:
+        raft = self.raft
+        try:
+            match message:
+                case Propose(data=data):
+                    index = raft.propose(data)
+                    self.proposals[index] = _PendingProposal(client, raft.term)
+                case Read():
+                    self.read_contexts += 1
+                    self.reads.append((client, None))
+                    raft.read_index((client, self.read_contexts))
+                case ChangeMembership(node=node, role=role):
+                    index = raft.change_membership(node, role)
+                    if index is not None:
+                        self.pending_membership[index] = client
+                    else:
+                        self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="promotion pending"))
+                case TransferLeadership(target=target):
+                    raft.transfer_leadership(target)
+                    self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="transfer started"))
+                case StatusRequest():
+                    self.ctx.reply(client, StatusResponse(node_id=self.ctx.node_id, status=self.status()))
+                case _:
+                    self.ctx.reply(client, ClientError(kind="bad-request", message=f"unknown request {type(message).__name__}"))
+        except RaftError as error:
+            self.reads = [(c, i) for c, i in self.reads if c != client]
+            self.ctx.reply(client, _client_error(error))
+
+    # -- the Ready loop ------------------------------------------------------------------
+
+    def _process(self) -> None:
+        raft = self.raft
+        if raft is None:
+            return
+        was_leader = raft.state == State.LEADER
+        while raft.has_ready():
+            ready = raft.ready()
+            for dst, message in ready.messages:
+                self.ctx.send(dst, message)
+            group = None
+            if ready.needs_persist():
+                group = self.next_group
+                self.next_group += 1
+                self.storage.persist(
+                    group, hard_state=ready.hard_state, entries=ready.entries,
+                    truncate_after=ready.truncate_after, snapshot=ready.snapshot,
+                )
+            self.batches.append(_Batch(ready, group, durable=group is None))
+            self._complete_batches()
+        if was_leader and raft.state != State.LEADER:
+            self._fail_pending(LeadershipLost("leadership lost: the outcome is unknown"))
+
+    def _complete_batches(self) -> None:
+        while self.batches and self.batches[0].durable:
+            ready = self.batches.popleft().ready
+            for dst, message in ready.messages_after_persist:
+                self.ctx.send(dst, message)
+            if ready.snapshot is not None:
+                self.state_machine.restore(ready.snapshot.data)
+                self._fail_proposals_up_to(ready.snapshot.meta.index)
+            for entry in ready.committed_entries:
+                self._apply(entry)
+            self.raft.advance(ready)
+            for read_state in ready.read_states:
+                self._read_index_known(read_state.context, read_state.index)
+        self._answer_reads()
+        self._maybe_snapshot()
+
+    def _apply(self, entry: Entry) -> None:
+        result = self.state_machine.apply(entry)
+        self.applied_since_snapshot += 1
+        if self.on_apply is not None:
+            self.on_apply(self.ctx.node_id, entry)
+        proposal = self.proposals.pop(entry.index, None)
+        if proposal is not None:
+            if proposal.term == entry.term:
+                if self.on_acknowledge is not None:
+                    self.on_acknowledge(self.ctx.node_id, entry)
+                self.ctx.reply(proposal.client, ProposeResult(index=entry.index, term=entry.term, result=result))
+            else:
+                # Another leader's entry took the index: ours was certainly not applied.
+                self.ctx.reply(proposal.client, _client_error(NotLeader(self.raft.leader)))
+        client = self.pending_membership.pop(entry.index, None)
+        if client is not None:
+            self.ctx.reply(client, ProposeResult(index=entry.index, term=entry.term, result="membership changed"))
+
+    def _fail_proposals_up_to(self, index: int) -> None:
+        for proposal_index in [i for i in self.proposals if i <= index]:
+            self.ctx.reply(self.proposals.pop(proposal_index).client, _client_error(LeadershipLost("outcome unknown")))
+
+    def _fail_pending(self, error: RaftError) -> None:
+        for index in sorted(self.proposals):
+            self.ctx.reply(self.proposals[index].client, _client_error(error))
+        self.proposals.clear()
+        for index in sorted(self.pending_membership):
+            self.ctx.reply(self.pending_membership[index], _client_error(error))
+        self.pending_membership.clear()
+        for client, _ in self.reads:
+            self.ctx.reply(client, _client_error(NotLeader(self.raft.leader)))
+        self.reads.clear()
+
+    def _read_index_known(self, context: Any, index: int) -> None:
+        client, _ = context
+        self.reads = [(c, index if c == client and i is None else i) for c, i in self.reads]
+
+    def _answer_reads(self) -> None:
+        if not self.reads:
+            return
+        waiting = []
+        for client, index in self.reads:
+            if index is not None and self.raft.applied >= index:
+                self.ctx.reply(client, ReadResult(index=index, value=self.state_machine.read()))
+            else:
+                waiting.append((client, index))
+        self.reads = waiting
+
+    def _maybe_snapshot(self) -> None:
+        config = self.ctx.config
+        if self.applied_since_snapshot < config.snapshot_threshold_entries:
+            return
+        snapshot = self.raft.compact(self.raft.applied, self.state_machine.snapshot(), config.snapshot_trailing_entries)
+        self.applied_since_snapshot = 0
+        if snapshot is not None:
+            group = self.next_group
+            self.next_group += 1
+            self.storage.persist(group, snapshot=snapshot)
+            self.batches.append(_Batch(_EMPTY_READY, group))
+
+    # -- introspection -------------------------------------------------------------------
+
+    def status(self) -> Mapping[str, Any]:
+        if self.raft is None:
+            return {}
+        status = self.raft.status()
+        status["storage_errors"] = self.storage_errors
+        return status
+
+
+_EMPTY_READY = Ready(
+    hard_state=None, truncate_after=None, entries=(), snapshot=None, messages=(), messages_after_persist=(),
+    committed_entries=(), read_states=(),
+)

@@ -1,0 +1,985 @@
+"""The Raft consensus core: a pure state machine in etcd-io/raft's shape.
+
+Theory of operation
+-------------------
+`Raft` holds one node's consensus state. Inputs are method calls: `step(src, message)`
+for a peer's message, `tick()` for the passage of time (the runtime calls it every
+`tick_ms`; all timeouts are counted in ticks), and the requests `propose`,
+`read_index`, `transfer_leadership`, `change_membership`, `compact`. It performs no I/O.
+
+Outputs accumulate until the runtime asks for them with `ready()`, which returns one
+`Ready` batch, and promises to handle it in this order (the ordering contract):
+
+1. persist `ready.hard_state`, `ready.snapshot` and `ready.entries` (discarding the log
+   after `ready.truncate_after` first), all durably;
+2. send `ready.messages` (these may go before persisting: the leader's appends), and
+   only after step 1 completed, `ready.messages_after_persist` (votes and append
+   acknowledgements: etcd-io/raft's persist-then-send rule);
+3. apply `ready.committed_entries` (and install `ready.snapshot` into the state machine);
+   deliver `ready.read_states`;
+4. call `advance(ready)`.
+
+The runtime may step more messages while a Ready is being persisted; it takes the next
+Ready only after `advance`. `advance` marks entries stable only if they are still in the
+log with the same term (a later truncation may have replaced them meanwhile).
+
+Safety rules enforced here (Raft paper §5, §6, the Raft thesis §3.10, §4, §6, §9):
+- a leader commits only entries of its own term by counting replicas (Figure 8); it
+  counts itself only for entries it has persisted;
+- a vote is granted at most once per term, to candidates whose log is at least as up to
+  date, and a vote is sent only once it is durable;
+- pre-vote and check-quorum: a node that heard from a leader within an election timeout
+  ignores (pre-)vote requests, except for campaigns started by leadership transfer;
+  a leader that has not heard from a quorum within an election timeout steps down;
+- membership changes one server at a time, taking effect when appended and reverted
+  when truncated; proposed only once the leader committed an entry of its term and no
+  other change is pending; promotion to voter only after the node has caught up;
+- ReadIndex: a read is released only after a quorum answered a heartbeat sent after the
+  read arrived, and only once the leader has committed an entry of its term.
+
+Roles change only in `_become_follower`, `_become_pre_candidate`, `_become_candidate`
+and `_become_leader`.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Sequence
+
+from raftlite.core.errors import NotLeader, ProposalDropped
+from raftlite.core.invariant import invariant
+from raftlite.core.raft_messages import (
+    AppendRequest, AppendResponse, HeartbeatRequest, HeartbeatResponse, SnapshotChunk, SnapshotResponse,
+    TimeoutNow, VoteRequest, VoteResponse,
+)
+from raftlite.core.raft_types import Configuration, Entry, EntryKind, HardState, Role, Snapshot, SnapshotMeta
+
+__all__ = ["Progress", "Raft", "RaftSettings", "Ready", "ReadState", "State"]
+
+
+class State(str, Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaftSettings:
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    append_entries_max: int = 512
+    append_batch_bytes_max: int = 1 << 20
+    inflight_appends_max: int = 64
+    inflight_bytes_max: int = 32 << 20
+    snapshot_chunk_bytes: int = 256 << 10
+    # Promotion to voter waits until the node is this close to the leader's last index,
+    # for at most `promotion_timeout_ticks`.
+    promotion_lag_entries_max: int = 0
+    promotion_timeout_ticks: int = 100
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+    def validate(self) -> "RaftSettings":
+        invariant(self.election_ticks > self.heartbeat_ticks > 0, "need election_ticks > heartbeat_ticks > 0")
+        invariant(self.inflight_appends_max > 0 and self.append_entries_max > 0, "limits must be positive")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    context: Any
+    index: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ready:
+    hard_state: HardState | None
+    truncate_after: int | None
+    entries: tuple[Entry, ...]
+    snapshot: Snapshot | None
+    messages: tuple[tuple[int, Any], ...]
+    messages_after_persist: tuple[tuple[int, Any], ...]
+    committed_entries: tuple[Entry, ...]
+    read_states: tuple[ReadState, ...]
+
+    def needs_persist(self) -> bool:
+        return bool(self.hard_state or self.entries or self.snapshot or self.truncate_after is not None)
+
+
+class ProgressState(str, Enum):
+    PROBE = "probe"          # one append at a time until the match point is found
+    REPLICATE = "replicate"  # optimistic pipelining, bounded by the inflight limits
+    SNAPSHOT = "snapshot"    # sending a snapshot, chunk by chunk
+
+
+@dataclass(slots=True)
+class Progress:
+    """The leader's view of one replica."""
+
+    match: int = 0
+    next: int = 1
+    state: ProgressState = ProgressState.PROBE
+    probe_sent: bool = False
+    inflight: deque = field(default_factory=deque)   # (last index, bytes) of appends in flight
+    inflight_bytes: int = 0
+    recent_active: bool = False
+    snapshot_offset: int = 0
+    heartbeat_sequence: int = 0
+
+    def release_inflight(self, index: int) -> None:
+        while self.inflight and self.inflight[0][0] <= index:
+            self.inflight_bytes -= self.inflight.popleft()[1]
+
+    def reset_inflight(self) -> None:
+        self.inflight.clear()
+        self.inflight_bytes = 0
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    context: Any
+    index: int
+    sequence: int
+
+
+class Raft:
+    def __init__(
+        self,
+        node_id: int,
+        *,
+        settings: RaftSettings,
+        rng,
+        configuration: Configuration,
+        hard_state: HardState = HardState(),
+        snapshot: Snapshot | None = None,
+        entries: Sequence[Entry] = (),
+        applied: int | None = None,
+    ) -> None:
+        """Restart from durable state: `snapshot` (if any), the log `entries` after it,
+        and the bootstrap `configuration` (used when neither names a newer one)."""
+        self.id = node_id
+        self.settings = settings.validate()
+        self.rng = rng
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        # The latest snapshot (served to peers whose next entry was compacted away).
+        self.snapshot = snapshot
+        # The in-memory log holds the entries after the log base. The base is the
+        # snapshot's index at restart; compaction may keep trailing entries before a
+        # newer snapshot's index, so the base can lag the snapshot.
+        self.log_base_index = snapshot.meta.index if snapshot else 0
+        self.log_base_term = snapshot.meta.term if snapshot else 0
+        self.entries: list[Entry] = [e for e in entries if e.index > self.log_base_index]
+        if self.entries:
+            invariant(self.entries[0].index == self.log_base_index + 1, "log must start right after the snapshot")
+        # Durable state given at restart is stable by definition.
+        self.stable_index = self.last_index              # persisted through here
+        self.persist_requested_index = self.last_index   # handed to the runtime through here
+        self.truncate_after: int | None = None           # a truncation not yet handed out
+        self.commit = self.log_base_index
+        self.applied = self.log_base_index if applied is None else applied
+        self.apply_requested_index = self.applied
+        # Membership history: (index of the CONFIG entry, configuration), oldest first.
+        if snapshot:
+            base = [(snapshot.meta.configuration_index, snapshot.meta.configuration)]
+        else:
+            base = [(0, configuration)]
+        self.configurations: list[tuple[int, Configuration]] = base
+        for entry in self.entries:
+            if entry.kind == EntryKind.CONFIG and entry.index > base[0][0]:
+                self.configurations.append((entry.index, Configuration.decode(entry.data)))
+
+        self.state = State.FOLLOWER
+        self.leader: int | None = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_ticks = settings.election_ticks
+        self.votes: dict[int, bool] = {}
+        self.progress: dict[int, Progress] = {}
+        self.transfer_target: int | None = None
+        self.transfer_elapsed = 0
+        self.pending_promotion: tuple[int, int] | None = None  # (node, ticks waited)
+        self.heartbeat_sequence = 0
+        self.pending_reads: list[_PendingRead] = []
+        self.reads_waiting_for_commit: list[Any] = []
+        self.incoming_snapshot: tuple[SnapshotMeta, bytearray] | None = None
+        self.snapshot_to_persist: Snapshot | None = None
+
+        self.messages: list[tuple[int, Any]] = []
+        self.messages_after_persist: list[tuple[int, Any]] = []
+        self.read_states: list[ReadState] = []
+        self.persisted_hard_state = HardState(self.term, self.vote)
+        self._reset_election_timer()
+
+    # ------------------------------------------------------------------------------------
+    # The log
+
+    @property
+    def last_index(self) -> int:
+        return self.entries[-1].index if self.entries else self.log_base_index
+
+    @property
+    def last_term(self) -> int:
+        return self.entries[-1].term if self.entries else self.log_base_term
+
+    @property
+    def first_index(self) -> int:
+        return self.log_base_index + 1
+
+    def term_at(self, index: int) -> int | None:
+        """Term of the entry at `index`; None if it is compacted away or beyond the log."""
+        if index == self.log_base_index:
+            return self.log_base_term
+        if index < self.log_base_index or index > self.last_index:
+            return None
+        return self.entries[index - self.log_base_index - 1].term
+
+    def entry(self, index: int) -> Entry:
+        return self.entries[index - self.log_base_index - 1]
+
+    def _entries_between(self, start: int, end: int) -> list[Entry]:
+        """Entries with start <= index <= end (both within the log)."""
+        offset = self.log_base_index + 1
+        return self.entries[start - offset : end - offset + 1]
+
+    def _truncate_after(self, index: int) -> None:
+        invariant(index >= self.commit, f"node {self.id}: truncating committed entries ({index} < {self.commit})")
+        del self.entries[index - self.log_base_index :]
+        while self.configurations[-1][0] > index:
+            self.configurations.pop()  # a configuration is reverted when its entry goes
+        self.stable_index = min(self.stable_index, index)
+        if index < self.persist_requested_index:
+            self.persist_requested_index = index
+            self.truncate_after = index if self.truncate_after is None else min(self.truncate_after, index)
+
+    def _append(self, entries: Sequence[Entry]) -> None:
+        for entry in entries:
+            invariant(entry.index == self.last_index + 1, f"node {self.id}: appending index {entry.index} after {self.last_index}")
+            self.entries.append(entry)
+            if entry.kind == EntryKind.CONFIG:
+                self.configurations.append((entry.index, Configuration.decode(entry.data)))
+
+    def _is_up_to_date(self, last_index: int, last_term: int) -> bool:
+        return last_term > self.last_term or (last_term == self.last_term and last_index >= self.last_index)
+
+    # ------------------------------------------------------------------------------------
+    # Membership
+
+    @property
+    def configuration(self) -> Configuration:
+        return self.configurations[-1][1]
+
+    @property
+    def configuration_index(self) -> int:
+        return self.configurations[-1][0]
+
+    def _configuration_at(self, index: int) -> tuple[int, Configuration]:
+        for entry_index, configuration in reversed(self.configurations):
+            if entry_index <= index:
+                return entry_index, configuration
+        return self.configurations[0]
+
+    @property
+    def is_voter(self) -> bool:
+        return self.configuration.role(self.id) == Role.VOTER
+
+    def _quorum_reached(self, members: set[int]) -> bool:
+        voters = self.configuration.voters
+        return sum(1 for voter in voters if voter in members) >= len(voters) // 2 + 1
+
+    # ------------------------------------------------------------------------------------
+    # Role transitions (the only places the role changes)
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = None
+        self.leader = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_election_timer()
+        self.votes = {}
+        self.transfer_target = None
+        self.pending_promotion = None
+        self.pending_reads.clear()
+        self.reads_waiting_for_commit.clear()
+
+    def _reset_election_timer(self) -> None:
+        ticks = self.settings.election_ticks
+        self.randomized_election_ticks = ticks + self.rng.randrange(ticks)
+
+    def _become_follower(self, term: int, leader: int | None) -> None:
+        self._reset(term)
+        self.state = State.FOLLOWER
+        self.leader = leader
+        self.progress = {}
+
+    def _become_pre_candidate(self) -> None:
+        invariant(self.state != State.LEADER, "a leader does not pre-campaign")
+        # Pre-vote changes neither term nor vote: a partitioned node cannot inflate terms.
+        self.state = State.PRE_CANDIDATE
+        self.votes = {}
+        self.leader = None
+        self.election_elapsed = 0
+        self._reset_election_timer()
+
+    def _become_candidate(self) -> None:
+        invariant(self.state != State.LEADER, "a leader does not campaign")
+        self._reset(self.term + 1)
+        self.state = State.CANDIDATE
+        self.vote = self.id
+
+    def _become_leader(self) -> None:
+        invariant(self.state == State.CANDIDATE, "only a candidate becomes leader")
+        self._reset(self.term)
+        self.state = State.LEADER
+        self.leader = self.id
+        self.progress = {}
+        for node in self.configuration.replicas:
+            if node != self.id:
+                self.progress[node] = Progress(match=0, next=self.last_index + 1)
+        # Commit entries of earlier terms by committing one of our own (Raft §5.4.2).
+        self._append([Entry(self.term, self.last_index + 1, EntryKind.NOOP)])
+        self._broadcast_append()
+
+    def bootstrap(self, configuration: Configuration) -> None:
+        """Start a brand-new cluster: the first log entry (term 1, index 1) holds the
+        initial configuration. Every founding node writes the very same entry."""
+        invariant(self.last_index == 0 and self.term == 0, f"node {self.id}: bootstrap of a node that has state")
+        self.term = 1
+        self._append([Entry(1, 1, EntryKind.CONFIG, configuration.encode())])
+        # A founding node may count the bootstrap entry as committed: it is identical on
+        # every founding node, and nothing can precede it.
+        self.commit = 1
+
+    # ------------------------------------------------------------------------------------
+    # Time
+
+    def tick(self) -> None:
+        if self.state == State.LEADER:
+            self._tick_leader()
+        else:
+            self.election_elapsed += 1
+            if self.election_elapsed >= self.randomized_election_ticks and self.is_voter:
+                self._campaign(transfer=False)
+
+    def _tick_leader(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.settings.election_ticks:
+            self.election_elapsed = 0
+            if self.settings.check_quorum:
+                active = {self.id} | {n for n, p in self.progress.items() if p.recent_active}
+                for progress in self.progress.values():
+                    progress.recent_active = False
+                if not self._quorum_reached(active):
+                    self._become_follower(self.term, None)
+                    return
+            if self.transfer_target is not None:
+                self.transfer_target = None  # the transfer did not finish in time
+        if self.pending_promotion is not None:
+            node, waited = self.pending_promotion
+            if waited + 1 >= self.settings.promotion_timeout_ticks:
+                self.pending_promotion = None
+            else:
+                self.pending_promotion = (node, waited + 1)
+                self._maybe_promote()
+        if self.heartbeat_elapsed >= self.settings.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat()
+
+    # ------------------------------------------------------------------------------------
+    # Elections
+
+    def _campaign(self, *, transfer: bool) -> None:
+        if self.settings.pre_vote and not transfer:
+            self._become_pre_candidate()
+            term = self.term + 1
+        else:
+            self._become_candidate()
+            term = self.term
+        pre_vote = self.state == State.PRE_CANDIDATE
+        self.votes[self.id] = True
+        if self._quorum_reached({self.id}):
+            self._win_vote(pre_vote)
+            return
+        for voter in self.configuration.voters:
+            if voter != self.id:
+                self._send(voter, VoteRequest(
+                    term=term, last_log_index=self.last_index, last_log_term=self.last_term,
+                    pre_vote=pre_vote, transfer=transfer,
+                ))
+
+    def _win_vote(self, pre_vote: bool) -> None:
+        if pre_vote:
+            self._campaign_after_pre_vote()
+        else:
+            self._become_leader()
+
+    def _campaign_after_pre_vote(self) -> None:
+        self._become_candidate()
+        self.votes[self.id] = True
+        if self._quorum_reached({self.id}):
+            self._become_leader()
+            return
+        for voter in self.configuration.voters:
+            if voter != self.id:
+                self._send(voter, VoteRequest(
+                    term=self.term, last_log_index=self.last_index, last_log_term=self.last_term,
+                ))
+
+    def _in_lease(self) -> bool:
+        """Heard from a live leader within the election timeout (check-quorum's lease)."""
+        return self.settings.check_quorum and self.leader is not None and self.election_elapsed < self.settings.election_ticks
+
+    def _handle_vote_request(self, src: int, message: VoteRequest) -> None:
+        if message.pre_vote:
+            grant = (
+                message.term > self.term
+                and (message.transfer or not self._in_lease())
+                and self._is_up_to_date(message.last_log_index, message.last_log_term)
+            )
+            # A granted pre-vote answers in the candidate's future term without adopting it.
+            self._send(src, VoteResponse(term=message.term if grant else self.term, granted=grant, pre_vote=True))
+            return
+        can_vote = self.vote == src or (self.vote is None and self.leader is None)
+        grant = can_vote and self._is_up_to_date(message.last_log_index, message.last_log_term)
+        if grant:
+            self.vote = src
+            self.election_elapsed = 0
+        # The vote is durable before the candidate hears of it.
+        self.messages_after_persist.append((src, VoteResponse(term=self.term, granted=grant)))
+
+    def _handle_vote_response(self, src: int, message: VoteResponse) -> None:
+        expected = State.PRE_CANDIDATE if message.pre_vote else State.CANDIDATE
+        if self.state != expected:
+            return
+        self.votes[src] = message.granted
+        granted = {node for node, yes in self.votes.items() if yes}
+        rejected = {node for node, yes in self.votes.items() if not yes}
+        if self._quorum_reached(granted):
+            self._win_vote(message.pre_vote)
+        elif len(rejected) >= len(self.configuration.voters) - self.configuration.quorum() + 1:
+            self._become_follower(self.term, None)
+
+    # ------------------------------------------------------------------------------------
+    # Messages
+
+    def step(self, src: int, message: Any) -> None:
+        term = message.term
+        if term > self.term:
+            if isinstance(message, VoteRequest):
+                if message.pre_vote:
+                    self._handle_vote_request(src, message)
+                    return
+                if not message.transfer and self._in_lease():
+                    return  # a disruptive candidate: we hear from a live leader
+                self._become_follower(term, None)
+            elif isinstance(message, VoteResponse) and message.pre_vote and message.granted:
+                pass  # a granted pre-vote carries our own future term
+            else:
+                leader = src if isinstance(message, (AppendRequest, HeartbeatRequest, SnapshotChunk, TimeoutNow)) else None
+                self._become_follower(term, leader)
+        elif term < self.term:
+            if isinstance(message, (AppendRequest, HeartbeatRequest, SnapshotChunk)):
+                # A stale leader: tell it the current term so it steps down.
+                self._send(src, AppendResponse(term=self.term, success=False, index=self.last_index))
+            elif isinstance(message, VoteRequest) and message.pre_vote:
+                self._send(src, VoteResponse(term=self.term, granted=False, pre_vote=True))
+            return
+
+        match message:
+            case VoteRequest():
+                self._handle_vote_request(src, message)
+            case VoteResponse():
+                self._handle_vote_response(src, message)
+            case AppendRequest():
+                self._follow(src)
+                self._handle_append(src, message)
+            case HeartbeatRequest():
+                self._follow(src)
+                self._handle_heartbeat(src, message)
+            case SnapshotChunk():
+                self._follow(src)
+                self._handle_snapshot_chunk(src, message)
+            case TimeoutNow():
+                if self.is_voter and self.state != State.LEADER:
+                    self._campaign(transfer=True)
+            case AppendResponse():
+                if self.state == State.LEADER:
+                    self._handle_append_response(src, message)
+            case HeartbeatResponse():
+                if self.state == State.LEADER:
+                    self._handle_heartbeat_response(src, message)
+            case SnapshotResponse():
+                if self.state == State.LEADER:
+                    self._handle_snapshot_response(src, message)
+
+    def _follow(self, leader: int) -> None:
+        if self.state != State.FOLLOWER:
+            # A candidate that hears from the leader of its term steps back (Raft §5.2).
+            invariant(self.state != State.LEADER, f"two leaders in term {self.term}")
+            self._become_follower(self.term, leader)
+        self.leader = leader
+        self.election_elapsed = 0
+
+    # -- follower side -------------------------------------------------------------------
+
+    def _handle_append(self, src: int, message: AppendRequest) -> None:
+        if message.prev_index < self.commit:
+            # Already committed here; acknowledge what we know matches.
+            self.messages_after_persist.append((src, AppendResponse(term=self.term, success=True, index=self.commit)))
+            return
+        if self.term_at(message.prev_index) != message.prev_term:
+            if message.prev_index > self.last_index:
+                hint = self.last_index
+            else:
+                conflict_term = self.term_at(message.prev_index)
+                hint = message.prev_index - 1
+                while hint > self.commit and self.term_at(hint) == conflict_term:
+                    hint -= 1
+            self._send(src, AppendResponse(term=self.term, success=False, index=hint))
+            return
+        new_entries = message.entries
+        for position, entry in enumerate(message.entries):
+            existing = self.term_at(entry.index)
+            if existing is None or existing != entry.term:
+                if existing is not None:
+                    self._truncate_after(entry.index - 1)
+                new_entries = message.entries[position:]
+                break
+        else:
+            new_entries = ()
+        if new_entries:
+            self._append(new_entries)
+        last_new = message.prev_index + len(message.entries)
+        self._commit_to(min(message.commit, last_new))
+        self.messages_after_persist.append((src, AppendResponse(term=self.term, success=True, index=last_new)))
+
+    def _handle_heartbeat(self, src: int, message: HeartbeatRequest) -> None:
+        self._commit_to(min(message.commit, self.last_index))
+        self._send(src, HeartbeatResponse(term=self.term, sequence=message.sequence, last_index=self.last_index))
+
+    def _commit_to(self, index: int) -> None:
+        if index > self.commit:
+            invariant(index <= self.last_index, f"node {self.id}: commit {index} beyond last index {self.last_index}")
+            self.commit = index
+
+    def _handle_snapshot_chunk(self, src: int, message: SnapshotChunk) -> None:
+        meta = message.meta
+        if meta.index <= self.commit:
+            # Nothing to learn: we already have (and committed) everything it holds.
+            self._send(src, SnapshotResponse(term=self.term, index=meta.index, next_offset=message.total_bytes, done=True))
+            self.messages.append((src, AppendResponse(term=self.term, success=True, index=self.commit)))
+            return
+        if message.offset == 0 or self.incoming_snapshot is None or self.incoming_snapshot[0] != meta:
+            if message.offset != 0:
+                self._send(src, SnapshotResponse(term=self.term, index=meta.index, next_offset=0, done=False))
+                return
+            self.incoming_snapshot = (meta, bytearray())
+        buffer = self.incoming_snapshot[1]
+        if message.offset != len(buffer):
+            self._send(src, SnapshotResponse(term=self.term, index=meta.index, next_offset=len(buffer), done=False))
+            return
+        buffer.extend(message.data)
+        if not message.done:
+            self._send(src, SnapshotResponse(term=self.term, index=meta.index, next_offset=len(buffer), done=False))
+            return
+        self.incoming_snapshot = None
+        self._restore(Snapshot(meta, bytes(buffer)))
+        self.messages_after_persist.append(
+            (src, SnapshotResponse(term=self.term, index=meta.index, next_offset=len(buffer), done=True))
+        )
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        meta = snapshot.meta
+        if self.term_at(meta.index) == meta.term:
+            # Our log already has the snapshot's last entry: keep what follows it.
+            kept = [e for e in self.entries if e.index > meta.index]
+        else:
+            kept = []
+        self.entries = kept
+        self.snapshot = snapshot
+        self.log_base_index, self.log_base_term = meta.index, meta.term
+        self.configurations = [(meta.configuration_index, meta.configuration)] + [
+            (e.index, Configuration.decode(e.data)) for e in kept if e.kind == EntryKind.CONFIG
+        ]
+        self.commit = max(self.commit, meta.index)
+        self.applied = self.apply_requested_index = meta.index
+        if kept:
+            self.stable_index = min(self.stable_index, self.last_index)
+            self.persist_requested_index = min(self.persist_requested_index, self.last_index)
+        else:
+            # Whatever the disk holds after the snapshot's index conflicts or is missing.
+            self.stable_index = self.persist_requested_index = meta.index
+            self.truncate_after = meta.index
+        self.snapshot_to_persist = snapshot
+
+    # -- leader side ---------------------------------------------------------------------
+
+    def _send_append(self, node: int, *, allow_empty: bool = False) -> bool:
+        progress = self.progress[node]
+        if progress.state == ProgressState.SNAPSHOT:
+            return False
+        if progress.state == ProgressState.PROBE and progress.probe_sent:
+            return False
+        if progress.state == ProgressState.REPLICATE and (
+            len(progress.inflight) >= self.settings.inflight_appends_max
+            or progress.inflight_bytes >= self.settings.inflight_bytes_max
+        ):
+            return False
+        prev_index = progress.next - 1
+        prev_term = self.term_at(prev_index)
+        if prev_term is None:
+            self._start_snapshot(node)
+            return True
+        last = min(self.last_index, prev_index + self.settings.append_entries_max)
+        entries = []
+        size = 0
+        for entry in self._entries_between(prev_index + 1, last):
+            if entries and size + entry.wire_bytes() > self.settings.append_batch_bytes_max:
+                break
+            entries.append(entry)
+            size += entry.wire_bytes()
+        if not entries and not allow_empty and progress.state == ProgressState.REPLICATE:
+            return False
+        self._send(node, AppendRequest(
+            term=self.term, prev_index=prev_index, prev_term=prev_term, entries=tuple(entries), commit=self.commit,
+        ))
+        if progress.state == ProgressState.REPLICATE:
+            if entries:
+                progress.next = entries[-1].index + 1
+                progress.inflight.append((entries[-1].index, size))
+                progress.inflight_bytes += size
+        else:
+            progress.probe_sent = True
+        return True
+
+    def _broadcast_append(self) -> None:
+        for node in self.progress:
+            self._send_append(node, allow_empty=True)
+
+    def _broadcast_heartbeat(self) -> None:
+        self.heartbeat_sequence += 1
+        for node, progress in self.progress.items():
+            self._send(node, HeartbeatRequest(
+                term=self.term, commit=min(self.commit, progress.match), sequence=self.heartbeat_sequence,
+            ))
+        self._release_reads()
+
+    def _start_snapshot(self, node: int) -> None:
+        invariant(self.snapshot is not None, f"node {self.id}: log compacted without a snapshot")
+        progress = self.progress[node]
+        progress.state = ProgressState.SNAPSHOT
+        progress.snapshot_offset = 0
+        progress.reset_inflight()
+        self._send_snapshot_chunk(node)
+
+    def _send_snapshot_chunk(self, node: int) -> None:
+        progress = self.progress[node]
+        snapshot = self.snapshot
+        offset = progress.snapshot_offset
+        chunk = snapshot.data[offset : offset + self.settings.snapshot_chunk_bytes]
+        self._send(node, SnapshotChunk(
+            term=self.term, meta=snapshot.meta, offset=offset, data=chunk, total_bytes=len(snapshot.data),
+        ))
+
+    def _handle_snapshot_response(self, src: int, message: SnapshotResponse) -> None:
+        progress = self.progress.get(src)
+        if progress is None or progress.state != ProgressState.SNAPSHOT:
+            return
+        progress.recent_active = True
+        if self.snapshot is None or message.index != self.snapshot.meta.index:
+            # A response about an older snapshot: start over with the current one.
+            self._start_snapshot(src)
+            return
+        if message.done:
+            progress.match = max(progress.match, message.index)
+            progress.next = progress.match + 1
+            progress.state = ProgressState.PROBE
+            progress.probe_sent = False
+            self._send_append(src, allow_empty=True)
+            return
+        progress.snapshot_offset = message.next_offset
+        self._send_snapshot_chunk(src)
+
+    def _handle_append_response(self, src: int, message: AppendResponse) -> None:
+        progress = self.progress.get(src)
+        if progress is None:
+            return
+        progress.recent_active = True
+        if message.success:
+            if message.index > progress.match:
+                progress.match = message.index
+            progress.next = max(progress.next, progress.match + 1)
+            progress.release_inflight(progress.match)
+            if progress.state == ProgressState.PROBE:
+                progress.state = ProgressState.REPLICATE
+                progress.probe_sent = False
+            elif progress.state == ProgressState.SNAPSHOT and progress.match >= (self.log_base_index if self.snapshot else 0):
+                progress.state = ProgressState.PROBE
+                progress.probe_sent = False
+            self._maybe_commit()
+            if self.transfer_target == src and progress.match == self.last_index:
+                self._send(src, TimeoutNow(term=self.term))
+            self._maybe_promote()
+            while self._send_append(src):
+                pass
+        else:
+            if progress.state == ProgressState.SNAPSHOT:
+                return
+            # Back off to the follower's hint (never below what it has acknowledged).
+            progress.next = max(progress.match + 1, min(progress.next - 1, message.index + 1))
+            progress.state = ProgressState.PROBE
+            progress.probe_sent = False
+            progress.reset_inflight()
+            self._send_append(src, allow_empty=True)
+
+    def _handle_heartbeat_response(self, src: int, message: HeartbeatResponse) -> None:
+        progress = self.progress.get(src)
+        if progress is None:
+            return
+        progress.recent_active = True
+        progress.heartbeat_sequence = max(progress.heartbeat_sequence, message.sequence)
+        if progress.state == ProgressState.PROBE:
+            progress.probe_sent = False  # the probe may have been lost: send it again
+        elif (progress.state == ProgressState.REPLICATE and progress.inflight
+              and message.last_index < progress.next - 1
+              and len(progress.inflight) >= self.settings.inflight_appends_max):
+            # The window is full and the follower is behind it: appends were lost.
+            progress.state = ProgressState.PROBE
+            progress.probe_sent = False
+            progress.next = max(progress.match + 1, message.last_index + 1)
+            progress.reset_inflight()
+        if progress.match < self.last_index:
+            self._send_append(src, allow_empty=progress.state == ProgressState.PROBE)
+        self._release_reads()
+
+    def _maybe_commit(self) -> None:
+        matches = sorted(
+            (self.stable_index if voter == self.id else self.progress[voter].match if voter in self.progress else 0)
+            for voter in self.configuration.voters
+        )
+        if not matches:
+            return
+        candidate = matches[len(matches) - self.configuration.quorum()]
+        if candidate > self.commit and self.term_at(candidate) == self.term:
+            self.commit = candidate
+            self._on_leader_commit()
+
+    def _on_leader_commit(self) -> None:
+        if self.reads_waiting_for_commit and self._committed_own_term():
+            waiting, self.reads_waiting_for_commit = self.reads_waiting_for_commit, []
+            for context in waiting:
+                self._queue_read(context)
+        # A leader that is no longer a voter in a committed configuration steps down.
+        if self.configuration_index <= self.commit and not self.is_voter:
+            self._become_follower(self.term, None)
+
+    def _committed_own_term(self) -> bool:
+        return self.term_at(self.commit) == self.term
+
+    # ------------------------------------------------------------------------------------
+    # Requests
+
+    def _require_leader(self) -> None:
+        if self.state != State.LEADER:
+            raise NotLeader(self.leader)
+
+    def propose(self, data: bytes, kind: EntryKind = EntryKind.NORMAL) -> int:
+        """Append a command to the leader's log; returns its index."""
+        self._require_leader()
+        if self.transfer_target is not None:
+            raise ProposalDropped("leadership transfer in progress")
+        index = self.last_index + 1
+        self._append([Entry(self.term, index, kind, bytes(data))])
+        for node in self.progress:
+            self._send_append(node)
+        if not self.configuration.voters or self.configuration.voters == (self.id,):
+            self._maybe_commit()
+        return index
+
+    def change_membership(self, node: int, role: Role | None) -> int | None:
+        """Give `node` a role (None removes it). Returns the CONFIG entry's index, or None
+        when a promotion to voter waits for the node to catch up first."""
+        self._require_leader()
+        if not self._committed_own_term():
+            raise ProposalDropped("the leader has not yet committed an entry of its term")
+        if self.configuration_index > self.commit or self.pending_promotion is not None:
+            raise ProposalDropped("a membership change is already in progress")
+        current = self.configuration.role(node)
+        if current == role:
+            raise ProposalDropped(f"node {node} already has that role")
+        if role is None and current is None:
+            raise ProposalDropped(f"node {node} is not a member")
+        if role == Role.VOTER and current != Role.VOTER and not self._caught_up(node):
+            if current is None:
+                raise ProposalDropped(f"node {node} must join as a standby or spare before it can vote")
+            self.pending_promotion = (node, 0)
+            if current == Role.SPARE:
+                return self._propose_configuration(self.configuration.with_role(node, Role.STANDBY))
+            return None
+        return self._propose_configuration(self.configuration.with_role(node, role))
+
+    def _caught_up(self, node: int) -> bool:
+        progress = self.progress.get(node)
+        return progress is not None and progress.match + self.settings.promotion_lag_entries_max >= self.last_index
+
+    def _maybe_promote(self) -> None:
+        if self.pending_promotion is None or self.configuration_index > self.commit:
+            return
+        node, _ = self.pending_promotion
+        if self.configuration.role(node) is None:
+            self.pending_promotion = None
+        elif self._caught_up(node):
+            self.pending_promotion = None
+            self._propose_configuration(self.configuration.with_role(node, Role.VOTER))
+
+    def _propose_configuration(self, configuration: Configuration) -> int:
+        index = self.propose(configuration.encode(), EntryKind.CONFIG)
+        for node in configuration.replicas:
+            if node != self.id and node not in self.progress:
+                self.progress[node] = Progress(match=0, next=self.last_index)
+                self._send_append(node, allow_empty=True)
+        for node in list(self.progress):
+            if node not in configuration.replicas:
+                del self.progress[node]
+        self._maybe_commit()
+        return index
+
+    def transfer_leadership(self, target: int) -> None:
+        self._require_leader()
+        if target == self.id:
+            raise ProposalDropped("already the leader")
+        if self.configuration.role(target) != Role.VOTER:
+            raise ProposalDropped(f"node {target} is not a voter")
+        self.transfer_target = target
+        self.election_elapsed = 0
+        if self.progress[target].match == self.last_index:
+            self._send(target, TimeoutNow(term=self.term))
+        else:
+            self._send_append(target, allow_empty=True)
+
+    def read_index(self, context: Any) -> None:
+        """Ask for a linearizable read point; a ReadState(context, index) comes in a later
+        Ready once leadership is confirmed by a quorum."""
+        self._require_leader()
+        if not self._committed_own_term():
+            self.reads_waiting_for_commit.append(context)
+            return
+        self._queue_read(context)
+
+    def _queue_read(self, context: Any) -> None:
+        self.pending_reads.append(_PendingRead(context, self.commit, self.heartbeat_sequence + 1))
+        self._broadcast_heartbeat()
+
+    def _release_reads(self) -> None:
+        released = 0
+        for read in self.pending_reads:
+            acknowledged = {self.id} | {
+                node for node, p in self.progress.items() if p.heartbeat_sequence >= read.sequence
+            }
+            if not self._quorum_reached(acknowledged):
+                break
+            self.read_states.append(ReadState(read.context, read.index))
+            released += 1
+        del self.pending_reads[:released]
+
+    def compact(self, index: int, data: bytes, trailing: int = 0) -> Snapshot | None:
+        """The state machine's image at applied `index` becomes the snapshot served to
+        lagging peers; the in-memory log keeps `trailing` entries before `index`.
+        Returns the new snapshot for the runtime to persist (None if not newer)."""
+        invariant(index <= self.applied, f"node {self.id}: snapshot at {index} beyond applied {self.applied}")
+        if self.snapshot is not None and index <= self.snapshot.meta.index:
+            return None
+        configuration_index, configuration = self._configuration_at(index)
+        meta = SnapshotMeta(index=index, term=self.term_at(index), configuration=configuration,
+                            configuration_index=configuration_index)
+        self.snapshot = Snapshot(meta, bytes(data))
+        new_base = index - trailing
+        if new_base > self.log_base_index:
+            new_base_term = self.term_at(new_base)
+            self.entries = self.entries[new_base - self.log_base_index :]
+            self.log_base_index, self.log_base_term = new_base, new_base_term
+        return self.snapshot
+
+    # ------------------------------------------------------------------------------------
+    # Ready / advance
+
+    def _send(self, dst: int, message: Any) -> None:
+        self.messages.append((dst, message))
+
+    def has_ready(self) -> bool:
+        return bool(
+            self.messages or self.messages_after_persist or self.read_states
+            or self.last_index > self.persist_requested_index or self.truncate_after is not None
+            or self.snapshot_to_persist is not None
+            or HardState(self.term, self.vote) != self.persisted_hard_state
+            or min(self.commit, self.stable_index) > self.apply_requested_index
+        )
+
+    def ready(self) -> Ready:
+        """Hand out everything to persist, send and apply since the previous Ready.
+        Several Readys may be in flight; the runtime completes them in order."""
+        hard_state = HardState(self.term, self.vote)
+        apply_to = min(self.commit, self.stable_index)
+        committed = ()
+        if apply_to > self.apply_requested_index:
+            committed = tuple(self._entries_between(self.apply_requested_index + 1, apply_to))
+            self.apply_requested_index = apply_to
+        entries = ()
+        if self.last_index > self.persist_requested_index:
+            entries = tuple(self._entries_between(self.persist_requested_index + 1, self.last_index))
+            self.persist_requested_index = self.last_index
+        ready = Ready(
+            hard_state=hard_state if hard_state != self.persisted_hard_state else None,
+            truncate_after=self.truncate_after,
+            entries=entries,
+            snapshot=self.snapshot_to_persist,
+            messages=tuple(self.messages),
+            messages_after_persist=tuple(self.messages_after_persist),
+            committed_entries=committed,
+            read_states=tuple(self.read_states),
+        )
+        if ready.hard_state is not None:
+            self.persisted_hard_state = hard_state  # requested; a newer change makes a new Ready
+        self.messages.clear()
+        self.messages_after_persist.clear()
+        self.read_states.clear()
+        self.truncate_after = None
+        self.snapshot_to_persist = None
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        """`ready` (and every Ready handed out before it) is persisted and applied."""
+        stable = self.stable_index
+        if ready.truncate_after is not None:
+            # Entries up to the truncation point were handed out earlier and are durable
+            # now (Readys complete in order), unless a newer truncation cut deeper.
+            limit = self.persist_requested_index if self.truncate_after is None else min(self.persist_requested_index, self.truncate_after)
+            stable = max(stable, min(ready.truncate_after, limit))
+        if ready.snapshot is not None:
+            stable = max(stable, min(ready.snapshot.meta.index, self.last_index))
+        if ready.entries:
+            last = ready.entries[-1]
+            if self.term_at(last.index) == last.term:
+                stable = max(stable, last.index)
+        self.stable_index = stable
+        if ready.committed_entries:
+            self.applied = max(self.applied, ready.committed_entries[-1].index)
+        if self.state == State.LEADER:
+            self._maybe_commit()
+
+    # ------------------------------------------------------------------------------------
+    # Introspection (for the node actor, checkers and scenario output)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state.value,
+            "term": self.term,
+            "leader": self.leader,
+            "commit": self.commit,
+            "applied": self.applied,
+            "last": self.last_index,
+        }
