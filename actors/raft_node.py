@@ -207,6 +207,7 @@ class RaftNode:
         self.read_contexts = 0
         self.applied_since_snapshot = 0
         self.storage_errors = 0
+        self.leading = False
         try:
             recovered = recover(ctx.files)
         except StorageCorruption as error:
@@ -294,7 +295,6 @@ class RaftNode:
         raft = self.raft
         if raft is None:
             return
-        was_leader = raft.state == State.LEADER
         while raft.has_ready():
             ready = raft.ready()
             for dst, message in ready.messages:
@@ -309,8 +309,10 @@ class RaftNode:
                 )
             self.batches.append(_Batch(ready, group, durable=group is None))
             self._complete_batches()
-        if was_leader and raft.state != State.LEADER:
+        leading = raft.state == State.LEADER
+        if self.leading and not leading:
             self._fail_pending(LeadershipLost("leadership lost: the outcome is unknown"))
+        self.leading = leading
 
     def _complete_batches(self) -> None:
         while self.batches and self.batches[0].durable:

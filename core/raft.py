@@ -107,6 +107,11 @@ class Ready:
         return bool(self.hard_state or self.entries or self.snapshot or self.truncate_after is not None)
 
 
+# Heartbeat answers in a row showing a follower's log stuck behind appends in flight
+# before the leader presumes those appends lost.
+_STALLED_HEARTBEATS_MAX = 3
+
+
 class ProgressState(str, Enum):
     PROBE = "probe"          # one append at a time until the match point is found
     REPLICATE = "replicate"  # optimistic pipelining, bounded by the inflight limits
@@ -126,6 +131,8 @@ class Progress:
     recent_active: bool = False
     snapshot_offset: int = 0
     heartbeat_sequence: int = 0
+    stalled_last_index: int = -1
+    stalled_heartbeats: int = 0
 
     def release_inflight(self, index: int) -> None:
         while self.inflight and self.inflight[0][0] <= index:
@@ -744,14 +751,32 @@ class Raft:
         progress.heartbeat_sequence = max(progress.heartbeat_sequence, message.sequence)
         if progress.state == ProgressState.PROBE:
             progress.probe_sent = False  # the probe may have been lost: send it again
-        elif (progress.state == ProgressState.REPLICATE and progress.inflight
-              and message.last_index < progress.next - 1
-              and len(progress.inflight) >= self.settings.inflight_appends_max):
-            # The window is full and the follower is behind it: appends were lost.
-            progress.state = ProgressState.PROBE
-            progress.probe_sent = False
-            progress.next = max(progress.match + 1, message.last_index + 1)
-            progress.reset_inflight()
+        elif progress.state == ProgressState.SNAPSHOT:
+            # A chunk or its answer may have been lost: send the expected chunk again;
+            # the follower answers with the offset it really needs.
+            self._send_snapshot_chunk(src)
+        elif progress.state == ProgressState.REPLICATE and progress.inflight and message.last_index < progress.next - 1:
+            # Appends are in flight beyond the follower's log. If its log has not grown
+            # for several heartbeats, they were lost: find the match point again.
+            if message.last_index == progress.stalled_last_index:
+                progress.stalled_heartbeats += 1
+            else:
+                progress.stalled_last_index, progress.stalled_heartbeats = message.last_index, 0
+            if progress.stalled_heartbeats >= _STALLED_HEARTBEATS_MAX:
+                progress.state = ProgressState.PROBE
+                progress.probe_sent = False
+                progress.next = max(progress.match + 1, min(progress.next, message.last_index + 1))
+                progress.reset_inflight()
+        elif progress.state == ProgressState.REPLICATE and progress.match < progress.next - 1 <= message.last_index:
+            # The follower holds everything sent but its acknowledgements were lost: an
+            # empty append at the window's end (outside the window) gets a fresh one.
+            prev_term = self.term_at(progress.next - 1)
+            if prev_term is None:
+                self._start_snapshot(src)  # compacted meanwhile: only a snapshot can help
+            else:
+                self._send(src, AppendRequest(
+                    term=self.term, prev_index=progress.next - 1, prev_term=prev_term, entries=(), commit=self.commit,
+                ))
         if progress.match < self.last_index:
             self._send_append(src, allow_empty=progress.state == ProgressState.PROBE)
         self._release_reads()

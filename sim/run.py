@@ -7,11 +7,12 @@ from typing import Any, Callable, Sequence, TextIO
 
 from raftlite.actors.config import Config
 from raftlite.actors.heartbeat import HeartbeatDetector
-from raftlite.actors.raft_node import ClientError, Propose, ProposeResult, RaftNode
+from raftlite.actors.raft_node import Propose, ProposeResult, RaftNode
 from raftlite.core.raft import State
 from raftlite.core.raft_types import Configuration, Role
 from raftlite.sim.nemesis import Nemesis
 from raftlite.sim.raft_checkers import RaftChecker
+from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
 from raftlite.sim.trace import Trace
 
@@ -109,6 +110,24 @@ class _ProposalLoad:
         return sum(1 for c in self.clients for r in self.sim.replies.get(c, ()) if isinstance(r, ProposeResult))
 
 
+def swarm_config(seed: int) -> Config:
+    """Per-seed settings (swarm testing): small limits and fast timeouts make elections,
+    probing, flow control, segment roll-over, compaction and InstallSnapshot frequent."""
+    rng = derive_rng(seed, "swarm-config")
+    election_timeout_ms = rng.choice((300.0, 500.0, 1000.0))
+    threshold = rng.choice((16, 64, 256, 1024))
+    return Config(
+        election_timeout_ms=election_timeout_ms,
+        heartbeat_interval_ms=election_timeout_ms / rng.choice((5, 10)),
+        append_entries_max=rng.choice((1, 4, 64, 512)),
+        inflight_appends_max=rng.choice((1, 4, 64)),
+        snapshot_threshold_entries=threshold,
+        snapshot_trailing_entries=rng.choice((1, threshold // 4)),
+        snapshot_chunk_bytes=rng.choice((8, 64, 256 << 10)),
+        segment_bytes_max=rng.choice((1024, 16 << 10, 8 << 20)),
+    ).validate()
+
+
 def _leader(sim: Simulation) -> int | None:
     for node_id in sim.node_ids:
         raft = getattr(sim.nodes[node_id].actor, "raft", None)
@@ -120,13 +139,17 @@ def _leader(sim: Simulation) -> int | None:
 def _await_recovery(sim: Simulation, limit_ms: float) -> float | None:
     """After the final heal: time until a leader commits a fresh proposal, or None."""
     started = sim.now_ms
-    pending = None
+    pending, sent_at = None, 0.0
     while sim.now_ms - started < limit_ms:
         leader = _leader(sim)
-        if pending is not None and any(isinstance(r, ProposeResult) for r in sim.replies.get(pending, ())):
+        answers = sim.replies.get(pending, ()) if pending is not None else ()
+        if any(isinstance(r, ProposeResult) for r in answers):
             return sim.now_ms - started
-        if leader is not None and (pending is None or any(isinstance(r, ClientError) for r in sim.replies.get(pending, ()))):
-            pending = sim.submit(leader, Propose(data=b"liveness-probe"))
+        # A new probe when there is none, the last was refused, or it went unanswered
+        # for an election timeout (its node may have crashed).
+        stale = sim.now_ms - sent_at > sim.config.election_timeout_ms
+        if leader is not None and (pending is None or answers or stale):
+            pending, sent_at = sim.submit(leader, Propose(data=b"liveness-probe")), sim.now_ms
         sim.run_for(10.0)
     return None
 
@@ -149,7 +172,9 @@ def run_simulation(
     With the raft actor, a client load proposes throughout, the safety checkers run
     after every step, and after the heal a write must commit within 10 x the maximum
     election timeout (TigerBeetle's liveness mode)."""
-    config = (config or Config()).validate()
+    if config is None:
+        config = swarm_config(seed) if actor == "raft" else Config()
+    config = config.validate()
     trace = Trace(keep=keep_trace, sink=trace_sink)
     founders = list(range(1, nodes + 1))
     sim = Simulation(
