@@ -208,6 +208,7 @@ class RaftNode:
         self.applied_since_snapshot = 0
         self.storage_errors = 0
         self.leading = False
+        self.promotion_client: tuple[Client, NodeId] | None = None
         try:
             recovered = recover(ctx.files)
         except StorageCorruption as error:
@@ -244,6 +245,7 @@ class RaftNode:
     def on_timer(self, timer: Hashable) -> None:
         if timer == self.TICK:
             self.raft.tick()
+            self._check_promotion()
             self.ctx.set_timer(self.TICK, self.ctx.config.heartbeat_interval_ms)
             if self.storage.failed:
                 self.storage.retry()
@@ -274,10 +276,11 @@ class RaftNode:
                     raft.read_index((client, self.read_contexts))
                 case ChangeMembership(node=node, role=role):
                     index = raft.change_membership(node, role)
-                    if index is not None:
+                    if raft.pending_promotion is not None:
+                        # Answered when the node finally becomes a voter (or gives up).
+                        self.promotion_client = (client, node)
+                    elif index is not None:
                         self.pending_membership[index] = client
-                    else:
-                        self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="promotion pending"))
                 case TransferLeadership(target=target):
                     raft.transfer_leadership(target)
                     self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="transfer started"))
@@ -347,6 +350,19 @@ class RaftNode:
         client = self.pending_membership.pop(entry.index, None)
         if client is not None:
             self.ctx.reply(client, ProposeResult(index=entry.index, term=entry.term, result="membership changed"))
+        if entry.kind == EntryKind.CONFIG and self.promotion_client is not None:
+            client, node = self.promotion_client
+            if Configuration.decode(entry.data).role(node) == Role.VOTER:
+                self.promotion_client = None
+                self.ctx.reply(client, ProposeResult(index=entry.index, term=entry.term, result="membership changed"))
+
+    def _check_promotion(self) -> None:
+        if self.promotion_client is not None and self.raft.pending_promotion is None:
+            client, node = self.promotion_client
+            if self.raft.configuration.role(node) != Role.VOTER:
+                # The core gave up (or leadership moved): the node never caught up in time.
+                self.promotion_client = None
+                self.ctx.reply(client, ClientError(kind="dropped", message=f"node {node} did not catch up in time"))
 
     def _fail_proposals_up_to(self, index: int) -> None:
         for proposal_index in [i for i in self.proposals if i <= index]:
@@ -362,6 +378,9 @@ class RaftNode:
         for client, _ in self.reads:
             self.ctx.reply(client, _client_error(NotLeader(self.raft.leader)))
         self.reads.clear()
+        if self.promotion_client is not None:
+            self.ctx.reply(self.promotion_client[0], _client_error(error))
+            self.promotion_client = None
 
     def _read_index_known(self, context: Any, index: int) -> None:
         client, _ = context

@@ -399,6 +399,12 @@ class Raft:
     # ------------------------------------------------------------------------------------
     # Elections
 
+    def campaign(self, *, force: bool = False) -> None:
+        """Start an election now (etcd's MsgHup). `force` campaigns as leadership transfer
+        does: no pre-vote, and voters ignore their leader lease."""
+        if self.state != State.LEADER and self.is_voter:
+            self._campaign(transfer=force)
+
     def _campaign(self, *, transfer: bool) -> None:
         if self.settings.pre_vote and not transfer:
             self._become_pre_candidate()
@@ -1001,7 +1007,7 @@ class Raft:
 
     def status(self) -> dict[str, Any]:
         return {
-            "state": self.state.value,
+            "role": self.state.value,
             "term": self.term,
             "leader": self.leader,
             "commit": self.commit,

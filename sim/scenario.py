@@ -8,7 +8,8 @@ regenerates the files for review.
 
 Commands (node ids are integers, times are simulated milliseconds):
 
-    nodes N [seed=S] [heartbeat-ms=H] [timeout-ms=T]   create and start N nodes
+    nodes N [seed=S] [heartbeat-ms=H] [timeout-ms=T] [actor=heartbeat|raft] [extra=K]
+          [snapshot-entries=E] [trailing-entries=T] [chunk-bytes=B]    create and start nodes
     run MS                      advance time; prints the faults and lifecycle events seen
     deliver [MS]                advance until no message is in flight (at most MS)
     status [FIELD ...]          each node's state and the chosen status fields
@@ -30,6 +31,7 @@ Raft actor (`nodes N actor=raft [extra=K]`: K more nodes that are not founding m
     read N [wait=MS]            a linearizable read through node N
     transfer N TARGET           ask leader N to hand leadership to TARGET
     member N NODE ROLE          ask leader N to make NODE a voter/standby/spare, or remove it
+    campaign N [force]          node N starts an election now (force: no pre-vote, no lease)
     replies                     replies that arrived since they were last printed
     log N                       node N's log as index:term:kind (kind n/c/- for normal/config/noop)
 """
@@ -81,7 +83,7 @@ class ScenarioRunner:
             "disk-eio": self._disk_eio, "disk-full": self._disk_full, "disk-space": self._disk_space,
             "corrupt": self._corrupt, "files": self._files, "trace": self._trace, "request": self._request,
             "propose": self._propose, "read": self._read, "transfer": self._transfer, "member": self._member,
-            "replies": self._replies, "log": self._log,
+            "replies": self._replies, "log": self._log, "campaign": self._campaign,
         }
         self.clients: list = []
 
@@ -125,6 +127,9 @@ class ScenarioRunner:
         config = Config(
             heartbeat_interval_ms=float(options.get("heartbeat-ms", 100)),
             election_timeout_ms=float(options.get("timeout-ms", 1000)),
+            snapshot_threshold_entries=int(options.get("snapshot-entries", 1024)),
+            snapshot_trailing_entries=int(options.get("trailing-entries", 128)),
+            snapshot_chunk_bytes=int(options.get("chunk-bytes", 256 << 10)),
         )
         self.sim = Simulation(
             seed=int(options.get("seed", 1)), node_ids=range(1, count + extra + 1),
@@ -309,6 +314,20 @@ class ScenarioRunner:
             raise ScenarioError("usage: member N NODE voter|standby|spare|remove")
         request = ChangeMembership(node=_ints([words[1]])[0], role=roles[words[2]])
         return self._submit(self._node(words), request, words[3:])
+
+    def _campaign(self, words: list[str]) -> str:
+        node = self.sim.nodes[self._node(words)]
+        actor = node.actor
+        if getattr(actor, "raft", None) is None:
+            raise ScenarioError(f"node {node.node_id} runs no raft")
+        force = words[1:] == ["force"]
+
+        def campaign() -> None:
+            actor.raft.campaign(force=force)
+            actor._process()
+
+        node.input_now(campaign)
+        return self._window()
 
     def _replies(self, words: list[str]) -> str:
         lines, waiting = [], []

@@ -136,6 +136,11 @@ class SimNode:
         elif self.state == NodeState.PAUSED:
             self.backlog.append((handler_name, args))
 
+    def input_now(self, action: Callable[[], None]) -> None:
+        """Run `action` as one step of this node (scenario scripts poke actors this way)."""
+        if self.state == NodeState.UP:
+            self._run(action, ())
+
     def resume(self) -> None:
         if self.state != NodeState.PAUSED:
             return
@@ -421,10 +426,12 @@ class Simulation:
         return flipped
 
     def _default_corruption_guard(self, node_id: int, file: str, offset: int) -> bool:
-        # Never the same place on a majority: with the corruption at (file, offset) on a
-        # minority at most, a correct copy always survives on a majority.
-        others = self.corrupted.get((file, offset), set()) - {node_id}
-        return len(others) + 1 <= (len(self.node_ids) - 1) // 2
+        # Corruption stays on a minority of nodes: a node may refuse to start on it
+        # (DESIGN.md §3), and a majority must remain to keep the data and the service.
+        # That also keeps any one place (and so any one entry) off a majority.
+        minority = (len(self.node_ids) - 1) // 2
+        corrupted_nodes = set().union(*self.corrupted.values()) if self.corrupted else set()
+        return node_id in corrupted_nodes or len(corrupted_nodes) < minority
 
     def note(self, text: str) -> None:
         self.trace.record(self.env.now, None, "note", {"text": text})

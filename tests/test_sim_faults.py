@@ -312,10 +312,11 @@ def test_corruption_spares_the_last_durable_write_and_never_hits_a_majority():
     sim.run_for(50)
     # Each node has only its incarnation record: its last durable write. Nothing to flip.
     assert all(sim.corrupt(n) is None for n in sim.node_ids)
-    sim.corruption_guard(1, "journal", 5)
+    assert sim.corruption_guard(1, "journal", 5)
     sim.corrupted[("journal", 5)] = {1}
-    assert not sim.corruption_guard(2, "journal", 5)   # a second copy would be a majority of 3
-    assert sim.corruption_guard(1, "journal", 5)       # the same node again is still a minority
+    assert not sim.corruption_guard(2, "journal", 5)   # a second node would make a majority of 3
+    assert not sim.corruption_guard(2, "journal", 99)  # ... wherever it is
+    assert sim.corruption_guard(1, "journal", 99)      # the same node again is still a minority
 
 
 def test_client_requests_get_replies():
