@@ -9,7 +9,8 @@ regenerates the files for review.
 Commands (node ids are integers, times are simulated milliseconds):
 
     nodes N [seed=S] [heartbeat-ms=H] [timeout-ms=T] [actor=heartbeat|raft] [extra=K]
-          [snapshot-entries=E] [trailing-entries=T] [chunk-bytes=B]    create and start nodes
+          [snapshot-entries=E] [trailing-entries=T] [chunk-bytes=B] [append-entries=A]
+                                create and start nodes
     run MS                      advance time; prints the faults and lifecycle events seen
     deliver [MS]                advance until no message is in flight (at most MS)
     status [FIELD ...]          each node's state and the chosen status fields
@@ -130,6 +131,7 @@ class ScenarioRunner:
             snapshot_threshold_entries=int(options.get("snapshot-entries", 1024)),
             snapshot_trailing_entries=int(options.get("trailing-entries", 128)),
             snapshot_chunk_bytes=int(options.get("chunk-bytes", 256 << 10)),
+            append_entries_max=int(options.get("append-entries", 512)),
         )
         self.sim = Simulation(
             seed=int(options.get("seed", 1)), node_ids=range(1, count + extra + 1),
