@@ -75,6 +75,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--nodes", type=_positive_int, default=5)
     bench.add_argument("--duration", type=_positive_float, default=20.0, help="simulated seconds")
     bench.add_argument("--seed", type=_non_negative_int, default=1)
+    bench.add_argument("--actor", choices=("heartbeat", "raft"), default="heartbeat")
+    bench.add_argument("--rate", type=_positive_float, default=100.0, help="raft: client writes per simulated second")
+    bench.add_argument("--faults", action="store_true", help="raft: inject every fault kind while measuring")
     return parser
 
 
@@ -123,9 +126,14 @@ def _sim_check(args: argparse.Namespace) -> int:
 
 
 def _sim_bench(args: argparse.Namespace) -> int:
-    from raftlite.sim.bench import run_benchmark
+    from raftlite.sim.bench import run_benchmark, run_raft_benchmark
 
-    print(run_benchmark(nodes=args.nodes, duration_s=args.duration, seed=args.seed).render())
+    if args.actor == "raft":
+        result = run_raft_benchmark(nodes=args.nodes, duration_s=args.duration, rate_per_s=args.rate,
+                                    faults=args.faults, seed=args.seed)
+    else:
+        result = run_benchmark(nodes=args.nodes, duration_s=args.duration, seed=args.seed)
+    print(result.render())
     return 0
 
 

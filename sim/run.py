@@ -16,7 +16,7 @@ from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
 from raftlite.sim.trace import Trace
 
-__all__ = ["ACTORS", "RunSummary", "run_simulation"]
+__all__ = ["ACTORS", "ProposalLoad", "RunSummary", "leader_of", "run_simulation", "swarm_config"]
 
 
 def _heartbeat(founders: Sequence[int]) -> Callable[[int], Any]:
@@ -82,13 +82,14 @@ class RunSummary:
 
 
 @dataclass
-class _ProposalLoad:
+class ProposalLoad:
     """Proposes a steady stream of commands, each to a random up node (clients do not
     know the leader; a refusal is part of the workload)."""
 
     sim: Simulation
     interval_ms: float
     stop_at_ms: float
+    to_leader: bool = False   # a client that already found the leader (benchmarks)
     sent: int = 0
     acknowledged: int = 0
     clients: list = field(default_factory=list)
@@ -101,9 +102,10 @@ class _ProposalLoad:
         if self.sim.now_ms >= self.stop_at_ms:
             return
         up = self.sim.up_nodes()
-        if up:
+        target = leader_of(self.sim) if self.to_leader else (self.rng.choice(up) if up else None)
+        if target is not None:
             self.sent += 1
-            self.clients.append(self.sim.submit(self.rng.choice(up), Propose(data=b"w%d" % self.sent)))
+            self.clients.append(self.sim.submit(target, Propose(data=b"w%d" % self.sent)))
         self.sim.call_later(self.interval_ms, self._tick)
 
     def count_acknowledged(self) -> int:
@@ -128,7 +130,7 @@ def swarm_config(seed: int) -> Config:
     ).validate()
 
 
-def _leader(sim: Simulation) -> int | None:
+def leader_of(sim: Simulation) -> int | None:
     for node_id in sim.node_ids:
         raft = getattr(sim.nodes[node_id].actor, "raft", None)
         if raft is not None and raft.state == State.LEADER and sim.nodes[node_id].state == NodeState.UP:
@@ -141,7 +143,7 @@ def _await_recovery(sim: Simulation, limit_ms: float) -> float | None:
     started = sim.now_ms
     pending, sent_at = None, 0.0
     while sim.now_ms - started < limit_ms:
-        leader = _leader(sim)
+        leader = leader_of(sim)
         answers = sim.replies.get(pending, ()) if pending is not None else ()
         if any(isinstance(r, ProposeResult) for r in answers):
             return sim.now_ms - started
@@ -188,7 +190,7 @@ def run_simulation(
     if actor == "raft":
         checker = RaftChecker(sim).attach()
         sim.actor_hooks.append(checker.instrument)
-        load = _ProposalLoad(sim, proposal_interval_ms, stop_at_ms=duration_ms)
+        load = ProposalLoad(sim, proposal_interval_ms, stop_at_ms=duration_ms)
         load.start()
     violation = None
     problems: list[str] = []
