@@ -755,6 +755,15 @@ class Raft:
             return
         progress.recent_active = True
         progress.heartbeat_sequence = max(progress.heartbeat_sequence, message.sequence)
+        if message.last_index < progress.match:
+            # The follower lost entries it had acknowledged (a tail cut off at restart:
+            # DESIGN.md §3's undetectable last-batch damage). Raft assumes this never
+            # happens; re-replicating from what it still has is the only way forward.
+            progress.match = message.last_index
+            progress.next = message.last_index + 1
+            progress.state = ProgressState.PROBE
+            progress.probe_sent = False
+            progress.reset_inflight()
         if progress.state == ProgressState.PROBE:
             progress.probe_sent = False  # the probe may have been lost: send it again
         elif progress.state == ProgressState.SNAPSHOT:
