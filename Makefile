@@ -33,6 +33,8 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m raftlite sim bench --nodes 5 --duration 60
+	$(PY) -m raftlite sim bench --actor raft --nodes 5 --duration 60 --rate 100
+	$(PY) -m raftlite sim bench --actor raft --nodes 5 --duration 60 --rate 100 --faults
 	$(PY) bench/native_io_bench.py
 
 clean:

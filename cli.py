@@ -61,7 +61,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nodes", type=_positive_int, default=3)
     run.add_argument("--duration", type=_positive_float, default=10.0, help="simulated seconds of faults")
     run.add_argument("--nemesis", default="none", help="comma list of fault kinds, or 'all' (default: none)")
-    run.add_argument("--actor", default="heartbeat", help="which actor to run (default: heartbeat)")
+    run.add_argument("--actor", default="raft", help="which actor to run: raft (default) or heartbeat")
     run.add_argument("--trace", metavar="FILE", help="write every event as JSON lines to FILE")
     run.add_argument("--timeline", action="store_true", help="print the plain-text timeline of faults")
 

@@ -31,6 +31,7 @@ class RaftChecker:
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim
         self.leader_of_term: dict[int, int] = {}
+        self.leaders_announced: set[int] = set()
         self.known: dict[tuple[int, int], bytes] = {}         # (index, term) -> digest
         self.committed: dict[int, tuple[int, bytes]] = {}     # index -> (term, digest)
         self.applied: dict[int, tuple[int, bytes]] = {}       # index -> (term, digest)
@@ -85,6 +86,9 @@ class RaftChecker:
 
     def _check_leader(self, node_id: int, key: tuple[int, int], raft) -> None:
         leader = self.leader_of_term.setdefault(raft.term, node_id)
+        if leader == node_id and raft.term not in self.leaders_announced:
+            self.leaders_announced.add(raft.term)
+            self.sim.trace.record(self.sim.now_ms, node_id, "leader", {"term": raft.term})
         if leader != node_id:
             self.fail(f"election safety: nodes {leader} and {node_id} both led term {raft.term}")
         marker = (node_id, key[1], raft.term)
