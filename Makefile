@@ -23,7 +23,7 @@ demo: $(STAMP)
 # Fails loudly if the suite runs past $(TEST_TIME_LIMIT) (CI allows 90 minutes; we aim
 # well under 20).
 test: $(STAMP)
-	@status=0; timeout --kill-after=30s $(TEST_TIME_LIMIT) $(PY) -m pytest -m "not slow" || status=$$?; \
+	@status=0; timeout --kill-after=30s $(TEST_TIME_LIMIT) $(PY) -m pytest || status=$$?; \
 	if [ $$status -eq 124 ]; then echo "FAILED: make test ran past $(TEST_TIME_LIMIT) and was stopped" >&2; fi; \
 	exit $$status
 
