@@ -326,3 +326,18 @@ def test_client_requests_get_replies():
     sim.run_for(5)
     (reply,) = sim.replies[client]
     assert isinstance(reply, StatusResponse) and reply.node_id == 2 and reply.status["started"]
+
+
+def test_per_link_latency_profiles():
+    from raftlite.sim.network import LinkProfile
+
+    sim = heartbeat_cluster()
+    sim.network.set_profile(LinkProfile(latency_ms=40.0, jitter_ms=0.0), links=[(1, 2)])
+    sim.run_for(500)
+    sends = {e["id"]: e["t"] for e in sim.trace.events() if e["ev"] == "send"}
+    delays = {}
+    for event in sim.trace.events():
+        if event["ev"] == "deliver":
+            delays.setdefault((event["src"], event["n"]), []).append(event["t"] - sends[event["id"]])
+    assert min(delays[(1, 2)]) >= 40.0 and max(delays[(1, 2)]) < 40.1   # the slow link
+    assert max(delays[(2, 1)]) < 10.0                                     # the way back is not
