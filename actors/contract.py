@@ -198,6 +198,9 @@ class Context:
     now_ms: Callable[[], float]
     files: Mapping[str, bytes] = field(default_factory=dict)
     scratch_dir: str | None = None
+    # Milliseconds since the Unix epoch, for SQL's date and time functions; `now_ms`
+    # (monotonic, for timeouts) may have any origin.
+    wall_clock_ms: Callable[[], float] | None = None
     out: list = field(default_factory=list)
 
     # Helpers so actors read as prose; each only appends a command.

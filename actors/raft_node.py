@@ -170,6 +170,7 @@ class _Batch:
 class _PendingProposal:
     client: Client
     term: int
+    response: Any = None   # sent once committed; None: a ProposeResult
 
 
 class RaftNode:
@@ -203,7 +204,9 @@ class RaftNode:
         self.next_group = 0
         self.proposals: dict[int, _PendingProposal] = {}   # log index -> waiting client
         self.pending_membership: dict[int, Client] = {}     # CONFIG index -> client
-        self.reads: list[tuple[Client, int | None]] = []    # (client, read index once known)
+        # Linearizable reads waiting: client -> [read index once known, minimum applied
+        # index, prepared response or None (then the state machine is read)].
+        self.reads: dict[Client, list] = {}
         self.read_contexts = 0
         self.applied_since_snapshot = 0
         self.storage_errors = 0
@@ -271,9 +274,7 @@ class RaftNode:
                     index = raft.propose(data)
                     self.proposals[index] = _PendingProposal(client, raft.term)
                 case Read():
-                    self.read_contexts += 1
-                    self.reads.append((client, None))
-                    raft.read_index((client, self.read_contexts))
+                    self._start_read(client)
                 case ChangeMembership(node=node, role=role):
                     index = raft.change_membership(node, role)
                     if raft.pending_promotion is not None:
@@ -289,8 +290,15 @@ class RaftNode:
                 case _:
                     self.ctx.reply(client, ClientError(kind="bad-request", message=f"unknown request {type(message).__name__}"))
         except RaftError as error:
-            self.reads = [(c, i) for c, i in self.reads if c != client]
+            self.reads.pop(client, None)
             self.ctx.reply(client, _client_error(error))
+
+    def _start_read(self, client: Client, *, response: Any = None, min_index: int = 0) -> None:
+        """Answer `client` once a ReadIndex round that starts now confirms leadership and
+        the state machine has applied up to the read index (and `min_index`)."""
+        self.read_contexts += 1
+        self.reads[client] = [None, min_index, response]
+        self.raft.read_index((client, self.read_contexts))
 
     # -- the Ready loop ------------------------------------------------------------------
 
@@ -315,7 +323,11 @@ class RaftNode:
         leading = raft.state == State.LEADER
         if self.leading and not leading:
             self._fail_pending(LeadershipLost("leadership lost: the outcome is unknown"))
+            self._on_leadership_lost()
         self.leading = leading
+
+    def _on_leadership_lost(self) -> None:
+        """Subclasses drop leader-only state here (pending work has been failed)."""
 
     def _complete_batches(self) -> None:
         while self.batches and self.batches[0].durable:
@@ -343,7 +355,10 @@ class RaftNode:
             if proposal.term == entry.term:
                 if self.on_acknowledge is not None:
                     self.on_acknowledge(self.ctx.node_id, entry)
-                self.ctx.reply(proposal.client, ProposeResult(index=entry.index, term=entry.term, result=result))
+                response = proposal.response
+                if response is None:
+                    response = ProposeResult(index=entry.index, term=entry.term, result=result)
+                self.ctx.reply(proposal.client, response)
             else:
                 # Another leader's entry took the index: ours was certainly not applied.
                 self.ctx.reply(proposal.client, _client_error(NotLeader(self.raft.leader)))
@@ -375,7 +390,7 @@ class RaftNode:
         for index in sorted(self.pending_membership):
             self.ctx.reply(self.pending_membership[index], _client_error(error))
         self.pending_membership.clear()
-        for client, _ in self.reads:
+        for client in self.reads:
             self.ctx.reply(client, _client_error(NotLeader(self.raft.leader)))
         self.reads.clear()
         if self.promotion_client is not None:
@@ -384,23 +399,27 @@ class RaftNode:
 
     def _read_index_known(self, context: Any, index: int) -> None:
         client, _ = context
-        self.reads = [(c, index if c == client and i is None else i) for c, i in self.reads]
+        waiting = self.reads.get(client)
+        if waiting is not None and waiting[0] is None:
+            waiting[0] = index
 
     def _answer_reads(self) -> None:
         if not self.reads:
             return
-        waiting = []
-        for client, index in self.reads:
-            if index is not None and self.raft.applied >= index:
-                self.ctx.reply(client, ReadResult(index=index, value=self.state_machine.read()))
-            else:
-                waiting.append((client, index))
-        self.reads = waiting
+        applied = self.raft.applied
+        for client in [c for c, (index, minimum, _) in self.reads.items() if index is not None and applied >= max(index, minimum)]:
+            _, _, response = self.reads.pop(client)
+            if response is None:
+                response = ReadResult(index=applied, value=self.state_machine.read())
+            self.ctx.reply(client, response)
 
     def _maybe_snapshot(self) -> None:
         config = self.ctx.config
         if self.applied_since_snapshot < config.snapshot_threshold_entries:
             return
+        can_snapshot = getattr(self.state_machine, "can_snapshot", None)
+        if can_snapshot is not None and not can_snapshot():
+            return  # e.g. a leader whose WAL holds transactions not yet committed
         snapshot = self.raft.compact(self.raft.applied, self.state_machine.snapshot(), config.snapshot_trailing_entries)
         self.applied_since_snapshot = 0
         if snapshot is not None:

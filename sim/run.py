@@ -28,11 +28,19 @@ def _raft(founders: Sequence[int]) -> Callable[[int], Any]:
     return lambda node_id: RaftNode(bootstrap=bootstrap if node_id in founders else None)
 
 
+def _database(founders: Sequence[int]) -> Callable[[int], Any]:
+    from raftlite.actors.database import DatabaseNode
+
+    bootstrap = Configuration.of({node: Role.VOTER for node in founders})
+    return lambda node_id: DatabaseNode(bootstrap=bootstrap if node_id in founders else None)
+
+
 # Actors a run can drive, by name: each builder takes the founding members' ids and
 # returns the factory the simulator calls for every (re)start of a node.
 ACTORS: dict[str, Callable[[Sequence[int]], Callable[[int], Any]]] = {
     "heartbeat": _heartbeat,
     "raft": _raft,
+    "database": _database,
 }
 
 

@@ -35,9 +35,14 @@ from raftlite.sim.clock import NodeClock
 from raftlite.sim.disk import DiskProfile, SimDisk
 from raftlite.sim.network import LinkProfile, Network
 from raftlite.sim.rng import derive_rng
+from raftlite.sim.sqlite_determinism import seed_sqlite
 from raftlite.sim.trace import Trace
 
 __all__ = ["NodeState", "SimNode", "Simulation", "SimulationFailure", "message_size"]
+
+
+# Wall-clock time at simulated time zero (2026-01-01T00:00:00Z), for SQL's 'now'.
+SIMULATED_EPOCH_MS = 1_767_225_600_000
 
 
 class SimulationFailure(Exception):
@@ -109,6 +114,7 @@ class SimNode:
             config=sim.config,
             rng=derive_rng(sim.seed, f"actor/{self.node_id}/{self.incarnation}"),
             now_ms=lambda: clock.local_ms(env.now),
+            wall_clock_ms=lambda: SIMULATED_EPOCH_MS + clock.local_ms(env.now),
             files=self.disk.durable_files(),
             scratch_dir=self.scratch_dir,
         )
@@ -238,6 +244,7 @@ class Simulation:
         self.disk_profile = disk_profile
         self.network = Network(derive_rng(seed, "network"), link_profile)
         self.rng = derive_rng(seed, "simulation")
+        seed_sqlite(seed)
         self.node_ids = tuple(node_ids)
         self.scratch_root = tempfile.mkdtemp(prefix=f"raftlite-sim-{seed}-") if scratch_dir else None
         self.nodes = {n: SimNode(self, n, actor_factory) for n in self.node_ids}

@@ -1,0 +1,475 @@
+"""The database node: replicated SQLite on top of the raft node (DESIGN.md §4).
+
+Theory of operation
+-------------------
+`DatabaseNode` is a `RaftNode` whose state machine is a set of SQLite databases in the
+directory the runtime hands it (`ctx.scratch_dir`). The raft log is the truth; the
+SQLite files are derived state, rebuilt from the latest snapshot plus the committed log
+after any restart.
+
+On the leader, SQL runs at once on a connection opened through the capture VFS
+(`raftlite.actors.sqlite_capture`): the WAL pages a transaction writes are resolved at
+its commit into page images, and that committed transaction becomes one raft entry.
+The leader does not wait for the entry to commit before running the next statement
+(pipelining); many entries share one raft append and one fsync (group commit). What a
+client sees is held back until it cannot be lost:
+
+- a write's answer goes out when its entry is committed and applied;
+- a read's answer (computed at once, against a WAL that may hold transactions not yet
+  committed) goes out when a ReadIndex round started after the request confirms the
+  leadership and everything it could have seen is committed and applied.
+
+Followers write each committed entry's pages straight into their main files, with no
+connection open (`raftlite.actors.database_files`). On the leader, the entries it ran
+itself are already in its WAL and are not written again.
+
+When the leader loses leadership it fails what it was holding (10506 for writes in the
+log, 10250 for the rest), closes its connections, drops its WAL (which may hold
+transactions that never commit) and brings its main files back to exactly the
+committed prefix, by writing again the pages of the committed entries it had only in
+its WAL. It checkpoints only when everything it ran is committed and no session is in
+a transaction, so its main files never hold an uncommitted page.
+
+Writes queue for the write lock instead of failing with SQLITE_BUSY: one session at a
+time may hold an open write transaction; other writers wait in a bounded queue
+("overloaded" when full). SQL that would break replication is refused by an authorizer.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Sequence
+
+import apsw
+
+from raftlite.actors import database_files
+from raftlite.actors.contract import Client, Context
+from raftlite.actors.raft_node import RaftNode, _PendingProposal
+from raftlite.actors.sqlite_capture import CaptureVfs, open_leader_connection
+from raftlite.core.errors import NotLeader
+from raftlite.core.frames import CommittedTransaction, CreateDatabase, decode_database_entry, encode_database_entry
+from raftlite.core.raft import State
+from raftlite.core.raft_types import Entry, EntryKind
+
+__all__ = [
+    "DatabaseNode", "DatabaseStateMachine", "Execute", "ExecuteResult", "Open", "Opened", "Query", "QueryResult",
+    "SessionClosed", "SqlError",
+]
+
+# dqlite's error codes (WIRE.md).
+NOT_LEADER = 10250
+LEADERSHIP_LOST = 10506
+SQLITE_ERROR = 1
+SQLITE_BUSY = 5
+SQLITE_AUTH = 23
+
+
+# -- requests and answers ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Open:
+    database: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Execute:
+    """Run SQL (all statements); answer the last insert id and the rows changed."""
+
+    database: str
+    sql: str
+    params: tuple = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Query:
+    """Run SQL and return its rows (writes are allowed and replicated too)."""
+
+    database: str
+    sql: str
+    params: tuple = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionClosed:
+    """The client went away: roll back its open transaction, if any."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Opened:
+    database: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecuteResult:
+    last_insert_id: int
+    rows_affected: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryResult:
+    columns: tuple[str, ...]
+    rows: tuple[tuple, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SqlError:
+    code: int
+    message: str
+
+
+def _sql_error(error: apsw.Error) -> SqlError:
+    code = getattr(error, "extendedresult", None) or getattr(error, "result", SQLITE_ERROR)
+    message = str(error)
+    # apsw prefixes messages with the exception name ("ConstraintError: ..."); clients
+    # expect SQLite's own message.
+    if ": " in message and message.split(": ", 1)[0].endswith("Error"):
+        message = message.split(": ", 1)[1]
+    return SqlError(code=int(code), message=message)
+
+
+# -- the authorizer --------------------------------------------------------------------------
+
+_REFUSED_PRAGMAS = frozenset({
+    "journal_mode", "locking_mode", "synchronous", "wal_checkpoint", "wal_autocheckpoint", "journal_size_limit",
+    "mmap_size", "writable_schema",
+})
+
+
+def _authorizer(operation: int, first: str | None, second: str | None, database: str | None, trigger: str | None) -> int:
+    if operation in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+        return apsw.SQLITE_DENY
+    if operation == apsw.SQLITE_PRAGMA and first is not None:
+        name = first.lower()
+        if name in _REFUSED_PRAGMAS or (name == "page_size" and second is not None):
+            return apsw.SQLITE_DENY
+    return apsw.SQLITE_OK
+
+
+def _refused_statement(sql: str) -> str | None:
+    """Statements the authorizer cannot see clearly enough."""
+    words = sql.lower().split()
+    if "vacuum" in words and "into" in words:
+        return "VACUUM INTO is not allowed: it writes a file outside replication"
+    if "load_extension" in sql.lower():
+        return "load_extension is not allowed"
+    return None
+
+
+# -- the state machine ------------------------------------------------------------------------
+
+
+class DatabaseStateMachine:
+    """Applies committed database entries to the files of one node."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.databases: dict[str, int] = {}     # name -> page size
+        # Entries this node ran as leader and holds in its WAL: index -> term.
+        self.executed_here: dict[int, int] = {}
+        # Committed entries that are only in the WAL (not in the main files).
+        self.only_in_wal: list[Entry] = []
+        self.leader_is_quiet: Any = lambda: True  # set by the node: may we snapshot now?
+
+    def path(self, database: str) -> str:
+        return f"{self.directory}/{database}.sqlite"
+
+    def apply(self, entry: Entry) -> Any:
+        if entry.kind != EntryKind.NORMAL:
+            return None
+        if self.executed_here.pop(entry.index, None) == entry.term:
+            self.only_in_wal.append(entry)   # the leader's own: already in its WAL
+            decoded = decode_database_entry(entry.data)
+            if isinstance(decoded, CreateDatabase):
+                self.databases[decoded.database] = decoded.page_size
+            return None
+        self._write(decode_database_entry(entry.data))
+        return None
+
+    def _write(self, decoded) -> None:
+        if isinstance(decoded, CreateDatabase):
+            database_files.create_database(self.path(decoded.database), decoded)
+            self.databases[decoded.database] = decoded.page_size
+        else:
+            database_files.apply_transaction(self.path(decoded.database), decoded)
+
+    def rewrite_wal_only_entries(self) -> None:
+        """After the WAL was dropped: put the committed entries it held into the files."""
+        for entry in self.only_in_wal:
+            self._write(decode_database_entry(entry.data))
+        self.only_in_wal.clear()
+        self.executed_here.clear()
+
+    def checkpointed(self) -> None:
+        self.only_in_wal.clear()
+
+    def read(self) -> Any:
+        return sorted(self.databases)
+
+    def can_snapshot(self) -> bool:
+        return not self.only_in_wal and not self.executed_here and self.leader_is_quiet()
+
+    def snapshot(self) -> bytes:
+        import msgpack
+
+        return msgpack.packb(
+            {name: [page_size, database_files.snapshot_database(self.path(name))] for name, page_size in sorted(self.databases.items())},
+            use_bin_type=True,
+        )
+
+    def restore(self, data: bytes) -> None:
+        import msgpack
+
+        images = msgpack.unpackb(data, raw=False)
+        for name in list(self.databases):
+            if name not in images:
+                database_files.delete_database(self.path(name))
+        self.databases = {}
+        for name, (page_size, image) in images.items():
+            database_files.restore_database(self.path(name), image)
+            self.databases[name] = page_size
+        self.only_in_wal.clear()
+        self.executed_here.clear()
+
+
+# -- the node ---------------------------------------------------------------------------------
+
+
+class _NodeVfs(CaptureVfs):
+    """The capture VFS, telling SQLite the time from the runtime's clock (so that
+    `datetime('now')` follows the simulated clock under the simulator)."""
+
+    JULIAN_DAY_OF_UNIX_EPOCH_MS = 210_866_760_000_000
+
+    def __init__(self, name: str, wall_clock_ms) -> None:
+        super().__init__(name)
+        self.wall_clock_ms = wall_clock_ms
+
+    def xCurrentTimeInt64(self) -> int:
+        return self.JULIAN_DAY_OF_UNIX_EPOCH_MS + int(self.wall_clock_ms())
+
+
+@dataclass(slots=True)
+class _Session:
+    connections: dict[str, apsw.Connection] = field(default_factory=dict)
+    in_transaction: str | None = None   # database of the open transaction
+
+
+class DatabaseNode(RaftNode):
+    """A raft node serving SQL. Requests: Open, Execute, Query, SessionClosed."""
+
+    CHECKPOINT = "checkpoint"
+    CHECKPOINT_FRAMES = 1000
+
+    def __init__(self, *, bootstrap, settings=None, write_queue_max: int = 1024) -> None:
+        super().__init__(bootstrap=bootstrap, settings=settings, state_machine_factory=None)
+        self.write_queue_max = write_queue_max
+
+    def on_start(self, ctx: Context) -> None:
+        if ctx.scratch_dir is None:
+            raise ValueError("the database node needs a scratch directory for its SQLite files")
+        self.sessions: dict[Client, _Session] = {}
+        self.write_owner: Client | None = None     # session holding an open write transaction
+        self.write_queue: deque[tuple[Client, Any]] = deque()
+        self.last_executed_index = 0
+        self.serving = False
+        self.vfs = _NodeVfs(f"raftlite-node-{ctx.node_id}-{id(self)}", ctx.wall_clock_ms or ctx.now_ms)
+        self.captures: dict[str, Any] = {}
+        # The SQLite files are derived state: rebuilt from raft storage at every start.
+        database_files.clear_directory(ctx.scratch_dir)
+        machine = DatabaseStateMachine(ctx.scratch_dir)
+        machine.leader_is_quiet = self._quiet
+        self.state_machine_factory = lambda: machine
+        self.database_machine = machine
+        super().on_start(ctx)
+
+    # -- requests ----------------------------------------------------------------------
+
+    def _handle_client(self, client: Client, message: Any) -> None:
+        match message:
+            case SessionClosed():
+                self._close_session(client)
+            case Open() | Execute() | Query():
+                self._sql_request(client, message)
+            case _:
+                super()._handle_client(client, message)
+
+    def _sql_request(self, client: Client, message: Any) -> None:
+        raft = self.raft
+        if raft.state != State.LEADER:
+            self.ctx.reply(client, SqlError(code=NOT_LEADER, message="not leader"))
+            return
+        if not self._ready_to_serve():
+            # A new leader serves once it committed an entry of its term and applied
+            # everything committed; until then requests wait their turn.
+            self._enqueue(client, message)
+            return
+        self._run(client, message)
+
+    def _ready_to_serve(self) -> bool:
+        raft = self.raft
+        if not self.serving and raft.term_at(raft.commit) == raft.term and raft.applied >= raft.commit:
+            self.serving = True
+        return self.serving
+
+    def _enqueue(self, client: Client, message: Any) -> None:
+        if len(self.write_queue) >= self.write_queue_max:
+            self.ctx.reply(client, SqlError(code=SQLITE_BUSY, message="overloaded: too many requests waiting"))
+            return
+        self.write_queue.append((client, message))
+
+    def _drain_queue(self) -> None:
+        while self.write_queue and self.raft.state == State.LEADER and self._ready_to_serve():
+            client, message = self.write_queue[0]
+            if self.write_owner is not None and self.write_owner != client:
+                return
+            self.write_queue.popleft()
+            if not self._run(client, message, from_queue=True):
+                return  # blocked again
+
+    def _connection(self, client: Client, database: str) -> apsw.Connection:
+        session = self.sessions.setdefault(client, _Session())
+        connection = session.connections.get(database)
+        if connection is None:
+            connection, capture = open_leader_connection(self.database_machine.path(database), self.vfs, database=database)
+            connection.authorizer = _authorizer
+            session.connections[database] = connection
+            self.captures[database] = capture
+            if capture.creation is not None:
+                self._propose_entries(client, [capture.creation], response=None)
+                capture.creation = None
+        return connection
+
+    def _run(self, client: Client, message: Any, *, from_queue: bool = False) -> bool:
+        """Run one request; False when it must wait for the write lock (it was queued)."""
+        if isinstance(message, Open):
+            self._connection(client, message.database)
+            self._respond_after_commit(client, Opened(database=message.database))
+            return True
+        refusal = _refused_statement(message.sql)
+        if refusal is not None:
+            self.ctx.reply(client, SqlError(code=SQLITE_AUTH, message=refusal))
+            return True
+        connection = self._connection(client, message.database)
+        session = self.sessions[client]
+        try:
+            cursor = connection.cursor()
+            cursor.execute(message.sql, message.params)
+            try:
+                columns = tuple(name for name, _ in cursor.get_description())
+            except apsw.ExecutionCompleteError:
+                columns = ()  # no statement returns rows
+            rows = tuple(tuple(row) for row in cursor)
+        except apsw.BusyError as error:
+            if getattr(error, "extendedresult", SQLITE_BUSY) == SQLITE_BUSY and self.write_owner not in (None, client):
+                # Another session's open transaction holds the write lock: wait for it
+                # (nothing took effect: the statement that needs the lock is where it stopped).
+                if from_queue:
+                    self.write_queue.appendleft((client, message))
+                else:
+                    self._enqueue(client, message)
+                return False
+            response: Any = _sql_error(error)
+            rows, columns = (), ()
+        except apsw.Error as error:
+            response = _sql_error(error)
+            rows, columns = (), ()
+        else:
+            if isinstance(message, Query):
+                response = QueryResult(columns=columns, rows=rows)
+            else:
+                response = ExecuteResult(last_insert_id=connection.last_insert_rowid(), rows_affected=connection.changes())
+        in_transaction = not connection.get_autocommit()
+        session.in_transaction = message.database if in_transaction else None
+        if in_transaction and self._holds_write_lock(connection):
+            self.write_owner = client
+        elif self.write_owner == client and not in_transaction:
+            self.write_owner = None
+        committed = self.captures[message.database].take_committed()
+        if committed:
+            self._propose_entries(client, committed, response=response)
+        else:
+            self._respond_after_commit(client, response)
+        if self.write_owner is None:
+            self._drain_queue()
+        return True
+
+    def _holds_write_lock(self, connection: apsw.Connection) -> bool:
+        # A transaction that has written holds SQLite's WAL write lock until it ends.
+        return connection.txn_state("main") == apsw.mapping_txn_state["SQLITE_TXN_WRITE"]
+
+    def _propose_entries(self, client: Client, entries: Sequence, *, response: Any) -> None:
+        raft = self.raft
+        last = None
+        for decoded in entries:
+            index = raft.propose(encode_database_entry(decoded))
+            self.database_machine.executed_here[index] = raft.term
+            last = index
+        self.last_executed_index = last
+        if response is not None:
+            # The answer waits for the last of its entries.
+            self.proposals[last] = _PendingProposal(client, raft.term, response)
+
+    def _respond_after_commit(self, client: Client, response: Any) -> None:
+        """Answer once leadership is confirmed and all this answer could depend on is
+        committed and applied (a read through a pipelined leader)."""
+        self._start_read(client, response=response, min_index=self.last_executed_index)
+
+    def _close_session(self, client: Client) -> None:
+        session = self.sessions.pop(client, None)
+        if session is not None:
+            for connection in session.connections.values():
+                if not connection.get_autocommit():
+                    try:
+                        connection.execute("ROLLBACK")
+                    except apsw.Error:
+                        pass
+                connection.close()
+        if self.write_owner == client:
+            self.write_owner = None
+        self.write_queue = deque((c, m) for c, m in self.write_queue if c != client)
+        if self.raft is not None and self.raft.state == State.LEADER:
+            self._drain_queue()
+
+    # -- leadership and checkpoints ------------------------------------------------------
+
+    def _quiet(self) -> bool:
+        """Nothing ran that is not committed, and no session holds a transaction."""
+        if self.raft is None:
+            return True
+        return self.last_executed_index <= self.raft.applied and not any(s.in_transaction for s in self.sessions.values())
+
+    def _complete_batches(self) -> None:
+        super()._complete_batches()
+        if self.raft is not None and self.raft.state == State.LEADER:
+            self._drain_queue()
+            self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        machine = self.database_machine
+        snapshot_due = self.applied_since_snapshot >= self.ctx.config.snapshot_threshold_entries
+        if not machine.only_in_wal or not self._quiet():
+            return
+        if len(machine.only_in_wal) < self.CHECKPOINT_FRAMES and not snapshot_due:
+            return
+        for database, capture in self.captures.items():
+            connection = next((s.connections[database] for s in self.sessions.values() if database in s.connections), None)
+            if connection is not None:
+                connection.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        machine.checkpointed()
+
+    def _on_leadership_lost(self) -> None:
+        for client, session in list(self.sessions.items()):
+            for connection in session.connections.values():
+                connection.close()
+        for client, message in self.write_queue:
+            self.ctx.reply(client, SqlError(code=NOT_LEADER, message="not leader"))
+        self.write_queue.clear()
+        self.sessions.clear()
+        self.write_owner = None
+        self.serving = False
+        for database in self.captures:
+            self.vfs.stop_capturing(self.database_machine.path(database))
+            database_files.discard_wal(self.database_machine.path(database))
+        self.captures.clear()
+        self.database_machine.rewrite_wal_only_entries()
+        self.last_executed_index = 0

@@ -1,0 +1,150 @@
+"""A node's SQLite files, written directly from replicated entries (DESIGN.md §4).
+
+Theory of operation
+-------------------
+This is the one module of `actors/` that touches the file system through `os`. The
+SQLite files are derived state: the durable truth is the raft log and its snapshots,
+and after a crash the files are rebuilt from them. So nothing here syncs, and every
+operation is idempotent: applying the same entry twice, or again after a failure half
+way (ENOSPC, EIO: the caller stalls and retries, never skips), leaves the same file.
+
+Applying a committed transaction follows DESIGN.md §4's first option: with NO
+connection open on the database, write each page image at `(page - 1) * page_size` of
+the main file and cut the file to `size_after_commit_pages * page_size`. That is exactly
+what a full checkpoint of the leader's WAL would do to the leader's main file, so a
+follower's main file holds the same pages as the leader's after a checkpoint. The rule
+that no connection is open cannot be checked from the files; what can be checked is
+checked: a `-wal` holding frames would shadow the pages written here, so a non-empty
+`-wal` is a broken invariant (a connection still open, or a leader that did not
+checkpoint before stepping down), never silently ignored.
+
+A new database is created from its `CreateDatabase` entry: its initial pages become the
+main file (the page SQLite wrote straight into the main file on entering WAL mode).
+A snapshot of a database is its main file's bytes, taken with no WAL content (on a
+leader: after a full checkpoint); restoring writes those bytes back and removes any
+`-wal`/`-shm` left over, so the first connection opened afterwards starts clean.
+"""
+
+import os
+
+from raftlite.core.frames import CommittedTransaction, CreateDatabase
+from raftlite.core.invariant import InvariantViolation
+
+__all__ = [
+    "apply_transaction",
+    "clear_directory",
+    "create_database",
+    "database_exists",
+    "delete_database",
+    "discard_wal",
+    "restore_database",
+    "shared_memory_path",
+    "snapshot_database",
+    "wal_path",
+]
+
+
+def wal_path(path: str) -> str:
+    return path + "-wal"
+
+
+def shared_memory_path(path: str) -> str:
+    return path + "-shm"
+
+
+def database_exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _require_no_wal_content(path: str) -> None:
+    try:
+        size = os.stat(wal_path(path)).st_size
+    except FileNotFoundError:
+        return
+    if size:
+        raise InvariantViolation(
+            f"{wal_path(path)} holds {size} bytes: a connection is open or the WAL was not "
+            "checkpointed; writing pages into the main file now would be shadowed by it"
+        )
+
+
+def _write_all(descriptor: int, data, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(descriptor, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _write_file(path: str, pages) -> None:
+    """Write `pages` (page images, from page 1) as the whole content of `path`."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        offset = 0
+        for image in pages:
+            _write_all(descriptor, image, offset)
+            offset += len(image)
+        os.ftruncate(descriptor, offset)
+    finally:
+        os.close(descriptor)
+
+
+def create_database(path: str, entry: CreateDatabase) -> None:
+    """Make `path` the new database of `entry` (replacing whatever was there)."""
+    _remove(wal_path(path))
+    _remove(shared_memory_path(path))
+    _write_file(path, entry.pages)
+
+
+def apply_transaction(path: str, transaction: CommittedTransaction) -> None:
+    """Write the transaction's pages into the main file; no connection may be open on it."""
+    _require_no_wal_content(path)
+    # No O_CREAT: a transaction for a database never created is a broken invariant.
+    descriptor = os.open(path, os.O_RDWR)
+    try:
+        page_size = transaction.page_size
+        for page_number, image in transaction.pages.items():
+            _write_all(descriptor, image, (page_number - 1) * page_size)
+        os.ftruncate(descriptor, transaction.size_after_commit_pages * page_size)
+    finally:
+        os.close(descriptor)
+
+
+def snapshot_database(path: str) -> bytes:
+    """The database's bytes: its main file, which must hold everything (no WAL content)."""
+    _require_no_wal_content(path)
+    with open(path, "rb") as file:
+        return file.read()
+
+
+def restore_database(path: str, image: bytes) -> None:
+    """Replace the database at `path` by a snapshot's bytes; no connection may be open."""
+    _remove(wal_path(path))
+    _remove(shared_memory_path(path))
+    _write_file(path, [image])
+
+
+def delete_database(path: str) -> None:
+    """Remove the database and its companions (for a rebuild from raft storage)."""
+    for name in (path, wal_path(path), shared_memory_path(path), path + "-journal"):
+        _remove(name)
+
+
+def discard_wal(path: str) -> None:
+    """Drop the database's WAL and shared memory (a deposed leader's uncommitted tail);
+    no connection may be open on it."""
+    _remove(wal_path(path))
+    _remove(shared_memory_path(path))
+
+
+def clear_directory(directory: str) -> None:
+    """Remove every file in `directory` (the SQLite files are rebuilt from raft storage)."""
+    for name in os.listdir(directory):
+        _remove(os.path.join(directory, name))
