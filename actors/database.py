@@ -45,7 +45,7 @@ from raftlite.actors import database_files
 from raftlite.actors.contract import Client, Context
 from raftlite.actors.raft_node import RaftNode, _PendingProposal
 from raftlite.actors.sqlite_capture import CaptureVfs, open_leader_connection
-from raftlite.core.errors import NotLeader
+from raftlite.core.errors import LeadershipLost, NotLeader, RaftError
 from raftlite.core.frames import CommittedTransaction, CreateDatabase, decode_database_entry, encode_database_entry
 from raftlite.core.raft import State
 from raftlite.core.raft_types import Entry, EntryKind
@@ -284,6 +284,13 @@ class DatabaseNode(RaftNode):
 
     # -- requests ----------------------------------------------------------------------
 
+    def _refusal(self, error: RaftError) -> Any:
+        if isinstance(error, NotLeader):
+            return SqlError(code=NOT_LEADER, message="not leader")
+        if isinstance(error, LeadershipLost):
+            return SqlError(code=LEADERSHIP_LOST, message="leadership lost")
+        return SqlError(code=SQLITE_ERROR, message=str(error))
+
     def _handle_client(self, client: Client, message: Any) -> None:
         match message:
             case SessionClosed():
@@ -353,12 +360,18 @@ class DatabaseNode(RaftNode):
         session = self.sessions[client]
         try:
             cursor = connection.cursor()
+            described: list[tuple[str, ...]] = []
+
+            def note_columns(statement_cursor, sql, bindings) -> bool:
+                # Each statement is described before it runs: a query that returns no
+                # rows still has its column names (the last statement's are the answer).
+                described.append(tuple(name for name, _ in statement_cursor.get_description()))
+                return True
+
+            cursor.exec_trace = note_columns
             cursor.execute(message.sql, message.params)
-            try:
-                columns = tuple(name for name, _ in cursor.get_description())
-            except apsw.ExecutionCompleteError:
-                columns = ()  # no statement returns rows
             rows = tuple(tuple(row) for row in cursor)
+            columns = described[-1] if described else ()
         except apsw.BusyError as error:
             if getattr(error, "extendedresult", SQLITE_BUSY) == SQLITE_BUSY and self.write_owner not in (None, client):
                 # Another session's open transaction holds the write lock: wait for it

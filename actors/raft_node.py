@@ -291,7 +291,7 @@ class RaftNode:
                     self.ctx.reply(client, ClientError(kind="bad-request", message=f"unknown request {type(message).__name__}"))
         except RaftError as error:
             self.reads.pop(client, None)
-            self.ctx.reply(client, _client_error(error))
+            self.ctx.reply(client, self._refusal(error))
 
     def _start_read(self, client: Client, *, response: Any = None, min_index: int = 0) -> None:
         """Answer `client` once a ReadIndex round that starts now confirms leadership and
@@ -299,6 +299,10 @@ class RaftNode:
         self.read_contexts += 1
         self.reads[client] = [None, min_index, response]
         self.raft.read_index((client, self.read_contexts))
+
+    def _refusal(self, error: RaftError) -> Any:
+        """The answer a client gets for a refusal (the database node answers in SQL terms)."""
+        return _client_error(error)
 
     # -- the Ready loop ------------------------------------------------------------------
 
@@ -361,7 +365,7 @@ class RaftNode:
                 self.ctx.reply(proposal.client, response)
             else:
                 # Another leader's entry took the index: ours was certainly not applied.
-                self.ctx.reply(proposal.client, _client_error(NotLeader(self.raft.leader)))
+                self.ctx.reply(proposal.client, self._refusal(NotLeader(self.raft.leader)))
         client = self.pending_membership.pop(entry.index, None)
         if client is not None:
             self.ctx.reply(client, ProposeResult(index=entry.index, term=entry.term, result="membership changed"))
@@ -381,20 +385,20 @@ class RaftNode:
 
     def _fail_proposals_up_to(self, index: int) -> None:
         for proposal_index in [i for i in self.proposals if i <= index]:
-            self.ctx.reply(self.proposals.pop(proposal_index).client, _client_error(LeadershipLost("outcome unknown")))
+            self.ctx.reply(self.proposals.pop(proposal_index).client, self._refusal(LeadershipLost("outcome unknown")))
 
     def _fail_pending(self, error: RaftError) -> None:
         for index in sorted(self.proposals):
-            self.ctx.reply(self.proposals[index].client, _client_error(error))
+            self.ctx.reply(self.proposals[index].client, self._refusal(error))
         self.proposals.clear()
         for index in sorted(self.pending_membership):
-            self.ctx.reply(self.pending_membership[index], _client_error(error))
+            self.ctx.reply(self.pending_membership[index], self._refusal(error))
         self.pending_membership.clear()
         for client in self.reads:
-            self.ctx.reply(client, _client_error(NotLeader(self.raft.leader)))
+            self.ctx.reply(client, self._refusal(NotLeader(self.raft.leader)))
         self.reads.clear()
         if self.promotion_client is not None:
-            self.ctx.reply(self.promotion_client[0], _client_error(error))
+            self.ctx.reply(self.promotion_client[0], self._refusal(error))
             self.promotion_client = None
 
     def _read_index_known(self, context: Any, index: int) -> None:

@@ -43,6 +43,13 @@ frames of a committing transaction, a salt mismatch) is a broken invariant: the 
 stores it and `take_committed` raises it, because a replica fed a misread transaction
 would diverge silently. The writes themselves always go to the file first, unchanged.
 
+One limit of resolving at the commit frame: SQLite publishes a commit (in the WAL index,
+in shared memory this VFS does not see) just after that frame is written. If a step in
+between fails (an I/O error rewriting checksums, say), the statement fails but the
+capture already holds the transaction. The caller must treat an I/O error while
+committing as fatal for this leader connection (step down and rebuild from raft), never
+as "not committed, carry on".
+
 Assumptions, guaranteed by `open_leader_connection` (and the authorizer that refuses
 PRAGMA synchronous/journal_mode on client connections): WAL mode, `synchronous=OFF` (no
 sector padding frames, no writes split at a sync point), `wal_autocheckpoint=0` and

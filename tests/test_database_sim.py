@@ -1,0 +1,140 @@
+"""Replicated SQLite under the simulator (issue: replicated SQLite, first steps)."""
+
+import shutil
+import tempfile
+
+import apsw
+import pytest
+
+from raftlite.actors.database import LEADERSHIP_LOST, NOT_LEADER, Execute, ExecuteResult, Open, Query, QueryResult, SqlError
+from raftlite.sim.network import isolate
+from raftlite.sim.raft_checkers import RaftChecker
+from raftlite.sim.run import ACTORS, leader_of
+from raftlite.sim.simulation import Simulation
+from raftlite.sim.trace import Trace
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def database_cluster(seed=1, nodes=3) -> Simulation:
+    founders = list(range(1, nodes + 1))
+    sim = Simulation(seed=seed, node_ids=founders, actor_factory=ACTORS["database"](founders), scratch_dir=True,
+                     trace=Trace(keep=True))
+    checker = RaftChecker(sim).attach()
+    sim.actor_hooks.append(checker.instrument)
+    sim.start()
+    sim.run_for(3000)
+    return sim
+
+
+def request(sim, node, message, wait=50.0):
+    client = sim.submit(node, message)
+    sim.run_for(wait)
+    return sim.replies[client]
+
+
+def rows_of(sim, node, sql, database="app"):
+    """Read a replica's database from a copy of its files (never touching the node's own)."""
+    path = sim.actor(node).database_machine.path(database)
+    directory = tempfile.mkdtemp()
+    try:
+        for suffix in ("", "-wal"):
+            try:
+                shutil.copy(path + suffix, f"{directory}/copy{suffix}")
+            except FileNotFoundError:
+                pass
+        connection = apsw.Connection(f"{directory}/copy")
+        try:
+            assert connection.execute("PRAGMA integrity_check").get == "ok"
+            return [tuple(row) for row in connection.execute(sql)]
+        finally:
+            connection.close()
+    finally:
+        shutil.rmtree(directory)
+
+
+def test_non_deterministic_sql_gives_identical_rows_on_every_replica():
+    sim = database_cluster()
+    leader = leader_of(sim)
+    assert request(sim, leader, Open(database="app")) == [_opened("app")]
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (a, b, c)"))
+    for _ in range(20):
+        (reply,) = request(sim, leader, Execute(database="app",
+                           sql="INSERT INTO t VALUES (random(), randomblob(16), datetime('now'))"), wait=5)
+        assert isinstance(reply, ExecuteResult) and reply.rows_affected == 1
+    sim.run_for(500)
+    replicas = {n: rows_of(sim, n, "SELECT a, b, c FROM t ORDER BY rowid") for n in sim.node_ids}
+    assert len(replicas[1]) == 20
+    assert replicas[1] == replicas[2] == replicas[3]
+    assert len({row[1] for row in replicas[1]}) == 20          # really random blobs
+
+
+def _opened(name):
+    from raftlite.actors.database import Opened
+    return Opened(database=name)
+
+
+def test_sql_errors_carry_sqlite_codes_and_leave_no_partial_state():
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Open(database="app"))
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k INTEGER PRIMARY KEY, v NOT NULL)"))
+    request(sim, leader, Execute(database="app", sql="INSERT INTO t VALUES (1, 'one')"))
+    (missing,) = request(sim, leader, Execute(database="app", sql="INSERT INTO nowhere VALUES (1)"))
+    assert missing == SqlError(code=1, message="no such table: nowhere")
+    (syntax,) = request(sim, leader, Execute(database="app", sql="INSERT INTO t VALUS (2, 'two')"))
+    assert syntax.code == 1 and "syntax error" in syntax.message
+    (duplicate,) = request(sim, leader, Execute(database="app", sql="INSERT INTO t VALUES (1, 'again')"))
+    assert duplicate.code == 1555 and "UNIQUE constraint failed" in duplicate.message   # SQLITE_CONSTRAINT_PRIMARYKEY
+    (null,) = request(sim, leader, Execute(database="app", sql="INSERT INTO t VALUES (3, NULL)"))
+    assert null.code == 1299                                                         # SQLITE_CONSTRAINT_NOTNULL
+    (refused,) = request(sim, leader, Execute(database="app", sql="PRAGMA journal_mode=DELETE"))
+    assert refused.code == 23
+    (attach,) = request(sim, leader, Execute(database="app", sql="ATTACH 'other.db' AS other"))
+    assert attach.code == 23
+    sim.run_for(200)
+    for node in sim.node_ids:
+        assert rows_of(sim, node, "SELECT k, v FROM t") == [(1, "one")]
+
+
+def test_schema_changes_replicate():
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Open(database="app"))
+    for sql in ("CREATE TABLE t (a)", "INSERT INTO t VALUES (1)", "CREATE INDEX t_a ON t (a)",
+                "ALTER TABLE t ADD COLUMN b DEFAULT 'x'"):
+        (reply,) = request(sim, leader, Execute(database="app", sql=sql))
+        assert isinstance(reply, ExecuteResult), reply
+    sim.run_for(200)
+    for node in sim.node_ids:
+        assert rows_of(sim, node, "SELECT name FROM sqlite_master ORDER BY name") == [("t",), ("t_a",)]
+        assert rows_of(sim, node, "SELECT a, b FROM t") == [(1, "x")]
+
+
+def test_requests_to_a_follower_fail_with_not_leader():
+    sim = database_cluster()
+    follower = next(n for n in sim.node_ids if n != leader_of(sim))
+    (reply,) = request(sim, follower, Execute(database="app", sql="CREATE TABLE t (a)"))
+    assert reply.code == NOT_LEADER
+
+
+def test_a_partitioned_leader_never_serves_its_uncommitted_write():
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Open(database="app"))
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (a)"))
+    sim.partition(isolate(leader, sim.node_ids), "isolate leader")
+    write = sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES ('lost')"))
+    sim.run_for(1)                   # executed locally, in its WAL, not committed
+    read = sim.submit(leader, Query(database="app", sql="SELECT a FROM t"))
+    sim.run_for(5000)                # check-quorum steps the leader down
+    assert [r.code for r in sim.replies[write]] == [LEADERSHIP_LOST]
+    assert [r.code for r in sim.replies[read]] == [NOT_LEADER]     # never the unsafe row
+    sim.heal()
+    sim.run_for(3000)
+    new_leader = leader_of(sim)
+    assert new_leader != leader
+    (rows,) = request(sim, new_leader, Query(database="app", sql="SELECT a FROM t"))
+    assert rows == QueryResult(columns=("a",), rows=())
+    # The ex-leader's files are back to exactly the committed prefix.
+    assert rows_of(sim, leader, "SELECT a FROM t") == []
