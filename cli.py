@@ -67,6 +67,8 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--nodes", type=_positive_int, default=3)
     check.add_argument("--nemesis", default="all", help="comma list of fault kinds, or 'all' (default: all)")
     check.add_argument("--duration", type=_positive_float, default=10.0, help="simulated seconds of faults per seed")
+    check.add_argument("--actor", choices=("raft", "database"), default="raft",
+                       help="raft (a log of opaque commands) or database (replicated SQLite)")
 
     bench = sim_commands.add_parser("bench", help="simulator speed: events per wall second")
     bench.add_argument("--nodes", type=_positive_int, default=5)
@@ -117,7 +119,8 @@ def _sim_check(args: argparse.Namespace) -> int:
         seeds = parse_seed_range(args.seeds)
     except (NemesisError, ValueError) as error:
         raise UsageError(str(error)) from None
-    result = sweep(seeds=seeds, nodes=args.nodes, nemesis=kinds, nemesis_text=args.nemesis, duration_s=args.duration)
+    result = sweep(seeds=seeds, nodes=args.nodes, nemesis=kinds, nemesis_text=args.nemesis, duration_s=args.duration,
+                   actor=args.actor)
     print(result.render())
     return 1 if result.failures else 0
 

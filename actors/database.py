@@ -267,12 +267,14 @@ class DatabaseNode(RaftNode):
     def on_start(self, ctx: Context) -> None:
         if ctx.scratch_dir is None:
             raise ValueError("the database node needs a scratch directory for its SQLite files")
-        self.sessions: dict[Client, _Session] = {}
+        self.sessions: dict[Client, _Session] = {}       # sessions inside a transaction
+        self.shared: dict[str, apsw.Connection] = {}     # database -> autocommit connection
         self.write_owner: Client | None = None     # session holding an open write transaction
         self.write_queue: deque[tuple[Client, Any]] = deque()
         self.last_executed_index = 0
         self.serving = False
         self.vfs = _NodeVfs(f"raftlite-node-{ctx.node_id}-{id(self)}", ctx.wall_clock_ms or ctx.now_ms)
+        self.vfs_registered = True
         self.captures: dict[str, Any] = {}
         # The SQLite files are derived state: rebuilt from raft storage at every start.
         database_files.clear_directory(ctx.scratch_dir)
@@ -334,17 +336,49 @@ class DatabaseNode(RaftNode):
                 return  # blocked again
 
     def _connection(self, client: Client, database: str) -> apsw.Connection:
-        session = self.sessions.setdefault(client, _Session())
-        connection = session.connections.get(database)
+        """The session's own connection while it is in a transaction, else the
+        database's shared autocommit connection (opened, and the database created,
+        on first use)."""
+        session = self.sessions.get(client)
+        if session is not None and database in session.connections:
+            return session.connections[database]
+        connection = self.shared.get(database)
         if connection is None:
             connection, capture = open_leader_connection(self.database_machine.path(database), self.vfs, database=database)
             connection.authorizer = _authorizer
-            session.connections[database] = connection
+            self.shared[database] = connection
             self.captures[database] = capture
             if capture.creation is not None:
                 self._propose_entries(client, [capture.creation], response=None)
                 capture.creation = None
         return connection
+
+    def _settle_connection(self, client: Client, database: str, connection: apsw.Connection) -> None:
+        """After a request: a connection inside a transaction belongs to its session until
+        the transaction ends; then it goes back to being shared (or is closed)."""
+        in_transaction = not connection.get_autocommit()
+        session = self.sessions.get(client)
+        if in_transaction:
+            if session is None:
+                session = self.sessions[client] = _Session()
+            if self.shared.get(database) is connection:
+                del self.shared[database]
+            session.connections[database] = connection
+            session.in_transaction = database
+            if self._holds_write_lock(connection):
+                self.write_owner = client
+            return
+        if self.write_owner == client:
+            self.write_owner = None
+        if session is not None and session.connections.get(database) is connection:
+            del session.connections[database]
+            session.in_transaction = None
+            if database not in self.shared:
+                self.shared[database] = connection
+            else:
+                connection.close()
+            if not session.connections:
+                del self.sessions[client]
 
     def _run(self, client: Client, message: Any, *, from_queue: bool = False) -> bool:
         """Run one request; False when it must wait for the write lock (it was queued)."""
@@ -357,7 +391,6 @@ class DatabaseNode(RaftNode):
             self.ctx.reply(client, SqlError(code=SQLITE_AUTH, message=refusal))
             return True
         connection = self._connection(client, message.database)
-        session = self.sessions[client]
         try:
             cursor = connection.cursor()
             described: list[tuple[str, ...]] = []
@@ -391,12 +424,7 @@ class DatabaseNode(RaftNode):
                 response = QueryResult(columns=columns, rows=rows)
             else:
                 response = ExecuteResult(last_insert_id=connection.last_insert_rowid(), rows_affected=connection.changes())
-        in_transaction = not connection.get_autocommit()
-        session.in_transaction = message.database if in_transaction else None
-        if in_transaction and self._holds_write_lock(connection):
-            self.write_owner = client
-        elif self.write_owner == client and not in_transaction:
-            self.write_owner = None
+        self._settle_connection(client, message.database, connection)
         committed = self.captures[message.database].take_committed()
         if committed:
             self._propose_entries(client, committed, response=response)
@@ -443,6 +471,22 @@ class DatabaseNode(RaftNode):
         if self.raft is not None and self.raft.state == State.LEADER:
             self._drain_queue()
 
+    def _close_connections(self) -> None:
+        for session in self.sessions.values():
+            for connection in session.connections.values():
+                connection.close()
+        for connection in self.shared.values():
+            connection.close()
+        self.sessions.clear()
+        self.shared.clear()
+
+    def release_resources(self) -> None:
+        """The process is going away: close every connection and unregister the VFS."""
+        self._close_connections()
+        if getattr(self, "vfs_registered", False):
+            self.vfs.unregister()
+            self.vfs_registered = False
+
     # -- leadership and checkpoints ------------------------------------------------------
 
     def _quiet(self) -> bool:
@@ -464,20 +508,17 @@ class DatabaseNode(RaftNode):
             return
         if len(machine.only_in_wal) < self.CHECKPOINT_FRAMES and not snapshot_due:
             return
-        for database, capture in self.captures.items():
-            connection = next((s.connections[database] for s in self.sessions.values() if database in s.connections), None)
+        for database in self.captures:
+            connection = self.shared.get(database)
             if connection is not None:
                 connection.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
         machine.checkpointed()
 
     def _on_leadership_lost(self) -> None:
-        for client, session in list(self.sessions.items()):
-            for connection in session.connections.values():
-                connection.close()
+        self._close_connections()
         for client, message in self.write_queue:
             self.ctx.reply(client, SqlError(code=NOT_LEADER, message="not leader"))
         self.write_queue.clear()
-        self.sessions.clear()
         self.write_owner = None
         self.serving = False
         for database in self.captures:

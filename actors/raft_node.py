@@ -255,9 +255,10 @@ class RaftNode:
             self._process()
 
     def on_io_done(self, token: Hashable, result: IoResult) -> None:
-        if not result.ok:
-            self.storage_errors += 1
-        for group in self.storage.on_io_done(token, result):
+        completed = self.storage.on_io_done(token, result)
+        if not result.ok and self.storage.failed:
+            self.storage_errors += 1   # (an expected ENOENT, e.g. deleting a leftover, is not one)
+        for group in completed:
             for batch in self.batches:
                 if batch.group == group:
                     batch.durable = True

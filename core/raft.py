@@ -130,6 +130,9 @@ class Progress:
     inflight_bytes: int = 0
     recent_active: bool = False
     snapshot_offset: int = 0
+    # The snapshot being sent: kept until the transfer ends even if a newer one is taken
+    # meanwhile, so a slow transfer is never restarted from scratch by compaction.
+    snapshot: Snapshot | None = None
     heartbeat_sequence: int = 0
     stalled_last_index: int = -1
     stalled_heartbeats: int = 0
@@ -686,12 +689,13 @@ class Raft:
         progress = self.progress[node]
         progress.state = ProgressState.SNAPSHOT
         progress.snapshot_offset = 0
+        progress.snapshot = self.snapshot
         progress.reset_inflight()
         self._send_snapshot_chunk(node)
 
     def _send_snapshot_chunk(self, node: int) -> None:
         progress = self.progress[node]
-        snapshot = self.snapshot
+        snapshot = progress.snapshot
         offset = progress.snapshot_offset
         chunk = snapshot.data[offset : offset + self.settings.snapshot_chunk_bytes]
         self._send(node, SnapshotChunk(
@@ -703,13 +707,14 @@ class Raft:
         if progress is None or progress.state != ProgressState.SNAPSHOT:
             return
         progress.recent_active = True
-        if self.snapshot is None or message.index != self.snapshot.meta.index:
-            # A response about an older snapshot: start over with the current one.
+        if progress.snapshot is None or message.index != progress.snapshot.meta.index:
+            # A response about another transfer: start over with the current snapshot.
             self._start_snapshot(src)
             return
         if message.done:
             progress.match = max(progress.match, message.index)
             progress.next = progress.match + 1
+            progress.snapshot = None
             progress.state = ProgressState.PROBE
             progress.probe_sent = False
             self._send_append(src, allow_empty=True)

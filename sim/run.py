@@ -120,7 +120,7 @@ class ProposalLoad:
         return sum(1 for c in self.clients for r in self.sim.replies.get(c, ()) if isinstance(r, ProposeResult))
 
 
-def swarm_config(seed: int) -> Config:
+def swarm_config(seed: int, *, small_snapshots: bool = True) -> Config:
     """Per-seed settings (swarm testing): small limits and fast timeouts make elections,
     probing, flow control, segment roll-over, compaction and InstallSnapshot frequent."""
     rng = derive_rng(seed, "swarm-config")
@@ -133,7 +133,7 @@ def swarm_config(seed: int) -> Config:
         inflight_appends_max=rng.choice((1, 4, 64)),
         snapshot_threshold_entries=threshold,
         snapshot_trailing_entries=rng.choice((1, threshold // 4)),
-        snapshot_chunk_bytes=rng.choice((8, 64, 256 << 10)),
+        snapshot_chunk_bytes=rng.choice((8, 64, 256 << 10) if small_snapshots else (1 << 10, 16 << 10, 256 << 10)),
         segment_bytes_max=rng.choice((1024, 16 << 10, 8 << 20)),
     ).validate()
 
@@ -146,20 +146,26 @@ def leader_of(sim: Simulation) -> int | None:
     return None
 
 
-def _await_recovery(sim: Simulation, limit_ms: float) -> float | None:
-    """After the final heal: time until a leader commits a fresh proposal, or None."""
+def _propose_probe(sim: Simulation, leader: int):
+    return sim.submit(leader, Propose(data=b"liveness-probe")), lambda answer: isinstance(answer, ProposeResult)
+
+
+def _await_recovery(sim: Simulation, limit_ms: float, probe=_propose_probe) -> float | None:
+    """After the final heal: time until a leader commits a fresh write, or None.
+    `probe(sim, leader)` sends one write and returns (client, is_success)."""
     started = sim.now_ms
-    pending, sent_at = None, 0.0
+    pending, succeeded, sent_at = None, None, 0.0
     while sim.now_ms - started < limit_ms:
         leader = leader_of(sim)
         answers = sim.replies.get(pending, ()) if pending is not None else ()
-        if any(isinstance(r, ProposeResult) for r in answers):
+        if any(succeeded(answer) for answer in answers):
             return sim.now_ms - started
         # A new probe when there is none, the last was refused, or it went unanswered
         # for an election timeout (its node may have crashed).
         stale = sim.now_ms - sent_at > sim.config.election_timeout_ms
         if leader is not None and (pending is None or answers or stale):
-            pending, sent_at = sim.submit(leader, Propose(data=b"liveness-probe")), sim.now_ms
+            pending, succeeded = probe(sim, leader)
+            sent_at = sim.now_ms
         sim.run_for(10.0)
     return None
 
@@ -183,23 +189,37 @@ def run_simulation(
     after every step, and after the heal a write must commit within 10 x the maximum
     election timeout (TigerBeetle's liveness mode)."""
     if config is None:
-        config = swarm_config(seed) if actor == "raft" else Config()
+        if actor in ("raft", "database"):
+            # Database snapshots are whole SQLite files: chunks of a few bytes would make
+            # every InstallSnapshot thousands of round trips.
+            config = swarm_config(seed, small_snapshots=actor == "raft")
+        else:
+            config = Config()
     config = config.validate()
     trace = Trace(keep=keep_trace, sink=trace_sink)
     founders = list(range(1, nodes + 1))
     sim = Simulation(
         seed=seed, node_ids=founders, actor_factory=ACTORS[actor](founders), config=config, trace=trace,
+        scratch_dir=actor == "database",
     )
     liveness_limit = 10 * 2 * config.election_timeout_ms
     quiet = quiet_period_ms if quiet_period_ms is not None else liveness_limit
     chaos = Nemesis(sim, nemesis)
     checker = None
     load = None
-    if actor == "raft":
+    probe = _propose_probe
+    if actor in ("raft", "database"):
         checker = RaftChecker(sim).attach()
         sim.actor_hooks.append(checker.instrument)
+    if actor == "raft":
         load = ProposalLoad(sim, proposal_interval_ms, stop_at_ms=duration_ms)
         load.start()
+    elif actor == "database":
+        from raftlite.sim.database_workload import KeyValueLoad
+
+        load = KeyValueLoad(sim, proposal_interval_ms, stop_at_ms=duration_ms)
+        load.start()
+        probe = lambda sim_, leader: load.probe(leader)  # noqa: E731
     violation = None
     problems: list[str] = []
     recovery_ms = None
@@ -209,11 +229,13 @@ def run_simulation(
         chaos.start(heal_at_ms=duration_ms)
         sim.run_until(duration_ms)
         if checker is not None:
-            recovery_ms = _await_recovery(sim, liveness_limit)
+            recovery_ms = _await_recovery(sim, liveness_limit, probe)
             if recovery_ms is None:
                 problems.append(f"liveness: no write committed within {liveness_limit:.0f} ms of the final heal")
             sim.run_for(max(0.0, quiet - (recovery_ms or liveness_limit)) + 4 * config.heartbeat_interval_ms)
             problems.extend(checker.check_convergence())
+            if actor == "database":
+                problems.extend(load.check())
         else:
             sim.run_until(duration_ms + quiet)
     except SimulationFailure as failure:
@@ -223,6 +245,7 @@ def run_simulation(
         seed=seed, nodes=nodes, simulated_ms=sim.now_ms, wall_seconds=wall, events=sim.events,
         trace_events=trace.count, trace_hash=trace.hexdigest(), faults=dict(chaos.injected),
         status=sim.status(), violation=violation, problems=tuple(problems),
-        acknowledged=load.count_acknowledged() if load else 0, recovery_ms=recovery_ms,
+        acknowledged=(load.acknowledged if actor == "database" else load.count_acknowledged()) if load else 0,
+        recovery_ms=recovery_ms,
     )
     return summary, sim

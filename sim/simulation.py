@@ -125,6 +125,11 @@ class SimNode:
         if self.state == NodeState.CRASHED:
             return
         self.state = NodeState.CRASHED
+        # A dying process lets go of what the kernel holds for it (open files, here the
+        # SQLite connections of a database actor); its volatile state is simply dropped.
+        release = getattr(self.actor, "release_resources", None)
+        if release is not None:
+            release()
         self.actor = None
         self.ctx = None
         self.timers.clear()
@@ -198,6 +203,9 @@ class SimNode:
             elif command_type is Halt:
                 self.state = NodeState.HALTED
                 self.halt_reason = command.reason
+                release = getattr(self.actor, "release_resources", None)
+                if release is not None:
+                    release()
                 self.actor = None
                 self.timers.clear()
                 self.incarnation += 1

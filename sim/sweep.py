@@ -39,13 +39,13 @@ class SweepResult:
         )
 
 
-def replay_command(seed: int, nodes: int, nemesis: str, duration_s: float) -> str:
-    return f"raftlite sim run --actor raft --seed {seed} --nodes {nodes} --nemesis {nemesis} --duration {duration_s:g}"
+def replay_command(seed: int, nodes: int, nemesis: str, duration_s: float, actor: str = "raft") -> str:
+    return f"raftlite sim run --actor {actor} --seed {seed} --nodes {nodes} --nemesis {nemesis} --duration {duration_s:g}"
 
 
 def sweep(
     *, seeds: range, nodes: int, nemesis: tuple[str, ...], nemesis_text: str, duration_s: float,
-    config: Config | None = None, progress=sys.stderr, out=sys.stdout,
+    config: Config | None = None, progress=sys.stderr, out=sys.stdout, actor: str = "raft",
 ) -> SweepResult:
     started = time.perf_counter()
     failures = []
@@ -53,14 +53,14 @@ def sweep(
     last_report = started
     for position, seed in enumerate(seeds, 1):
         summary, sim = run_simulation(
-            seed=seed, nodes=nodes, duration_ms=duration_s * 1000.0, nemesis=nemesis, actor="raft", config=config,
+            seed=seed, nodes=nodes, duration_ms=duration_s * 1000.0, nemesis=nemesis, actor=actor, config=config,
         )
         sim.close()
         simulated += summary.simulated_ms / 1000.0
         if not summary.ok:
             failures.append(summary)
             print(f"seed {seed} FAILED: {summary.violation or '; '.join(summary.problems)}", file=out)
-            print(f"  replay: {replay_command(seed, nodes, nemesis_text, duration_s)}", file=out)
+            print(f"  replay: {replay_command(seed, nodes, nemesis_text, duration_s, actor)}", file=out)
         now = time.perf_counter()
         if progress is not None and (now - last_report >= 2.0 or position == len(seeds)):
             last_report = now

@@ -1,0 +1,141 @@
+"""A key-value workload for the database actor in the simulator, and its final checks.
+
+Each write inserts one new key through the leader (a client that knows where the leader
+is; the interesting faults are the cluster's, not discovery). Outcomes are kept per key,
+Jepsen-style: `ok` (acknowledged: must be present for ever), `fail` (certainly not
+applied: 10250 or an SQL error; must be absent), `info` (outcome unknown: 10506, or no
+answer; may be either). After the final heal every live replica must hold the same rows
+and those rows must fit the outcomes.
+"""
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+
+import apsw
+
+from raftlite.actors.database import Execute, ExecuteResult, SqlError
+from raftlite.sim.simulation import NodeState, Simulation
+
+__all__ = ["KeyValueLoad", "read_replica"]
+
+WRITE_SQL = (
+    "CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v BLOB); "
+    "INSERT INTO kv VALUES (?, randomblob(8))"
+)
+
+
+def read_replica(sim: Simulation, node: int, database: str, sql: str) -> list[tuple] | None:
+    """Rows from a copy of a replica's files (main file and WAL); None if it has none."""
+    actor = sim.nodes[node].actor
+    machine = getattr(actor, "database_machine", None)
+    if machine is None or database not in machine.databases:
+        return None
+    path = machine.path(database)
+    directory = tempfile.mkdtemp(prefix="raftlite-replica-")
+    try:
+        shutil.copy(path, f"{directory}/copy")
+        try:
+            shutil.copy(path + "-wal", f"{directory}/copy-wal")
+        except FileNotFoundError:
+            pass
+        connection = apsw.Connection(f"{directory}/copy")
+        try:
+            check = connection.execute("PRAGMA integrity_check").get
+            if check != "ok":
+                raise AssertionError(f"node {node}: integrity_check says {check}")
+            return [tuple(row) for row in connection.execute(sql)]
+        finally:
+            connection.close()
+    finally:
+        shutil.rmtree(directory)
+
+
+@dataclass
+class KeyValueLoad:
+    sim: Simulation
+    interval_ms: float
+    stop_at_ms: float
+    database: str = "app"
+    outcomes: dict[int, str] = field(default_factory=dict)   # key -> ok / fail / info
+    pending: dict = field(default_factory=dict)              # client -> key
+
+    def start(self) -> None:
+        self.sim.call_later(self.interval_ms, self._tick)
+
+    def _leader(self) -> int | None:
+        for node_id in self.sim.node_ids:
+            node = self.sim.nodes[node_id]
+            raft = getattr(node.actor, "raft", None)
+            if raft is not None and node.state == NodeState.UP and raft.state.value == "leader":
+                return node_id
+        return None
+
+    def _tick(self) -> None:
+        self.collect()
+        if self.sim.now_ms >= self.stop_at_ms:
+            return
+        leader = self._leader()
+        if leader is not None:
+            key = len(self.outcomes) + 1
+            self.outcomes[key] = "info"   # until an answer says otherwise
+            client = self.sim.submit(leader, Execute(database=self.database, sql=WRITE_SQL, params=(key,)))
+            self.pending[client] = key
+        self.sim.call_later(self.interval_ms, self._tick)
+
+    def collect(self) -> None:
+        for client in list(self.pending):
+            answers = self.sim.replies.get(client)
+            if not answers:
+                continue
+            key = self.pending.pop(client)
+            answer = answers[0]
+            if isinstance(answer, ExecuteResult):
+                self.outcomes[key] = "ok"
+            elif isinstance(answer, SqlError) and answer.code != 10506:
+                self.outcomes[key] = "fail"
+
+    @property
+    def acknowledged(self) -> int:
+        return sum(1 for outcome in self.outcomes.values() if outcome == "ok")
+
+    def check(self) -> list[str]:
+        """Replicas identical, intact, and consistent with the outcomes."""
+        self.collect()
+        problems = []
+        contents = {}
+        for node_id in self.sim.node_ids:
+            if self.sim.nodes[node_id].state != NodeState.UP:
+                continue
+            try:
+                rows = read_replica(self.sim, node_id, self.database, "SELECT k, v FROM kv ORDER BY k")
+            except (AssertionError, apsw.Error) as error:
+                problems.append(f"node {node_id}: {error}")
+                continue
+            contents[node_id] = rows or []
+        if len({tuple(rows) for rows in contents.values()}) > 1:
+            sizes = {node: len(rows) for node, rows in contents.items()}
+            problems.append(f"replicas differ (rows per node: {sizes})")
+        if contents:
+            rows = next(iter(contents.values()))
+            present = {key for key, _ in rows}
+            lost = sorted(k for k, outcome in self.outcomes.items() if outcome == "ok" and k not in present)
+            phantom = sorted(k for k, outcome in self.outcomes.items() if outcome == "fail" and k in present)
+            unknown = sorted(k for k in present if k not in self.outcomes)
+            if lost:
+                problems.append(f"acknowledged writes lost: keys {lost[:10]}")
+            if phantom:
+                problems.append(f"writes reported as failed are present: keys {phantom[:10]}")
+            if unknown:
+                problems.append(f"rows nobody wrote: keys {unknown[:10]}")
+        return problems
+
+    def probe(self, leader: int):
+        """A request for the liveness check, and how to tell it succeeded."""
+        key = -(len(self.outcomes) + 1)
+        self.outcomes[key] = "info"
+        client = self.sim.submit(leader, Execute(database=self.database, sql=WRITE_SQL, params=(key,)))
+        self.pending[client] = key
+        return client, lambda answer: isinstance(answer, ExecuteResult)
+
+
