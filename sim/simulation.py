@@ -348,11 +348,13 @@ class Simulation:
 
     # -- clients -------------------------------------------------------------------------
 
-    def submit(self, node_id: int, request: Any) -> Client:
-        """Send a client request to a node; its replies collect in `replies[client]`."""
-        self._next_client += 1
-        client = Client(self._next_client)
-        self.replies[client] = []
+    def submit(self, node_id: int, request: Any, client: Client | None = None) -> Client:
+        """Send a client request to a node; its replies collect in `replies[client]`.
+        Pass the `client` of an earlier request to continue that session."""
+        if client is None:
+            self._next_client += 1
+            client = Client(self._next_client)
+        self.replies.setdefault(client, [])
         node = self.nodes[node_id]
         self.trace.record(self.env.now, node_id, "request", {"client": client.connection, "req": _describe(request)})
         self.call_later(self.client_latency_ms, self._client_arrive, node, node.incarnation, client, request)

@@ -154,3 +154,66 @@ def test_database_sweep_keeps_replicas_identical_and_acknowledged_writes(nodes, 
     result = sweep(seeds=seeds, nodes=nodes, nemesis=NEMESIS_KINDS, nemesis_text="all", duration_s=10.0,
                    progress=None, out=out, actor="database")
     assert result.failures == [], out.getvalue()
+
+
+def test_interactive_transactions_queue_writers_without_blocking_readers():
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (a)"))
+
+    def send(client, sql, query=False, wait=20.0):
+        message = (Query if query else Execute)(database="app", sql=sql)
+        client = sim.submit(leader, message, client=client)
+        before = len(sim.replies[client])
+        sim.run_for(wait)
+        return client, sim.replies[client][before:]
+
+    alice, answers = send(None, "BEGIN")
+    assert answers == [ExecuteResult(last_insert_id=0, rows_affected=0)]
+    alice, answers = send(alice, "INSERT INTO t VALUES ('alice')")
+    assert answers == [ExecuteResult(last_insert_id=1, rows_affected=1)]
+    # A reader sees the committed state, not Alice's open transaction, and is not blocked.
+    bob, answers = send(None, "SELECT count(*) FROM t", query=True)
+    assert answers == [QueryResult(columns=("count(*)",), rows=((0,),))]
+    # A writer waits for the write lock instead of failing with SQLITE_BUSY.
+    carol, answers = send(None, "INSERT INTO t VALUES ('carol')")
+    assert answers == []
+    alice, answers = send(alice, "COMMIT", wait=50.0)
+    # (SQLite's changes() still counts the transaction's last INSERT after COMMIT.)
+    assert answers == [ExecuteResult(last_insert_id=1, rows_affected=1)]
+    sim.run_for(50)
+    assert sim.replies[carol] == [ExecuteResult(last_insert_id=2, rows_affected=1)]
+    sim.run_for(200)
+    for node in sim.node_ids:
+        assert rows_of(sim, node, "SELECT a FROM t ORDER BY rowid") == [("alice",), ("carol",)]
+
+
+def test_a_rolled_back_transaction_leaves_nothing_and_a_vanished_client_is_rolled_back():
+    from raftlite.actors.database import SessionClosed
+
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (a)"))
+    dave = sim.submit(leader, Execute(database="app", sql="BEGIN; INSERT INTO t VALUES ('dave')"))
+    sim.run_for(20)
+    sim.submit(leader, Execute(database="app", sql="ROLLBACK"), client=dave)
+    erin = sim.submit(leader, Execute(database="app", sql="BEGIN IMMEDIATE; INSERT INTO t VALUES ('erin')"))
+    sim.run_for(20)
+    sim.submit(leader, SessionClosed(), client=erin)     # the client went away mid-transaction
+    frank = sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES ('frank')"))
+    sim.run_for(300)
+    assert sim.replies[frank] == [ExecuteResult(last_insert_id=1, rows_affected=1)]
+    for node in sim.node_ids:
+        assert rows_of(sim, node, "SELECT a FROM t") == [("frank",)]
+
+
+def test_sixteen_concurrent_writers_get_no_busy_errors():
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k, v)"))
+    clients = [sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES (?, randomblob(1024))", params=(i,)))
+               for i in range(16)]
+    sim.run_for(500)
+    answers = [answer for client in clients for answer in sim.replies[client]]
+    assert len(answers) == 16 and all(isinstance(answer, ExecuteResult) for answer in answers)
+    assert rows_of(sim, 2, "SELECT count(*) FROM t") == [(16,)]
