@@ -162,8 +162,9 @@ def settings_from_config(config) -> RaftSettings:
 @dataclass(slots=True)
 class _Batch:
     ready: Ready
-    group: int | None          # storage persist group, None when nothing to persist
-    durable: bool = False
+    group: int | None = None   # storage persist group, once submitted
+    durable: bool = False      # persisted (or nothing to persist)
+    own_snapshot: Any = None   # a snapshot this node took itself, to persist alone
 
 
 @dataclass(slots=True)
@@ -201,6 +202,8 @@ class RaftNode:
     def on_start(self, ctx: Context) -> None:
         self.ctx = ctx
         self.batches: deque[_Batch] = deque()
+        self.unsubmitted: list[_Batch] = []   # batches waiting for the next persist group
+        self.group_in_flight: int | None = None
         self.next_group = 0
         self.proposals: dict[int, _PendingProposal] = {}   # log index -> waiting client
         self.pending_membership: dict[int, Client] = {}     # CONFIG index -> client
@@ -258,12 +261,48 @@ class RaftNode:
         completed = self.storage.on_io_done(token, result)
         if not result.ok and self.storage.failed:
             self.storage_errors += 1   # (an expected ENOENT, e.g. deleting a leftover, is not one)
-        for group in completed:
+        self._groups_completed(completed)
+        self._submit_persist()
+        self._complete_batches()
+        self._process()
+
+    def _groups_completed(self, groups) -> None:
+        for group in groups:
+            if group == self.group_in_flight:
+                self.group_in_flight = None
             for batch in self.batches:
                 if batch.group == group:
                     batch.durable = True
-        self._complete_batches()
-        self._process()
+
+    def _submit_persist(self) -> None:
+        """Group commit: one persist group (one fsync per file) in flight at a time;
+        everything that became due meanwhile goes into the next group together."""
+        if self.group_in_flight is not None or not self.unsubmitted:
+            return
+        first = self.unsubmitted[0]
+        if first.own_snapshot is not None or first.ready.snapshot is not None:
+            merged = [first]   # snapshots go alone
+        else:
+            merged = []
+            for batch in self.unsubmitted:
+                if batch.own_snapshot is not None or batch.ready.snapshot is not None:
+                    break
+                merged.append(batch)
+        del self.unsubmitted[: len(merged)]
+        group = self.next_group
+        self.next_group += 1
+        for batch in merged:
+            batch.group = group
+        self.group_in_flight = group
+        if merged[0].own_snapshot is not None:
+            done = self.storage.persist(group, snapshot=merged[0].own_snapshot)
+        else:
+            hard_state, truncate_after, entries = _merge_persistence([batch.ready for batch in merged])
+            done = self.storage.persist(
+                group, hard_state=hard_state, entries=entries, truncate_after=truncate_after,
+                snapshot=merged[0].ready.snapshot,
+            )
+        self._groups_completed(done)
 
     # -- clients -------------------------------------------------------------------------
 
@@ -315,15 +354,11 @@ class RaftNode:
             ready = raft.ready()
             for dst, message in ready.messages:
                 self.ctx.send(dst, message)
-            group = None
-            if ready.needs_persist():
-                group = self.next_group
-                self.next_group += 1
-                self.storage.persist(
-                    group, hard_state=ready.hard_state, entries=ready.entries,
-                    truncate_after=ready.truncate_after, snapshot=ready.snapshot,
-                )
-            self.batches.append(_Batch(ready, group, durable=group is None))
+            batch = _Batch(ready, durable=not ready.needs_persist())
+            self.batches.append(batch)
+            if not batch.durable:
+                self.unsubmitted.append(batch)
+            self._submit_persist()
             self._complete_batches()
         leading = raft.state == State.LEADER
         if self.leading and not leading:
@@ -428,10 +463,10 @@ class RaftNode:
         snapshot = self.raft.compact(self.raft.applied, self.state_machine.snapshot(), config.snapshot_trailing_entries)
         self.applied_since_snapshot = 0
         if snapshot is not None:
-            group = self.next_group
-            self.next_group += 1
-            self.storage.persist(group, snapshot=snapshot)
-            self.batches.append(_Batch(_EMPTY_READY, group))
+            batch = _Batch(_EMPTY_READY, own_snapshot=snapshot)
+            self.batches.append(batch)
+            self.unsubmitted.append(batch)
+            self._submit_persist()
 
     # -- introspection -------------------------------------------------------------------
 
@@ -441,6 +476,27 @@ class RaftNode:
         status = self.raft.status()
         status["storage_errors"] = self.storage_errors
         return status
+
+
+def _merge_persistence(readys: list[Ready]) -> tuple[Any, int | None, tuple[Entry, ...]]:
+    """What several Readys, in order, ask to persist, as one write: the newest hard
+    state, the deepest truncation of what is already on disk, and the entries that
+    survive later truncations."""
+    hard_state = None
+    truncate_after: int | None = None
+    entries: list[Entry] = []
+    for ready in readys:
+        if ready.hard_state is not None:
+            hard_state = ready.hard_state
+        if ready.truncate_after is not None:
+            cut = ready.truncate_after
+            if entries and cut >= entries[0].index - 1:
+                entries = [entry for entry in entries if entry.index <= cut]   # cut what is not on disk yet
+            else:
+                entries = []
+                truncate_after = cut if truncate_after is None else min(truncate_after, cut)
+        entries.extend(ready.entries)
+    return hard_state, truncate_after, tuple(entries)
 
 
 _EMPTY_READY = Ready(
