@@ -18,7 +18,9 @@ class Config:
     # Replication flow control.
     append_batch_bytes_max: int = 1 << 20
     append_entries_max: int = 512
-    inflight_appends_max: int = 64
+    # Appends in flight per follower. Small on purpose: while they are in flight, new
+    # entries accumulate and leave together in the next append (group commit).
+    inflight_appends_max: int = 2
     inflight_bytes_max: int = 32 << 20
     # Nothing larger crosses a connection; bigger payloads are chunked.
     message_bytes_max: int = 64 << 20

@@ -217,3 +217,44 @@ def test_sixteen_concurrent_writers_get_no_busy_errors():
     answers = [answer for client in clients for answer in sim.replies[client]]
     assert len(answers) == 16 and all(isinstance(answer, ExecuteResult) for answer in answers)
     assert rows_of(sim, 2, "SELECT count(*) FROM t") == [(16,)]
+
+
+def test_concurrent_writers_share_appends_and_fsyncs():
+    """16 closed-loop writers: on average at least 4 transactions per raft append and at
+    most 0.5 fsyncs per transaction per node (group commit), and no BUSY."""
+    from raftlite.core.raft_messages import AppendRequest
+
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k, v)"))
+    entries_per_append = []
+    transmit = sim.transmit
+
+    def counting_transmit(src, dst, message):
+        if isinstance(message, AppendRequest) and message.entries:
+            entries_per_append.append(len(message.entries))
+        transmit(src, dst, message)
+
+    sim.transmit = counting_transmit
+    first_event = sim.trace.count
+    writers = {sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES (?, randomblob(1024))", params=(i,))): 1
+               for i in range(16)}
+    transactions = 0
+    deadline = sim.now_ms + 1000
+    while sim.now_ms < deadline:
+        sim.run_for(0.1)
+        for client, seen in writers.items():
+            answers = sim.replies[client]
+            if len(answers) > seen - 1 and len(answers) == seen:
+                assert isinstance(answers[-1], ExecuteResult), answers[-1]
+                transactions += 1
+                writers[client] = seen + 1
+                sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES (?, randomblob(1024))",
+                                           params=(transactions,)), client=client)
+    assert transactions > 1000
+    assert sum(entries_per_append) / len(entries_per_append) >= 4
+    events = list(sim.trace.events())[first_event:]
+    for node in sim.node_ids:
+        fsyncs = sum(1 for e in events if e["ev"] == "disk-submit" and e["n"] == node
+                     and (e["op"].startswith("Sync(") or "durable=True" in e["op"]))
+        assert fsyncs / transactions <= 0.5, (node, fsyncs, transactions)
