@@ -258,7 +258,10 @@ class DatabaseNode(RaftNode):
     """A raft node serving SQL. Requests: Open, Execute, Query, SessionClosed."""
 
     CHECKPOINT = "checkpoint"
-    CHECKPOINT_FRAMES = 1000
+    # Checkpoint once this many transactions sit in the WAL and all are committed; past
+    # twice as many, new work waits (in the queue) until that moment comes, so the WAL
+    # stays bounded under a continuous load.
+    CHECKPOINT_ENTRIES = 1000
 
     def __init__(self, *, bootstrap, settings=None, write_queue_max: int = 1024) -> None:
         super().__init__(bootstrap=bootstrap, settings=settings, state_machine_factory=None)
@@ -272,6 +275,7 @@ class DatabaseNode(RaftNode):
         self.write_owner: Client | None = None     # session holding an open write transaction
         self.write_queue: deque[tuple[Client, Any]] = deque()
         self.last_executed_index = 0
+        self.wal_entries = 0     # transactions run since the last checkpoint
         self.serving = False
         self.vfs = _NodeVfs(f"raftlite-node-{ctx.node_id}-{id(self)}", ctx.wall_clock_ms or ctx.now_ms)
         self.vfs_registered = True
@@ -307,12 +311,17 @@ class DatabaseNode(RaftNode):
         if raft.state != State.LEADER:
             self.ctx.reply(client, SqlError(code=NOT_LEADER, message="not leader"))
             return
-        if not self._ready_to_serve():
+        if not self._ready_to_serve() or self._wal_full(client):
             # A new leader serves once it committed an entry of its term and applied
-            # everything committed; until then requests wait their turn.
+            # everything committed; a full WAL waits for its checkpoint. Meanwhile
+            # requests wait their turn.
             self._enqueue(client, message)
             return
         self._run(client, message)
+
+    def _wal_full(self, client: Client) -> bool:
+        # A session inside a transaction goes on: the checkpoint waits for it to end.
+        return self.wal_entries >= 2 * self.CHECKPOINT_ENTRIES and client not in self.sessions
 
     def _ready_to_serve(self) -> bool:
         raft = self.raft
@@ -330,6 +339,8 @@ class DatabaseNode(RaftNode):
         while self.write_queue and self.raft.state == State.LEADER and self._ready_to_serve():
             client, message = self.write_queue[0]
             if self.write_owner is not None and self.write_owner != client:
+                return
+            if self._wal_full(client):
                 return
             self.write_queue.popleft()
             if not self._run(client, message, from_queue=True):
@@ -444,6 +455,7 @@ class DatabaseNode(RaftNode):
         for decoded in entries:
             index = raft.propose(encode_database_entry(decoded))
             self.database_machine.executed_here[index] = raft.term
+            self.wal_entries += 1
             last = index
         self.last_executed_index = last
         if response is not None:
@@ -506,13 +518,15 @@ class DatabaseNode(RaftNode):
         snapshot_due = self.applied_since_snapshot >= self.ctx.config.snapshot_threshold_entries
         if not machine.only_in_wal or not self._quiet():
             return
-        if len(machine.only_in_wal) < self.CHECKPOINT_FRAMES and not snapshot_due:
+        if len(machine.only_in_wal) < self.CHECKPOINT_ENTRIES and not snapshot_due:
             return
         for database in self.captures:
             connection = self.shared.get(database)
             if connection is not None:
                 connection.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
         machine.checkpointed()
+        self.wal_entries = 0
+        self._drain_queue()
 
     def _on_leadership_lost(self) -> None:
         self._close_connections()
@@ -520,6 +534,7 @@ class DatabaseNode(RaftNode):
             self.ctx.reply(client, SqlError(code=NOT_LEADER, message="not leader"))
         self.write_queue.clear()
         self.write_owner = None
+        self.wal_entries = 0
         self.serving = False
         for database in self.captures:
             self.vfs.stop_capturing(self.database_machine.path(database))

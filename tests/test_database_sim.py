@@ -258,3 +258,35 @@ def test_concurrent_writers_share_appends_and_fsyncs():
         fsyncs = sum(1 for e in events if e["ev"] == "disk-submit" and e["n"] == node
                      and (e["op"].startswith("Sync(") or "durable=True" in e["op"]))
         assert fsyncs / transactions <= 0.5, (node, fsyncs, transactions)
+
+
+def test_the_leaders_wal_stays_bounded_under_continuous_load(monkeypatch):
+    import os
+
+    from raftlite.actors.database import DatabaseNode
+
+    monkeypatch.setattr(DatabaseNode, "CHECKPOINT_ENTRIES", 20)
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k, v)"))
+    wal = sim.actor(leader).database_machine.path("app") + "-wal"
+    writers = {sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES (?, randomblob(1024))", params=(i,))): 1
+               for i in range(16)}
+    sizes, transactions = [], 0
+    deadline = sim.now_ms + 2000
+    while sim.now_ms < deadline:
+        sim.run_for(0.5)
+        sizes.append(os.path.getsize(wal) if os.path.exists(wal) else 0)
+        for client, expected in writers.items():
+            if len(sim.replies[client]) == expected:
+                assert isinstance(sim.replies[client][-1], ExecuteResult)
+                transactions += 1
+                writers[client] = expected + 1
+                sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES (?, randomblob(1024))",
+                                           params=(100 + transactions,)), client=client)
+    assert transactions > 500
+    # At most about 2 x 20 transactions of ~3 pages each, plus what runs while waiting.
+    assert max(sizes) < 1 << 20, max(sizes)
+    assert sum(1 for before, after in zip(sizes, sizes[1:]) if after < before) >= 10   # it kept checkpointing
+    sim.run_for(500)
+    assert rows_of(sim, leader, "SELECT count(*) FROM t") == rows_of(sim, 2 if leader != 2 else 3, "SELECT count(*) FROM t")
