@@ -37,7 +37,9 @@ class LinkProfile:
     reorder_probability: float = 0.0   # extra delay of up to reorder_delay_ms
     reorder_delay_ms: float = 5.0
     bandwidth_bytes_per_ms: float = 125_000.0  # 1 Gbit/s
-    queue_bytes_max: int = 16 << 20    # tail drop beyond this many bytes awaiting the wire
+    # Tail drop beyond this many bytes awaiting the wire; above the largest message
+    # (Config.message_bytes_max) so that one big transaction can always get through.
+    queue_bytes_max: int = 128 << 20
 
 
 Pair = tuple[int, int]

@@ -70,6 +70,10 @@ def message_size(message: Any) -> int:
 
 
 def _describe(value: Any, limit: int = 240) -> str:
+    size = message_size(value) if hasattr(value, "wire_bytes") else 0
+    if size > 64 * limit:
+        # repr() of a multi-megabyte message would cost more than the whole step.
+        return f"{type(value).__name__}(~{size} bytes)"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

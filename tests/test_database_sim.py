@@ -290,3 +290,26 @@ def test_the_leaders_wal_stays_bounded_under_continuous_load(monkeypatch):
     assert sum(1 for before, after in zip(sizes, sizes[1:]) if after < before) >= 10   # it kept checkpointing
     sim.run_for(500)
     assert rows_of(sim, leader, "SELECT count(*) FROM t") == rows_of(sim, 2 if leader != 2 else 3, "SELECT count(*) FROM t")
+
+
+def test_a_20_mb_transaction_replicates_without_disturbing_leadership():
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k, v)"))
+    first_event = sim.trace.count
+    terms_before = {sim.actor(n).raft.term for n in sim.node_ids}
+    client = sim.submit(leader, Execute(database="app", sql=(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) "
+        "INSERT INTO t SELECT i, randomblob(1000) FROM n")))
+    sim.run_for(3000)
+    assert sim.replies[client] == [ExecuteResult(last_insert_id=20000, rows_affected=20000)]
+    assert {sim.actor(n).raft.term for n in sim.node_ids} == terms_before       # no election
+    events = list(sim.trace.events())[first_event:]
+    heartbeats = {e["id"] for e in events if e["ev"] == "send" and e["n"] == leader and e["msg"].startswith("HeartbeatRequest")}
+    half_election_timeout = sim.config.election_timeout_ms / 2
+    for node in sim.node_ids:
+        if node == leader:
+            continue
+        arrivals = [e["t"] for e in events if e["ev"] == "deliver" and e["n"] == node and e["id"] in heartbeats]
+        assert max(b - a for a, b in zip(arrivals, arrivals[1:])) < half_election_timeout
+        assert rows_of(sim, node, "SELECT count(*), sum(length(v)) FROM t") == [(20000, 20_000_000)]
