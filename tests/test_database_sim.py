@@ -1,12 +1,9 @@
 """Replicated SQLite under the simulator (issue: replicated SQLite, first steps)."""
 
-import shutil
-import tempfile
-
-import apsw
 import pytest
 
 from raftlite.actors.database import LEADERSHIP_LOST, NOT_LEADER, Execute, ExecuteResult, Open, Query, QueryResult, SqlError
+from raftlite.sim.database_workload import read_replica
 from raftlite.sim.network import isolate
 from raftlite.sim.raft_checkers import RaftChecker
 from raftlite.sim.run import ACTORS, leader_of
@@ -34,23 +31,8 @@ def request(sim, node, message, wait=50.0):
 
 
 def rows_of(sim, node, sql, database="app"):
-    """Read a replica's database from a copy of its files (never touching the node's own)."""
-    path = sim.actor(node).database_machine.path(database)
-    directory = tempfile.mkdtemp()
-    try:
-        for suffix in ("", "-wal"):
-            try:
-                shutil.copy(path + suffix, f"{directory}/copy{suffix}")
-            except FileNotFoundError:
-                pass
-        connection = apsw.Connection(f"{directory}/copy")
-        try:
-            assert connection.execute("PRAGMA integrity_check").get == "ok"
-            return [tuple(row) for row in connection.execute(sql)]
-        finally:
-            connection.close()
-    finally:
-        shutil.rmtree(directory)
+    """A replica's rows, read from a copy of its files (integrity-checked)."""
+    return read_replica(sim, node, database, sql)
 
 
 def test_non_deterministic_sql_gives_identical_rows_on_every_replica():
