@@ -295,3 +295,32 @@ def test_a_20_mb_transaction_replicates_without_disturbing_leadership():
         arrivals = [e["t"] for e in events if e["ev"] == "deliver" and e["n"] == node and e["id"] in heartbeats]
         assert max(b - a for a, b in zip(arrivals, arrivals[1:])) < half_election_timeout
         assert rows_of(sim, node, "SELECT count(*), sum(length(v)) FROM t") == [(20000, 20_000_000)]
+
+
+def test_a_node_added_after_compaction_catches_up_by_snapshot():
+    from raftlite.actors.config import Config
+    from raftlite.actors.raft_node import ChangeMembership, ProposeResult
+    from raftlite.core.raft_types import Role
+
+    config = Config(snapshot_threshold_entries=16, snapshot_trailing_entries=2, snapshot_chunk_bytes=4096)
+    sim = Simulation(seed=4, node_ids=[1, 2, 3, 4], actor_factory=ACTORS["database"]([1, 2, 3]), scratch_dir=True,
+                     trace=Trace(keep=True), config=config)
+    checker = RaftChecker(sim).attach()
+    sim.actor_hooks.append(checker.instrument)
+    sim.start()
+    sim.run_for(3000)
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k, v)"))
+    for key in range(60):
+        request(sim, leader, Execute(database="app", sql="INSERT INTO t VALUES (?, randomblob(100))", params=(key,)), wait=5)
+    sim.run_for(500)
+    raft = sim.actor(leader).raft
+    assert raft.snapshot is not None and raft.log_base_index > 1          # the log was compacted
+    (joined,) = request(sim, leader, ChangeMembership(node=4, role=Role.STANDBY), wait=2000)
+    assert isinstance(joined, ProposeResult)
+    sim.run_for(2000)
+    chunks = [e for e in sim.trace.events() if e["ev"] == "send" and e["dst"] == 4 and e["msg"].startswith("SnapshotChunk")]
+    assert chunks                                                         # it came by InstallSnapshot
+    expected = rows_of(sim, leader, "SELECT k, v FROM t ORDER BY k")
+    assert len(expected) == 60
+    assert rows_of(sim, 4, "SELECT k, v FROM t ORDER BY k") == expected
