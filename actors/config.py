@@ -36,6 +36,9 @@ class Config:
     segment_bytes_max: int = 8 << 20
     # A promotion to voter waits at most this long for the node to catch up.
     promotion_timeout_ms: float = 30_000.0
+    # An interactive transaction with no request for this long is rolled back (it may
+    # hold the write lock, and its client may be gone).
+    transaction_idle_timeout_ms: float = 30_000.0
 
     def validate(self) -> "Config":
         """Raise ConfigError naming the first bad field; return self for chaining."""

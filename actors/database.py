@@ -288,6 +288,16 @@ class DatabaseNode(RaftNode):
         self.database_machine = machine
         super().on_start(ctx)
 
+    IDLE_TRANSACTION = "idle-transaction"
+
+    def on_timer(self, timer: Hashable) -> None:
+        if isinstance(timer, tuple) and timer[0] == self.IDLE_TRANSACTION:
+            if self.raft is not None:
+                self._close_session(timer[1])   # rolls the transaction back, frees the lock
+                self._process()
+            return
+        super().on_timer(timer)
+
     # -- requests ----------------------------------------------------------------------
 
     def _refusal(self, error: RaftError) -> Any:
@@ -378,7 +388,10 @@ class DatabaseNode(RaftNode):
             session.in_transaction = database
             if self._holds_write_lock(connection):
                 self.write_owner = client
+            # (Re)armed by every request: measures idleness since the last one.
+            self.ctx.set_timer((self.IDLE_TRANSACTION, client), self.ctx.config.transaction_idle_timeout_ms)
             return
+        self.ctx.cancel_timer((self.IDLE_TRANSACTION, client))
         if self.write_owner == client:
             self.write_owner = None
         if session is not None and session.connections.get(database) is connection:

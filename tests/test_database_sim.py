@@ -324,3 +324,21 @@ def test_a_node_added_after_compaction_catches_up_by_snapshot():
     expected = rows_of(sim, leader, "SELECT k, v FROM t ORDER BY k")
     assert len(expected) == 60
     assert rows_of(sim, 4, "SELECT k, v FROM t ORDER BY k") == expected
+
+
+def test_an_idle_transaction_is_rolled_back_and_frees_the_write_lock():
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (a)"))
+    idle = sim.submit(leader, Execute(database="app", sql="BEGIN; INSERT INTO t VALUES ('idle')"))
+    sim.run_for(20)
+    waiting = sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES ('waiting')"))
+    sim.run_for(sim.config.transaction_idle_timeout_ms / 2)
+    assert sim.replies[waiting] == []                        # queued behind the idle one
+    sim.run_for(sim.config.transaction_idle_timeout_ms)
+    assert sim.replies[waiting] == [ExecuteResult(last_insert_id=1, rows_affected=1)]
+    sim.submit(leader, Execute(database="app", sql="COMMIT"), client=idle)
+    sim.run_for(100)
+    assert sim.replies[idle][-1].code == 1                   # "cannot commit - no transaction is active"
+    for node in sim.node_ids:
+        assert rows_of(sim, node, "SELECT a FROM t") == [("waiting",)]
