@@ -113,6 +113,9 @@ class KeyValueLoad:
                 problems.append(f"node {node_id}: {error}")
                 continue
             contents[node_id] = rows or []
+        images = self._follower_images()
+        if len(set(images.values())) > 1:
+            problems.append(f"followers' database files differ page by page (digests {images})")
         if len({tuple(rows) for rows in contents.values()}) > 1:
             sizes = {node: len(rows) for node, rows in contents.items()}
             problems.append(f"replicas differ (rows per node: {sizes})")
@@ -129,6 +132,27 @@ class KeyValueLoad:
             if unknown:
                 problems.append(f"rows nobody wrote: keys {unknown[:10]}")
         return problems
+
+    def _follower_images(self) -> dict[int, str]:
+        """Digest of each up follower's main file (followers keep no WAL, so it holds
+        every page), for followers that applied the same index."""
+        import hashlib
+
+        followers = {}
+        for node_id in self.sim.node_ids:
+            node = self.sim.nodes[node_id]
+            raft = getattr(node.actor, "raft", None)
+            if node.state != NodeState.UP or raft is None or raft.state.value == "leader":
+                continue
+            machine = node.actor.database_machine
+            if self.database not in machine.databases:
+                continue
+            with open(machine.path(self.database), "rb") as file:
+                followers[node_id] = (raft.applied, hashlib.sha256(file.read()).hexdigest()[:16])
+        if not followers:
+            return {}
+        newest = max(applied for applied, _ in followers.values())
+        return {node: digest for node, (applied, digest) in followers.items() if applied == newest}
 
     def probe(self, leader: int):
         """A request for the liveness check, and how to tell it succeeded."""

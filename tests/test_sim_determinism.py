@@ -46,3 +46,19 @@ def test_trace_file_lines_reproduce_the_hash_inputs(tmp_path):
             run_simulation(seed=5, nodes=3, duration_ms=3_000, nemesis=NEMESIS_KINDS, trace_sink=sink, quiet_period_ms=500)
     assert path_a.read_bytes() == path_b.read_bytes()
     assert path_a.read_text().count("\n") > 300
+
+
+def test_database_runs_repeat_exactly_across_processes():
+    """random(), randomblob(), datetime('now') and the WAL salts follow the seed."""
+    hashes = []
+    for hash_seed in ("1", "777"):
+        environment = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        result = subprocess.run(
+            [sys.executable, "-m", "raftlite", "sim", "run", "--actor", "database", "--seed", "5", "--nodes", "3",
+             "--duration", "5", "--nemesis", "all"],
+            capture_output=True, text=True, env=environment, timeout=100,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "PROBLEM" not in result.stdout and "VIOLATION" not in result.stdout, result.stdout
+        hashes.append(result.stdout.strip().splitlines()[-1])
+    assert hashes[0] == hashes[1]
