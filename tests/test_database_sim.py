@@ -342,3 +342,24 @@ def test_an_idle_transaction_is_rolled_back_and_frees_the_write_lock():
     assert sim.replies[idle][-1].code == 1                   # "cannot commit - no transaction is active"
     for node in sim.node_ids:
         assert rows_of(sim, node, "SELECT a FROM t") == [("waiting",)]
+
+
+def test_the_in_process_client_finds_the_leader_and_runs_transactions():
+    from raftlite.sim.client import SimDatabaseClient, SqlFailure
+
+    sim = database_cluster()
+    client = SimDatabaseClient(sim)
+    client.execute("CREATE TABLE t (a INTEGER PRIMARY KEY, b)")
+    with client.transaction() as tx:
+        tx.execute("INSERT INTO t VALUES (1, 'one')")
+        assert tx.query("SELECT count(*) FROM t").rows == ((1,),)
+    with pytest.raises(SqlFailure, match="UNIQUE constraint failed"):
+        with client.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (2, 'two')")
+            tx.execute("INSERT INTO t VALUES (1, 'again')")
+    assert client.query("SELECT a, b FROM t").rows == ((1, "one"),)       # the failed one rolled back
+    old_leader = leader_of(sim)
+    sim.crash(old_leader)
+    client.execute("INSERT INTO t VALUES (3, 'three')")                   # finds the new leader
+    assert leader_of(sim) != old_leader
+    assert client.query("SELECT count(*) FROM t").rows == ((2,),)
