@@ -25,15 +25,19 @@ _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=re
 class Trace:
     def __init__(self, *, keep: bool = False, sink: TextIO | None = None) -> None:
         self._hash = hashlib.sha256()
+        self._unhashed: list[str] = []
         self.keep = keep
         self.lines: list[str] = []
         self.sink = sink
         self.count = 0
 
     def record(self, time_ms: float, node: int | None, kind: str, fields: dict[str, Any] | None = None) -> None:
-        # The hash reads repr() of the event (C-fast, deterministic for these values);
-        # JSON is produced only when someone keeps or writes the lines.
-        self._hash.update(f"{time_ms!r}|{node!r}|{kind}|{fields!r}\n".encode())
+        # The hash reads repr() of the event (C-fast, deterministic for these values),
+        # fed to SHA-256 in blocks; JSON is produced only when someone keeps or writes
+        # the lines.
+        self._unhashed.append(f"{time_ms!r}|{node!r}|{kind}|{fields!r}\n")
+        if len(self._unhashed) >= 4096:
+            self._flush_hash()
         self.count += 1
         if self.keep or self.sink is not None:
             event = {"t": time_ms, "n": node, "ev": kind}
@@ -45,7 +49,12 @@ class Trace:
             if self.sink is not None:
                 self.sink.write(line + "\n")
 
+    def _flush_hash(self) -> None:
+        self._hash.update("".join(self._unhashed).encode())
+        self._unhashed.clear()
+
     def hexdigest(self) -> str:
+        self._flush_hash()
         return self._hash.hexdigest()
 
     def events(self) -> Iterable[dict[str, Any]]:
