@@ -278,13 +278,13 @@ class Simulation:
     # -- scheduling ----------------------------------------------------------------------
 
     def call_later(self, delay_ms: float, callback: Callable, *args) -> None:
-        event = self.env.timeout(delay_ms)
+        # The callback rides in the event's value: no closure per event (the hot path).
+        self.env.timeout(delay_ms, (callback, args)).callbacks.append(self._fire)
 
-        def fire(_event) -> None:
-            self.events += 1
-            callback(*args)
-
-        event.callbacks.append(fire)
+    def _fire(self, event) -> None:
+        self.events += 1
+        callback, args = event.value
+        callback(*args)
 
     @property
     def now_ms(self) -> float:
