@@ -185,6 +185,18 @@ class DatabaseStateMachine:
         self._write(decode_database_entry(entry.data))
         return None
 
+    def apply_steps(self, entry: Entry, step_bytes: int):
+        """`apply` of a big entry, as a generator yielding the bytes written per step."""
+        if entry.kind != EntryKind.NORMAL or self.executed_here.get(entry.index) == entry.term:
+            return self.apply(entry)
+        decoded = decode_database_entry(entry.data)
+        if isinstance(decoded, CreateDatabase):
+            self._write(decoded)
+            return None
+        pages_per_step = max(1, step_bytes // decoded.page_size)
+        yield from database_files.apply_transaction_steps(self.path(decoded.database), decoded, pages_per_step)
+        return None
+
     def _write(self, decoded) -> None:
         if isinstance(decoded, CreateDatabase):
             database_files.create_database(self.path(decoded.database), decoded)
@@ -335,7 +347,7 @@ class DatabaseNode(RaftNode):
 
     def _ready_to_serve(self) -> bool:
         raft = self.raft
-        if not self.serving and raft.term_at(raft.commit) == raft.term and raft.applied >= raft.commit:
+        if not self.serving and raft.term_at(raft.commit) == raft.term and self.applied_index >= raft.commit:
             self.serving = True
         return self.serving
 
@@ -518,7 +530,7 @@ class DatabaseNode(RaftNode):
         """Nothing ran that is not committed, and no session holds a transaction."""
         if self.raft is None:
             return True
-        return self.last_executed_index <= self.raft.applied and not any(s.in_transaction for s in self.sessions.values())
+        return self.last_executed_index <= self.applied_index and not any(s.in_transaction for s in self.sessions.values())
 
     def _complete_batches(self) -> None:
         super()._complete_batches()

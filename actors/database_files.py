@@ -32,6 +32,7 @@ from raftlite.core.invariant import InvariantViolation
 
 __all__ = [
     "apply_transaction",
+    "apply_transaction_steps",
     "clear_directory",
     "create_database",
     "database_exists",
@@ -112,6 +113,28 @@ def apply_transaction(path: str, transaction: CommittedTransaction) -> None:
         page_size = transaction.page_size
         for page_number, image in transaction.pages.items():
             _write_all(descriptor, image, (page_number - 1) * page_size)
+        os.ftruncate(descriptor, transaction.size_after_commit_pages * page_size)
+    finally:
+        os.close(descriptor)
+
+
+def apply_transaction_steps(path: str, transaction: CommittedTransaction, pages_per_step: int):
+    """`apply_transaction` in bounded steps: a generator that writes `pages_per_step`
+    pages at a time and yields the bytes written, so a big transaction does not hold
+    the node's loop. Cutting the file to its new size comes last."""
+    _require_no_wal_content(path)
+    page_size = transaction.page_size
+    items = list(transaction.pages.items())
+    for start in range(0, len(items), pages_per_step):
+        descriptor = os.open(path, os.O_RDWR)
+        try:
+            for page_number, image in items[start : start + pages_per_step]:
+                _write_all(descriptor, image, (page_number - 1) * page_size)
+        finally:
+            os.close(descriptor)
+        yield min(pages_per_step, len(items) - start) * page_size
+    descriptor = os.open(path, os.O_RDWR)
+    try:
         os.ftruncate(descriptor, transaction.size_after_commit_pages * page_size)
     finally:
         os.close(descriptor)

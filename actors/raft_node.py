@@ -36,7 +36,7 @@ from raftlite.actors.raft_storage import RaftStorage
 from raftlite.core.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError
 from raftlite.core.raft import Raft, RaftSettings, Ready, State
 from raftlite.core.raft_log_format import StorageCorruption, recover
-from raftlite.core.raft_types import Configuration, Entry, EntryKind, Role
+from raftlite.core.raft_types import Configuration, Entry, EntryKind, Role, Snapshot
 
 __all__ = [
     "ChangeMembership", "ClientError", "DigestStateMachine", "Propose", "ProposeResult", "RaftNode", "Read",
@@ -181,6 +181,9 @@ class RaftNode:
 
     TICK = "tick"
     RETRY_STORAGE = "retry-storage"
+    APPLY = "apply"
+    # Work applied per handler before yielding to other inputs.
+    APPLY_STEP_BYTES = 1 << 20
 
     def __init__(
         self,
@@ -212,6 +215,8 @@ class RaftNode:
         self.reads: dict[Client, list] = {}
         self.read_contexts = 0
         self.applied_since_snapshot = 0
+        self.apply_queue: deque = deque()          # committed entries (and snapshots) to apply
+        self.apply_in_progress: tuple[Entry, Any] | None = None
         self.storage_errors = 0
         self.leading = False
         self.promotion_client: tuple[Client, NodeId] | None = None
@@ -222,8 +227,10 @@ class RaftNode:
             return
         self.storage = RaftStorage(ctx, recovered, segment_bytes_max=ctx.config.segment_bytes_max)
         self.state_machine = self.state_machine_factory()
+        self.applied_index = 0
         if recovered.snapshot is not None:
             self.state_machine.restore(recovered.snapshot.data)
+            self.applied_index = recovered.snapshot.meta.index
         self.raft = Raft(
             ctx.node_id,
             settings=self.settings_override or settings_from_config(ctx.config),
@@ -249,6 +256,10 @@ class RaftNode:
         self._process()
 
     def on_timer(self, timer: Hashable) -> None:
+        if timer == self.APPLY:
+            self._complete_batches()
+            self._process()
+            return
         if timer == self.TICK:
             self.raft.tick()
             self._check_promotion()
@@ -375,18 +386,48 @@ class RaftNode:
             for dst, message in ready.messages_after_persist:
                 self.ctx.send(dst, message)
             if ready.snapshot is not None:
-                self.state_machine.restore(ready.snapshot.data)
-                self._fail_proposals_up_to(ready.snapshot.meta.index)
-            for entry in ready.committed_entries:
-                self._apply(entry)
+                self.apply_queue.append(ready.snapshot)
+            self.apply_queue.extend(ready.committed_entries)
             self.raft.advance(ready)
             for read_state in ready.read_states:
                 self._read_index_known(read_state.context, read_state.index)
+        self._apply_some()
         self._answer_reads()
         self._maybe_snapshot()
 
-    def _apply(self, entry: Entry) -> None:
-        result = self.state_machine.apply(entry)
+    def _apply_some(self) -> None:
+        """Apply committed work in bounded steps: at most about APPLY_STEP_BYTES per
+        handler, a big entry in several (if the state machine can), then yield to the
+        other inputs (heartbeats keep flowing) and go on from a zero-delay timer."""
+        budget = self.APPLY_STEP_BYTES
+        while budget > 0 and (self.apply_in_progress is not None or self.apply_queue):
+            if self.apply_in_progress is not None:
+                entry, steps = self.apply_in_progress
+                try:
+                    budget -= next(steps)
+                except StopIteration as finished:
+                    self.apply_in_progress = None
+                    self._applied(entry, finished.value)
+                continue
+            item = self.apply_queue.popleft()
+            if isinstance(item, Snapshot):
+                self.state_machine.restore(item.data)
+                self.applied_index = item.meta.index
+                self._fail_proposals_up_to(item.meta.index)
+                budget -= len(item.data)
+                continue
+            apply_steps = getattr(self.state_machine, "apply_steps", None)
+            if apply_steps is not None and len(item.data) > self.APPLY_STEP_BYTES:
+                self.apply_in_progress = (item, apply_steps(item, self.APPLY_STEP_BYTES))
+                continue
+            result = self.state_machine.apply(item)
+            budget -= max(1, len(item.data))
+            self._applied(item, result)
+        if self.apply_queue or self.apply_in_progress is not None:
+            self.ctx.set_timer(self.APPLY, 0.0)
+
+    def _applied(self, entry: Entry, result: Any) -> None:
+        self.applied_index = entry.index
         self.applied_since_snapshot += 1
         if self.on_apply is not None:
             self.on_apply(self.ctx.node_id, entry)
@@ -446,7 +487,7 @@ class RaftNode:
     def _answer_reads(self) -> None:
         if not self.reads:
             return
-        applied = self.raft.applied
+        applied = self.applied_index
         for client in [c for c, (index, minimum, _) in self.reads.items() if index is not None and applied >= max(index, minimum)]:
             _, _, response = self.reads.pop(client)
             if response is None:
@@ -460,7 +501,9 @@ class RaftNode:
         can_snapshot = getattr(self.state_machine, "can_snapshot", None)
         if can_snapshot is not None and not can_snapshot():
             return  # e.g. a leader whose WAL holds transactions not yet committed
-        snapshot = self.raft.compact(self.raft.applied, self.state_machine.snapshot(), config.snapshot_trailing_entries)
+        if self.apply_queue or self.apply_in_progress is not None:
+            return  # the state machine is between entries only when nothing is pending
+        snapshot = self.raft.compact(self.applied_index, self.state_machine.snapshot(), config.snapshot_trailing_entries)
         self.applied_since_snapshot = 0
         if snapshot is not None:
             batch = _Batch(_EMPTY_READY, own_snapshot=snapshot)

@@ -295,6 +295,9 @@ def test_a_20_mb_transaction_replicates_without_disturbing_leadership():
         arrivals = [e["t"] for e in events if e["ev"] == "deliver" and e["n"] == node and e["id"] in heartbeats]
         assert max(b - a for a, b in zip(arrivals, arrivals[1:])) < half_election_timeout
         assert rows_of(sim, node, "SELECT count(*), sum(length(v)) FROM t") == [(20000, 20_000_000)]
+        # The follower applied it in bounded steps, other inputs running in between.
+        steps = [e for e in events if e["ev"] == "timer" and e["n"] == node and e["timer"] == "'apply'"]
+        assert len(steps) >= 10
 
 
 def test_a_node_added_after_compaction_catches_up_by_snapshot():
