@@ -201,6 +201,27 @@ def test_sixteen_concurrent_writers_get_no_busy_errors():
     assert rows_of(sim, 2, "SELECT count(*) FROM t") == [(16,)]
 
 
+def closed_loop_writes(sim, leader, *, writers=16, duration_ms=1000.0, step_ms=0.1, observe=None) -> int:
+    """`writers` clients each insert a 1 KiB row, and the next as soon as the answer
+    arrives, for `duration_ms`; every answer must be a success. Returns how many
+    transactions were answered. `observe()` runs after every step."""
+    insert = "INSERT INTO t VALUES (?, randomblob(1024))"
+    expected = {sim.submit(leader, Execute(database="app", sql=insert, params=(i,))): 1 for i in range(writers)}
+    transactions = 0
+    deadline = sim.now_ms + duration_ms
+    while sim.now_ms < deadline:
+        sim.run_for(step_ms)
+        if observe is not None:
+            observe()
+        for client, count in expected.items():
+            if len(sim.replies[client]) == count:
+                assert isinstance(sim.replies[client][-1], ExecuteResult), sim.replies[client][-1]
+                transactions += 1
+                expected[client] = count + 1
+                sim.submit(leader, Execute(database="app", sql=insert, params=(writers + transactions,)), client=client)
+    return transactions
+
+
 def test_concurrent_writers_share_appends_and_fsyncs():
     """16 closed-loop writers: on average at least 4 transactions per raft append and at
     most 0.5 fsyncs per transaction per node (group commit), and no BUSY."""
@@ -219,20 +240,7 @@ def test_concurrent_writers_share_appends_and_fsyncs():
 
     sim.transmit = counting_transmit
     first_event = sim.trace.count
-    writers = {sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES (?, randomblob(1024))", params=(i,))): 1
-               for i in range(16)}
-    transactions = 0
-    deadline = sim.now_ms + 1000
-    while sim.now_ms < deadline:
-        sim.run_for(0.1)
-        for client, seen in writers.items():
-            answers = sim.replies[client]
-            if len(answers) > seen - 1 and len(answers) == seen:
-                assert isinstance(answers[-1], ExecuteResult), answers[-1]
-                transactions += 1
-                writers[client] = seen + 1
-                sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES (?, randomblob(1024))",
-                                           params=(transactions,)), client=client)
+    transactions = closed_loop_writes(sim, leader, duration_ms=1000.0)
     assert transactions > 1000
     assert sum(entries_per_append) / len(entries_per_append) >= 4
     events = list(sim.trace.events())[first_event:]
@@ -252,20 +260,11 @@ def test_the_leaders_wal_stays_bounded_under_continuous_load(monkeypatch):
     leader = leader_of(sim)
     request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k, v)"))
     wal = sim.actor(leader).database_machine.path("app") + "-wal"
-    writers = {sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES (?, randomblob(1024))", params=(i,))): 1
-               for i in range(16)}
-    sizes, transactions = [], 0
-    deadline = sim.now_ms + 2000
-    while sim.now_ms < deadline:
-        sim.run_for(0.5)
-        sizes.append(os.path.getsize(wal) if os.path.exists(wal) else 0)
-        for client, expected in writers.items():
-            if len(sim.replies[client]) == expected:
-                assert isinstance(sim.replies[client][-1], ExecuteResult)
-                transactions += 1
-                writers[client] = expected + 1
-                sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES (?, randomblob(1024))",
-                                           params=(100 + transactions,)), client=client)
+    sizes = []
+    transactions = closed_loop_writes(
+        sim, leader, duration_ms=2000.0, step_ms=0.5,
+        observe=lambda: sizes.append(os.path.getsize(wal) if os.path.exists(wal) else 0),
+    )
     assert transactions > 500
     # At most about 2 x 20 transactions of ~3 pages each, plus what runs while waiting.
     assert max(sizes) < 1 << 20, max(sizes)
