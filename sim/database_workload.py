@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import apsw
 
-from raftlite.actors.database import Execute, ExecuteResult, SqlError
+from raftlite.actors.database import Execute, ExecuteResult, SessionClosed, SqlError
 from raftlite.sim.simulation import NodeState, Simulation
 
 __all__ = ["KeyValueLoad", "read_replica"]
@@ -23,6 +23,11 @@ WRITE_SQL = (
     "CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v BLOB); "
     "INSERT INTO kv VALUES (?, randomblob(8))"
 )
+TRANSACTION_STEPS = ("BEGIN", WRITE_SQL, "COMMIT")
+
+
+def _params(sql: str, key: int) -> tuple:
+    return (key,) if sql == WRITE_SQL else ()
 
 
 def read_replica(sim: Simulation, node: int, database: str, sql: str) -> list[tuple] | None:
@@ -74,13 +79,20 @@ class KeyValueLoad:
     def _tick(self) -> None:
         self.collect()
         if self.sim.now_ms >= self.stop_at_ms:
+            if self.pending:
+                # No new writes, but transactions under way are driven to their end (a
+                # client that vanished would hold the write lock until the idle timeout).
+                self.sim.call_later(self.interval_ms, self._tick)
             return
         leader = self._leader()
         if leader is not None:
             key = len(self.outcomes) + 1
             self.outcomes[key] = "info"   # until an answer says otherwise
-            client = self.sim.submit(leader, Execute(database=self.database, sql=WRITE_SQL, params=(key,)))
-            self.pending[client] = key
+            # Every third write is an interactive transaction: BEGIN, the write, COMMIT,
+            # three requests on one session.
+            steps = TRANSACTION_STEPS if key % 3 == 0 else (WRITE_SQL,)
+            client = self.sim.submit(leader, Execute(database=self.database, sql=steps[0], params=_params(steps[0], key)))
+            self.pending[client] = (key, steps, 0, leader)
         self.sim.call_later(self.interval_ms, self._tick)
 
     def collect(self) -> None:
@@ -88,12 +100,24 @@ class KeyValueLoad:
             answers = self.sim.replies.get(client)
             if not answers:
                 continue
-            key = self.pending.pop(client)
-            answer = answers[0]
+            key, steps, step, node = self.pending[client]
+            if len(answers) <= step:
+                continue
+            answer = answers[step]
+            last_step = step == len(steps) - 1
+            if isinstance(answer, ExecuteResult) and not last_step:
+                self.pending[client] = (key, steps, step + 1, node)
+                sql = steps[step + 1]
+                self.sim.submit(node, Execute(database=self.database, sql=sql, params=_params(sql, key)), client=client)
+                continue
+            del self.pending[client]
             if isinstance(answer, ExecuteResult):
                 self.outcomes[key] = "ok"
             elif isinstance(answer, SqlError) and answer.code != 10506:
+                # Certainly not applied: refused, or the transaction never committed.
                 self.outcomes[key] = "fail"
+            if not last_step:
+                self.sim.submit(node, SessionClosed(), client=client)
 
     @property
     def acknowledged(self) -> int:
@@ -159,7 +183,7 @@ class KeyValueLoad:
         key = -(len(self.outcomes) + 1)
         self.outcomes[key] = "info"
         client = self.sim.submit(leader, Execute(database=self.database, sql=WRITE_SQL, params=(key,)))
-        self.pending[client] = key
+        self.pending[client] = (key, (WRITE_SQL,), 0, leader)
         return client, lambda answer: isinstance(answer, ExecuteResult)
 
 
