@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml setup.py io/native/_aio_build.py
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m raftlite sim run --seed 1 --nodes 3 --duration 20 --nemesis all --timeline
+	$(PY) -m raftlite sim demo
+	$(PY) -m raftlite sim run --seed 1 --nodes 3 --duration 20 --nemesis all
 
 # Fails loudly if the suite runs past $(TEST_TIME_LIMIT) (CI allows 90 minutes; we aim
 # well under 20).

@@ -2,6 +2,7 @@
 
     raftlite sim run   --seed S --nodes N --duration SECONDS [--nemesis LIST] [--trace FILE]
     raftlite sim check --seeds A..B --nodes N [--nemesis LIST] [--duration SECONDS]
+    raftlite sim demo  [--seed S]
     raftlite sim bench [--nodes N] [--duration SECONDS]
 
 User mistakes (bad flags, unknown nemesis, unwritable trace file) print one clear line
@@ -69,6 +70,9 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--duration", type=_positive_float, default=10.0, help="simulated seconds of faults per seed")
     check.add_argument("--actor", choices=("raft", "database"), default="raft",
                        help="raft (a log of opaque commands) or database (replicated SQLite)")
+
+    demo = sim_commands.add_parser("demo", help="a 3-node replicated SQLite cluster surviving a leader kill")
+    demo.add_argument("--seed", type=_non_negative_int, default=1)
 
     bench = sim_commands.add_parser("bench", help="simulator speed: events per wall second")
     bench.add_argument("--nodes", type=_positive_int, default=5)
@@ -145,6 +149,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sim_run(args)
         if args.command == "sim" and args.sim_command == "check":
             return _sim_check(args)
+        if args.command == "sim" and args.sim_command == "demo":
+            from raftlite.sim.demo import run_demo
+
+            return run_demo(seed=args.seed)
         if args.command == "sim" and args.sim_command == "bench":
             return _sim_bench(args)
     except UsageError as error:

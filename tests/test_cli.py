@@ -46,3 +46,10 @@ def test_sim_bench_reports_events_per_second():
     result = raftlite("sim", "bench", "--nodes", "3", "--duration", "2")
     assert result.returncode == 0, result.stderr
     assert "events/s" in result.stdout and "%]" in result.stderr   # figure + progress lines
+
+
+def test_sim_demo_survives_a_leader_kill():
+    result = raftlite("sim", "demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "killed the leader" in result.stdout
+    assert "all three replicas hold the same 8 rows" in result.stdout
