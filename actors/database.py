@@ -261,6 +261,25 @@ class _NodeVfs(CaptureVfs):
 
 
 @dataclass(slots=True)
+class _LongRead:
+    client: Client
+    connection: apsw.Connection
+    cursor: Any
+    described: list
+    min_index: int
+    rows: list = field(default_factory=list)
+
+
+def _single_select(sql: str) -> bool:
+    """One statement that looks like a query. (A WITH ... INSERT slips through; the
+    read-only connection refuses it and the request takes the normal path.)"""
+    text = sql.strip().rstrip(";").strip()
+    if not text or ";" in text:
+        return False
+    return text.split(None, 1)[0].lower() in ("select", "with")
+
+
+@dataclass(slots=True)
 class _Session:
     connections: dict[str, apsw.Connection] = field(default_factory=dict)
     in_transaction: str | None = None   # database of the open transaction
@@ -284,6 +303,7 @@ class DatabaseNode(RaftNode):
             raise ValueError("the database node needs a scratch directory for its SQLite files")
         self.sessions: dict[Client, _Session] = {}       # sessions inside a transaction
         self.shared: dict[str, apsw.Connection] = {}     # database -> autocommit connection
+        self.long_reads: deque[_LongRead] = deque()      # SELECTs stepping through their rows
         self.write_owner: Client | None = None     # session holding an open write transaction
         self.write_queue: deque[tuple[Client, Any]] = deque()
         self.last_executed_index = 0
@@ -303,6 +323,9 @@ class DatabaseNode(RaftNode):
     IDLE_TRANSACTION = "idle-transaction"
 
     def on_timer(self, timer: Hashable) -> None:
+        if timer == self.READ_STEP:
+            self._read_step()
+            return
         if isinstance(timer, tuple) and timer[0] == self.IDLE_TRANSACTION:
             if self.raft is not None:
                 self._close_session(timer[1])   # rolls the transaction back, frees the lock
@@ -426,6 +449,9 @@ class DatabaseNode(RaftNode):
         if refusal is not None:
             self.ctx.reply(client, SqlError(code=SQLITE_AUTH, message=refusal))
             return True
+        if isinstance(message, Query) and client not in self.sessions and _single_select(message.sql):
+            if self._start_long_read(client, message):
+                return True
         connection = self._connection(client, message.database)
         try:
             cursor = connection.cursor()
@@ -470,6 +496,63 @@ class DatabaseNode(RaftNode):
             self._drain_queue()
         return True
 
+    # -- reads in bounded steps ----------------------------------------------------------
+
+    READ_ROWS_PER_STEP = 2000
+    READ_STEP = "read-step"
+
+    def _start_long_read(self, client: Client, message: Query) -> bool:
+        """Run a lone SELECT on its own read-only connection, a batch of rows per step
+        (so a long query never holds the node's loop). False: use the normal path."""
+        path = self.database_machine.path(message.database)
+        if message.database not in self.captures:
+            return False    # the database does not exist yet: the normal path creates it
+        connection = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY, vfs=self.vfs.name)
+        connection.authorizer = _authorizer
+        described: list[tuple[str, ...]] = []
+
+        def note_columns(statement_cursor, sql, bindings) -> bool:
+            described.append(tuple(name for name, _ in statement_cursor.get_description()))
+            return True
+
+        cursor = connection.cursor()
+        cursor.exec_trace = note_columns
+        try:
+            cursor.execute(message.sql, message.params)
+        except apsw.ReadOnlyError:
+            connection.close()
+            return False    # it writes after all
+        except apsw.Error as error:
+            connection.close()
+            self._respond_after_commit(client, _sql_error(error))
+            return True
+        read = _LongRead(client, connection, cursor, described, self.last_executed_index)
+        self.long_reads.append(read)
+        self._read_step()
+        return True
+
+    def _read_step(self) -> None:
+        if not self.long_reads:
+            return
+        read = self.long_reads[0]
+        try:
+            for _ in range(self.READ_ROWS_PER_STEP):
+                row = next(read.cursor, None)
+                if row is None:
+                    self.long_reads.popleft()
+                    read.connection.close()
+                    response = QueryResult(columns=read.described[-1] if read.described else (), rows=tuple(read.rows))
+                    self._start_read(read.client, response=response, min_index=read.min_index)
+                    break
+                read.rows.append(tuple(row))
+        except apsw.Error as error:
+            self.long_reads.popleft()
+            read.connection.close()
+            self._start_read(read.client, response=_sql_error(error), min_index=read.min_index)
+        if self.long_reads:
+            self.ctx.set_timer(self.READ_STEP, 0.0)
+        self._process()
+
     def _holds_write_lock(self, connection: apsw.Connection) -> bool:
         # A transaction that has written holds SQLite's WAL write lock until it ends.
         return connection.txn_state("main") == apsw.mapping_txn_state["SQLITE_TXN_WRITE"]
@@ -509,6 +592,9 @@ class DatabaseNode(RaftNode):
             self._drain_queue()
 
     def _close_connections(self) -> None:
+        for read in self.long_reads:
+            read.connection.close()
+        self.long_reads.clear()
         for session in self.sessions.values():
             for connection in session.connections.values():
                 connection.close()
@@ -530,7 +616,8 @@ class DatabaseNode(RaftNode):
         """Nothing ran that is not committed, and no session holds a transaction."""
         if self.raft is None:
             return True
-        return self.last_executed_index <= self.applied_index and not any(s.in_transaction for s in self.sessions.values())
+        return (self.last_executed_index <= self.applied_index and not self.long_reads
+                and not any(s.in_transaction for s in self.sessions.values()))
 
     def _complete_batches(self) -> None:
         super()._complete_batches()
@@ -554,6 +641,8 @@ class DatabaseNode(RaftNode):
         self._drain_queue()
 
     def _on_leadership_lost(self) -> None:
+        for read in self.long_reads:
+            self.ctx.reply(read.client, SqlError(code=NOT_LEADER, message="not leader"))
         self._close_connections()
         for client, message in self.write_queue:
             self.ctx.reply(client, SqlError(code=NOT_LEADER, message="not leader"))

@@ -365,3 +365,18 @@ def test_the_in_process_client_finds_the_leader_and_runs_transactions():
     client.execute("INSERT INTO t VALUES (3, 'three')")                   # finds the new leader
     assert leader_of(sim) != old_leader
     assert client.query("SELECT count(*) FROM t").rows == ((2,),)
+
+
+def test_a_long_select_runs_in_bounded_steps():
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql=(
+        "CREATE TABLE t (k); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000) "
+        "INSERT INTO t SELECT i FROM n")), wait=500)
+    first_event = sim.trace.count
+    terms_before = {sim.actor(n).raft.term for n in sim.node_ids}
+    (answer,) = request(sim, leader, Query(database="app", sql="SELECT k FROM t ORDER BY k"), wait=2000)
+    assert answer.columns == ("k",) and answer.rows == tuple((k,) for k in range(1, 50001))
+    steps = [e for e in list(sim.trace.events())[first_event:] if e["ev"] == "timer" and e["timer"] == "'read-step'"]
+    assert len(steps) >= 20
+    assert {sim.actor(n).raft.term for n in sim.node_ids} == terms_before
