@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SUBPACKAGES = ["core", "actors", "sim", "io", "io.native", "jepsen_like"]
+SUBPACKAGES = ["core", "actors", "sim", "io", "io.native", "jepsen_like", "client"]
 FORBIDDEN_EVERYWHERE = {"time", "random", "socket", "asyncio", "simpy", "threading", "subprocess"}
 # In actors/, only the SQLite state machine's one named file module may touch `os`.
 ACTORS_MODULES_ALLOWED_OS: set[str] = {"database_files"}
