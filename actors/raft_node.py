@@ -35,7 +35,7 @@ from raftlite.actors.contract import Client, Context, IoResult, NodeId, StatusRe
 from raftlite.actors.raft_storage import RaftStorage
 from raftlite.core.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError
 from raftlite.core.raft import Raft, RaftSettings, Ready, State
-from raftlite.core.raft_log_format import StorageCorruption, recover
+from raftlite.core.raft_log_format import COMMIT_HINT_FILE, StorageCorruption, encode_commit_hint, recover
 from raftlite.core.raft_types import Configuration, Entry, EntryKind, Role, Snapshot
 
 __all__ = [
@@ -182,6 +182,7 @@ class RaftNode:
     TICK = "tick"
     RETRY_STORAGE = "retry-storage"
     APPLY = "apply"
+    COMMIT_HINT_WRITTEN = "commit-hint-written"   # token of the hint's (unsynced) write
     # Work applied per handler before yielding to other inputs.
     APPLY_STEP_BYTES = 1 << 20
 
@@ -220,6 +221,8 @@ class RaftNode:
         self.storage_errors = 0
         self.leading = False
         self.promotion_client: tuple[Client, NodeId] | None = None
+        self.commit_hint_written = 0
+        self.commit_hint_in_flight = False
         try:
             recovered = recover(ctx.files)
         except StorageCorruption as error:
@@ -239,7 +242,9 @@ class RaftNode:
             hard_state=recovered.hard_state,
             snapshot=recovered.snapshot,
             entries=recovered.entries,
+            commit=recovered.commit_hint,
         )
+        self.commit_hint_written = recovered.commit_hint
         never_initialized = recovered.snapshot is None and not recovered.entries and recovered.hard_state.term == 0
         if never_initialized and self.bootstrap is not None:
             self.raft.bootstrap(self.bootstrap)
@@ -269,6 +274,10 @@ class RaftNode:
             self._process()
 
     def on_io_done(self, token: Hashable, result: IoResult) -> None:
+        if token == self.COMMIT_HINT_WRITTEN:
+            self.commit_hint_in_flight = False   # a failed hint write is simply retried later
+            self._write_commit_hint()
+            return
         completed = self.storage.on_io_done(token, result)
         if not result.ok and self.storage.failed:
             self.storage_errors += 1   # (an expected ENOENT, e.g. deleting a leftover, is not one)
@@ -394,6 +403,20 @@ class RaftNode:
         self._apply_some()
         self._answer_reads()
         self._maybe_snapshot()
+        self._write_commit_hint()
+
+    def _write_commit_hint(self) -> None:
+        """Record the commit index for the next start (one write in flight, no fsync).
+        The applied index is the one to record: an entry is applied only once it is
+        committed and durable here (a snapshot only once persisted), so after a crash
+        the log still holds every entry the hint names. `raft.commit` can run ahead of
+        what this node's disk holds, e.g. while a received snapshot is being written."""
+        known = self.applied_index
+        if self.commit_hint_in_flight or known <= self.commit_hint_written:
+            return
+        self.commit_hint_in_flight = True
+        self.commit_hint_written = known
+        self.ctx.write(self.COMMIT_HINT_WRITTEN, COMMIT_HINT_FILE, 0, encode_commit_hint(known))
 
     def _apply_some(self) -> None:
         """Apply committed work in bounded steps: at most about APPLY_STEP_BYTES per

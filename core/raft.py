@@ -165,9 +165,12 @@ class Raft:
         snapshot: Snapshot | None = None,
         entries: Sequence[Entry] = (),
         applied: int | None = None,
+        commit: int = 0,
     ) -> None:
         """Restart from durable state: `snapshot` (if any), the log `entries` after it,
-        and the bootstrap `configuration` (used when neither names a newer one)."""
+        and the bootstrap `configuration` (used when neither names a newer one).
+        `commit` is a commit index this node knew before it stopped (a persisted hint);
+        the entries through it are committed, so they may be applied at once."""
         self.id = node_id
         self.settings = settings.validate()
         self.rng = rng
@@ -187,7 +190,7 @@ class Raft:
         self.stable_index = self.last_index              # persisted through here
         self.persist_requested_index = self.last_index   # handed to the runtime through here
         self.truncate_after: int | None = None           # a truncation not yet handed out
-        self.commit = self.log_base_index
+        self.commit = max(self.log_base_index, min(commit, self.last_index))
         self.applied = self.log_base_index if applied is None else applied
         self.apply_requested_index = self.applied
         # Membership history: (index of the CONFIG entry, configuration), oldest first.

@@ -47,6 +47,7 @@ __all__ = [
     "METADATA_FILES",
     "SEGMENT_TEMPORARY_FILE",
     "SNAPSHOT_TEMPORARY_FILE",
+    "COMMIT_HINT_FILE",
     "BatchLayout",
     "EncodedBatch",
     "Recovered",
@@ -54,9 +55,11 @@ __all__ = [
     "StorageCorruption",
     "StorageError",
     "UnsupportedFormatVersion",
+    "decode_commit_hint",
     "decode_metadata",
     "decode_snapshot",
     "encode_batch",
+    "encode_commit_hint",
     "encode_entry",
     "encode_metadata",
     "encode_segment_header",
@@ -75,6 +78,11 @@ SEGMENT_PREFIX = "segment-"
 SNAPSHOT_PREFIX = "snapshot-"
 SEGMENT_TEMPORARY_FILE = "segment-tmp"
 SNAPSHOT_TEMPORARY_FILE = "snapshot-tmp"
+# The last commit index this node knew of, written without fsync (as etcd keeps `commit`
+# in its hard state), so that a restarted node can apply what is committed before it
+# hears from a leader. Only a hint: a missing, stale or damaged one just means waiting.
+COMMIT_HINT_FILE = "commit-hint"
+_COMMIT_HINT = struct.Struct("<IQ")   # format version, commit index
 _INDEX_DIGITS = 20
 
 # Fixed size, so that a new version always overwrites all of the previous one and no
@@ -361,6 +369,8 @@ class Recovered:
     # The live segments, as they are once the repairs are done; the writer's starting point.
     segments: tuple[SegmentLayout, ...] = ()
     snapshot_file: str | None = None
+    # The commit index hint, never beyond the recovered log (see COMMIT_HINT_FILE).
+    commit_hint: int = 0
 
     @property
     def last_index(self) -> int:
@@ -434,6 +444,22 @@ def _read_segment(
     return SegmentLayout(name, first_index, header_end, tuple(batches), scan.valid_end), entries, repair
 
 
+def encode_commit_hint(index: int) -> bytes:
+    return encode_record(_COMMIT_HINT.pack(FORMAT_VERSION, index))
+
+
+def decode_commit_hint(data: bytes | None) -> int:
+    """The hinted commit index, or 0 when the hint is missing or damaged (never an error:
+    it is written without fsync, so a crash may tear it)."""
+    if not data:
+        return 0
+    scan = scan_records(data)
+    if not scan.records or scan.records[0][0] != 0 or len(scan.records[0][1]) != _COMMIT_HINT.size:
+        return 0
+    version, index = _COMMIT_HINT.unpack(scan.records[0][1])
+    return index if version == FORMAT_VERSION else 0
+
+
 def recover(files: Mapping[str, bytes]) -> Recovered:
     """Read durable raft state back; raises StorageCorruption or UnsupportedFormatVersion."""
     hard_state, metadata_version = _recover_metadata(files)
@@ -476,7 +502,9 @@ def recover(files: Mapping[str, bytes]) -> Recovered:
         expected = layout.last_index + 1
 
     entries = [entry for _, segment_entries in live for entry in segment_entries if entry.index > snapshot_index]
+    last_index = entries[-1].index if entries else snapshot_index
     return Recovered(
+        commit_hint=min(decode_commit_hint(files.get(COMMIT_HINT_FILE)), last_index),
         hard_state=hard_state,
         metadata_version=metadata_version,
         snapshot=snapshot,

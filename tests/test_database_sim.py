@@ -380,3 +380,26 @@ def test_a_long_select_runs_in_bounded_steps():
     steps = [e for e in list(sim.trace.events())[first_event:] if e["ev"] == "timer" and e["timer"] == "'read-step'"]
     assert len(steps) >= 20
     assert {sim.actor(n).raft.term for n in sim.node_ids} == terms_before
+
+
+def test_a_restarted_node_rebuilds_its_database_before_hearing_from_a_leader():
+    """The persisted commit-index hint: a node that comes back alone (no quorum, so no
+    leader can tell it the commit index) still applies what it knew to be committed."""
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Open(database="app"))
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+    for key in range(10):
+        (reply,) = request(sim, leader, Execute(database="app", sql="INSERT INTO t VALUES (?)", params=(key,)), wait=5)
+        assert isinstance(reply, ExecuteResult)
+    sim.run_for(500)   # heartbeats carry the final commit index to the followers
+    follower = next(n for n in sim.node_ids if n != leader)
+    hinted = sim.nodes[follower].actor.applied_index
+    for node in sim.node_ids:
+        sim.crash(node, mode="keep")   # killed processes: the kernel keeps unsynced writes
+    sim.restart(follower)
+    sim.run_for(100)   # far less than an election timeout; alone, it cannot elect anyone
+    actor = sim.nodes[follower].actor
+    assert actor.raft.leader is None
+    assert actor.applied_index >= hinted
+    assert rows_of(sim, follower, "SELECT k FROM t ORDER BY k") == [(k,) for k in range(10)]
