@@ -1,0 +1,411 @@
+"""A versioned msgpack codec for frozen message dataclasses, driven by a registry.
+
+Theory of operation
+-------------------
+A `Codec` holds a registry of (tag -> dataclass). Registering a class is one line,
+`codec.register(12, VoteRequest)`: the class's fields and type hints are read once and
+compiled into a *converter* per field, so nothing is written by hand per class.
+
+Encoding. An encoded message is one version byte (`CODEC_VERSION`) followed by msgpack.
+A registered dataclass becomes a msgpack array whose first element is a small ext value
+(`EXT_RECORD_HEADER`, carrying the tag) followed by the field values in declaration
+order. Nested dataclasses (the `Entry` values of an `AppendRequest`, the `SnapshotMeta`
+of a chunk) are encoded the same way, inline: no nested `packb`, so a 20 MB entry is
+copied once. Enums that are `int` or `str` subclasses (`EntryKind`, `Role`, raft's
+`State`) travel as their plain value; tuples and lists both travel as arrays.
+
+Decoding runs msgpack with `use_list=False` (every array becomes a tuple), an ext hook
+that turns a record header into a marker object, and a list hook that turns an array
+starting with a marker into the registered dataclass. Each field value goes through its
+converter, which checks it against the field's type hint and rebuilds what msgpack
+flattened (an `int` back into `Role`, arrays into tuples). Whatever is wrong — a
+version, an unknown tag, a field of the wrong type, a missing required field, a marker
+anywhere but at the head of an array, truncated bytes — raises a `CodecError`
+subclass, never anything else: a peer's bad message is dropped, never crashes a node
+(STYLE.md point 8).
+
+Compatibility. Fields are positional, so a later version may append fields with
+defaults: a decoder fills in the defaults of fields a shorter record lacks. Removing or
+reordering fields, or reusing a tag, needs a new `CODEC_VERSION`.
+
+Fields typed `Any` (a proposal's result, a status mapping's values) accept any value
+msgpack can carry: None, bool, int (64-bit), float, str, bytes, tuples, maps and
+registered dataclasses. An enum in such a position arrives as its plain value.
+
+`RAFT_CODEC` registers every raft message and the values they carry; the runtime
+(raftlite.io) extends a copy with the client messages of the actors, so this module
+stays pure.
+"""
+
+import collections.abc
+import dataclasses
+import enum
+import types
+import typing
+from typing import Any, Callable, Iterable
+
+import msgpack
+
+from raftlite.core.raft_messages import (
+    AppendRequest,
+    AppendResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    SnapshotChunk,
+    SnapshotResponse,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+)
+from raftlite.core.raft_types import Configuration, Entry, HardState, Snapshot, SnapshotMeta
+
+__all__ = [
+    "CODEC_VERSION",
+    "Codec",
+    "CodecError",
+    "EXT_RECORD_HEADER",
+    "MalformedMessage",
+    "RAFT_CODEC",
+    "UnknownTag",
+    "UnregisteredType",
+    "UnsupportedVersion",
+]
+
+CODEC_VERSION = 1
+EXT_RECORD_HEADER = 1
+TAG_MAX = 0xFFFF
+
+
+class CodecError(Exception):
+    """Base of every error the codec raises."""
+
+
+class UnsupportedVersion(CodecError):
+    """The bytes were written by a codec version this one cannot read."""
+
+
+class UnknownTag(CodecError):
+    """A record carries a tag nobody registered (a newer peer, or garbage)."""
+
+
+class MalformedMessage(CodecError):
+    """The bytes are not a well-formed message of a registered class."""
+
+
+class UnregisteredType(CodecError):
+    """Encoding met a value the codec cannot carry (an unregistered class, an int
+    beyond 64 bits, ...): a programming error on the sending side."""
+
+
+Converter = Callable[[Any], Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _FieldSpec:
+    name: str
+    convert: Converter
+    required: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _RecordSpec:
+    tag: int
+    cls: type
+    header: msgpack.ExtType
+    fields: tuple[_FieldSpec, ...]
+
+
+class _Marker:
+    """What a record header decodes to, until the list hook consumes it."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: _RecordSpec) -> None:
+        self.spec = spec
+
+
+def _accept_anything(value: Any) -> Any:
+    return value
+
+
+def _scalar(kind: type, name: str) -> Converter:
+    def convert(value: Any) -> Any:
+        if type(value) is bool and kind is not bool:
+            raise MalformedMessage(f"expected {name}, got a bool")
+        if not isinstance(value, kind):
+            raise MalformedMessage(f"expected {name}, got {type(value).__name__}")
+        return value
+
+    return convert
+
+
+def _number(value: Any) -> Any:
+    if type(value) is bool or not isinstance(value, (int, float)):
+        raise MalformedMessage(f"expected a number, got {type(value).__name__}")
+    return value
+
+
+def _none(value: Any) -> Any:
+    if value is not None:
+        raise MalformedMessage(f"expected None, got {type(value).__name__}")
+    return value
+
+
+def _enum(enum_class: type) -> Converter:
+    def convert(value: Any) -> Any:
+        if isinstance(value, enum_class):
+            return value
+        if type(value) is bool:
+            raise MalformedMessage(f"expected {enum_class.__name__}, got a bool")
+        try:
+            return enum_class(value)
+        except (ValueError, TypeError):
+            raise MalformedMessage(f"{value!r} is not a {enum_class.__name__}") from None
+
+    return convert
+
+
+def _instance(record_class: type) -> Converter:
+    def convert(value: Any) -> Any:
+        if type(value) is not record_class:
+            raise MalformedMessage(f"expected {record_class.__name__}, got {type(value).__name__}")
+        return value
+
+    return convert
+
+
+def _union(options: tuple[Converter, ...]) -> Converter:
+    def convert(value: Any) -> Any:
+        for option in options:
+            try:
+                return option(value)
+            except MalformedMessage:
+                continue
+        raise MalformedMessage(f"{type(value).__name__} matches none of the allowed types")
+
+    return convert
+
+
+def _sequence(item: Converter) -> Converter:
+    def convert(value: Any) -> Any:
+        if not isinstance(value, (tuple, list)):
+            raise MalformedMessage(f"expected an array, got {type(value).__name__}")
+        if item is _accept_anything:
+            return tuple(value)
+        return tuple(item(element) for element in value)
+
+    return convert
+
+
+def _fixed_tuple(items: tuple[Converter, ...]) -> Converter:
+    def convert(value: Any) -> Any:
+        if not isinstance(value, (tuple, list)) or len(value) != len(items):
+            raise MalformedMessage(f"expected an array of {len(items)} values")
+        return tuple(item(element) for item, element in zip(items, value))
+
+    return convert
+
+
+def _mapping(key: Converter, value_converter: Converter) -> Converter:
+    def convert(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise MalformedMessage(f"expected a map, got {type(value).__name__}")
+        return {key(k): value_converter(v) for k, v in value.items()}
+
+    return convert
+
+
+_SCALARS: dict[Any, Converter] = {
+    int: _scalar(int, "an int"),
+    bool: _scalar(bool, "a bool"),
+    str: _scalar(str, "a str"),
+    bytes: _scalar(bytes, "bytes"),
+    float: _number,
+    type(None): _none,
+    Any: _accept_anything,
+    object: _accept_anything,
+    typing.Hashable: _accept_anything,
+    collections.abc.Hashable: _accept_anything,
+}
+
+
+def _compile(hint: Any) -> Converter:
+    """A converter from a type hint; unknown hints accept anything (documented above)."""
+    known = _SCALARS.get(hint)
+    if known is not None:
+        return known
+    origin = typing.get_origin(hint)
+    arguments = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = tuple(_compile(argument) for argument in arguments)
+        if _accept_anything in options:
+            return _accept_anything
+        return _union(options)
+    if hint is tuple or hint is list or origin in (list, collections.abc.Sequence):
+        return _sequence(_compile(arguments[0]) if arguments else _accept_anything)
+    if origin is tuple:
+        if len(arguments) == 2 and arguments[1] is Ellipsis:
+            return _sequence(_compile(arguments[0]))
+        if arguments == ((),):
+            return _fixed_tuple(())
+        return _fixed_tuple(tuple(_compile(argument) for argument in arguments))
+    if hint is dict or origin in (dict, collections.abc.Mapping, collections.abc.MutableMapping):
+        if arguments:
+            return _mapping(_compile(arguments[0]), _compile(arguments[1]))
+        return _mapping(_accept_anything, _accept_anything)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _enum(hint)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _instance(hint)
+    return _accept_anything
+
+
+class _Decoding:
+    """Hooks for one decode call; counts markers so a stray one is caught."""
+
+    __slots__ = ("codec", "markers_made", "markers_used")
+
+    def __init__(self, codec: "Codec") -> None:
+        self.codec = codec
+        self.markers_made = 0
+        self.markers_used = 0
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        if code != EXT_RECORD_HEADER or len(data) != 2:
+            raise MalformedMessage(f"unknown ext type {code} ({len(data)} bytes)")
+        tag = int.from_bytes(data, "big")
+        spec = self.codec._by_tag.get(tag)
+        if spec is None:
+            raise UnknownTag(f"unknown message tag {tag}")
+        self.markers_made += 1
+        return _Marker(spec)
+
+    def list_hook(self, items: tuple) -> Any:
+        if not items or type(items[0]) is not _Marker:
+            return items
+        self.markers_used += 1
+        spec = items[0].spec
+        values = items[1:]
+        if len(values) > len(spec.fields):
+            raise MalformedMessage(f"{spec.cls.__name__}: {len(values)} values for {len(spec.fields)} fields")
+        arguments = {}
+        for field_spec, value in zip(spec.fields, values):
+            try:
+                arguments[field_spec.name] = field_spec.convert(value)
+            except MalformedMessage as error:
+                raise MalformedMessage(f"{spec.cls.__name__}.{field_spec.name}: {error}") from None
+        for field_spec in spec.fields[len(values):]:
+            if field_spec.required:
+                raise MalformedMessage(f"{spec.cls.__name__}: missing field {field_spec.name}")
+        try:
+            return spec.cls(**arguments)
+        except Exception as error:  # a class's own checks (__post_init__) refused it
+            raise MalformedMessage(f"{spec.cls.__name__}: {error}") from None
+
+
+class Codec:
+    """A registry of message classes and the encode / decode functions over it."""
+
+    def __init__(self, registrations: Iterable[tuple[int, type]] = ()) -> None:
+        self._by_tag: dict[int, _RecordSpec] = {}
+        self._by_type: dict[type, _RecordSpec] = {}
+        for tag, cls in registrations:
+            self.register(tag, cls)
+
+    def register(self, tag: int, cls: type) -> type:
+        """Register a dataclass under `tag` (1..65535); returns the class (usable as a decorator)."""
+        if not isinstance(tag, int) or not 1 <= tag <= TAG_MAX:
+            raise ValueError(f"tag must be an int in 1..{TAG_MAX}, got {tag!r}")
+        if tag in self._by_tag:
+            raise ValueError(f"tag {tag} is already taken by {self._by_tag[tag].cls.__name__}")
+        if cls in self._by_type:
+            raise ValueError(f"{cls.__name__} is already registered with tag {self._by_type[cls].tag}")
+        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+            raise TypeError(f"only dataclasses can be registered, not {cls!r}")
+        hints = typing.get_type_hints(cls)
+        fields = tuple(
+            _FieldSpec(
+                name=field.name,
+                convert=_compile(hints.get(field.name, Any)),
+                required=field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING,
+            )
+            for field in dataclasses.fields(cls)
+            if field.init
+        )
+        spec = _RecordSpec(tag, cls, msgpack.ExtType(EXT_RECORD_HEADER, tag.to_bytes(2, "big")), fields)
+        self._by_tag[tag] = spec
+        self._by_type[cls] = spec
+        return cls
+
+    def extended(self, registrations: Iterable[tuple[int, type]]) -> "Codec":
+        """A new codec with this one's registrations plus `registrations`."""
+        codec = Codec()
+        codec._by_tag = dict(self._by_tag)
+        codec._by_type = dict(self._by_type)
+        for tag, cls in registrations:
+            codec.register(tag, cls)
+        return codec
+
+    def registered(self) -> dict[int, type]:
+        return {tag: spec.cls for tag, spec in sorted(self._by_tag.items())}
+
+    def _default(self, value: Any) -> Any:
+        spec = self._by_type.get(type(value))
+        if spec is None:
+            raise UnregisteredType(f"cannot encode {type(value).__name__}: not a registered message class")
+        return [spec.header, *(getattr(value, field_spec.name) for field_spec in spec.fields)]
+
+    def encode(self, message: Any) -> bytes:
+        """`message` as bytes: the version byte, then msgpack."""
+        try:
+            body = msgpack.packb(message, default=self._default, use_bin_type=True, datetime=False)
+        except CodecError:
+            raise
+        except Exception as error:  # OverflowError, ValueError (nesting too deep), TypeError
+            raise UnregisteredType(f"cannot encode {type(message).__name__}: {error}") from None
+        return bytes((CODEC_VERSION,)) + body
+
+    def decode(self, data: bytes | bytearray | memoryview) -> Any:
+        """The message `data` holds; raises a CodecError subclass, never anything else."""
+        if len(data) < 2:
+            raise MalformedMessage(f"{len(data)} bytes is too short for a message")
+        version = data[0]
+        if version != CODEC_VERSION:
+            raise UnsupportedVersion(f"codec version {version} (this node reads version {CODEC_VERSION})")
+        decoding = _Decoding(self)
+        try:
+            value = msgpack.unpackb(
+                memoryview(data)[1:],
+                use_list=False,
+                raw=False,
+                strict_map_key=False,
+                ext_hook=decoding.ext_hook,
+                list_hook=decoding.list_hook,
+            )
+        except CodecError:
+            raise
+        except Exception as error:  # truncated, extra bytes, bad UTF-8, unhashable key, ...
+            raise MalformedMessage(f"undecodable message: {type(error).__name__}: {error}") from None
+        if decoding.markers_made != decoding.markers_used:
+            raise MalformedMessage("a record header outside the head of an array")
+        return value
+
+
+# Tags 1..63: raft messages; 64..127: values they carry. raftlite.io adds the client
+# messages from 128 on. Never reuse a tag within a codec version.
+RAFT_CODEC = Codec([
+    (1, VoteRequest),
+    (2, VoteResponse),
+    (3, AppendRequest),
+    (4, AppendResponse),
+    (5, HeartbeatRequest),
+    (6, HeartbeatResponse),
+    (7, SnapshotChunk),
+    (8, SnapshotResponse),
+    (9, TimeoutNow),
+    (64, Entry),
+    (65, HardState),
+    (66, Configuration),
+    (67, SnapshotMeta),
+    (68, Snapshot),
+])
