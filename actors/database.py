@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
 import apsw
+import msgpack
 
 from raftlite.actors import database_files
 from raftlite.actors.contract import Client, Context
@@ -221,26 +222,41 @@ class DatabaseStateMachine:
         return not self.only_in_wal and not self.executed_here and self.leader_is_quiet()
 
     def snapshot(self) -> bytes:
-        import msgpack
+        return _drive(self.snapshot_steps(1 << 62))
 
-        return msgpack.packb(
-            {name: [page_size, database_files.snapshot_database(self.path(name))] for name, page_size in sorted(self.databases.items())},
-            use_bin_type=True,
-        )
+    def snapshot_steps(self, step_bytes: int):
+        """The snapshot (every database's main file) as a generator yielding the bytes
+        read per step; the node applies nothing and checkpoints nothing until it ends."""
+        images = {}
+        for name, page_size in sorted(self.databases.items()):
+            image = yield from database_files.snapshot_database_steps(self.path(name), step_bytes)
+            images[name] = [page_size, image]
+        return msgpack.packb(images, use_bin_type=True)
 
     def restore(self, data: bytes) -> None:
-        import msgpack
+        _drive(self.restore_steps(data, 1 << 62))
 
+    def restore_steps(self, data: bytes, step_bytes: int):
+        """Replace every database by the snapshot's images, in bounded steps."""
         images = msgpack.unpackb(data, raw=False)
         for name in list(self.databases):
             if name not in images:
                 database_files.delete_database(self.path(name))
         self.databases = {}
-        for name, (page_size, image) in images.items():
-            database_files.restore_database(self.path(name), image)
-            self.databases[name] = page_size
         self.only_in_wal.clear()
         self.executed_here.clear()
+        for name, (page_size, image) in sorted(images.items()):
+            yield from database_files.restore_database_steps(self.path(name), image, step_bytes)
+            self.databases[name] = page_size
+
+
+def _drive(steps) -> Any:
+    """Run a step generator to its end in one go; its return value."""
+    try:
+        while True:
+            next(steps)
+    except StopIteration as finished:
+        return finished.value
 
 
 # -- the node ---------------------------------------------------------------------------------
@@ -628,8 +644,8 @@ class DatabaseNode(RaftNode):
     def _maybe_checkpoint(self) -> None:
         machine = self.database_machine
         snapshot_due = self.applied_since_snapshot >= self.ctx.config.snapshot_threshold_entries
-        if not machine.only_in_wal or not self._quiet():
-            return
+        if not machine.only_in_wal or not self._quiet() or self.snapshot_in_progress is not None:
+            return   # (a snapshot being read needs the main files as they are)
         if len(machine.only_in_wal) < self.CHECKPOINT_ENTRIES and not snapshot_due:
             return
         for database in self.captures:
@@ -641,6 +657,8 @@ class DatabaseNode(RaftNode):
         self._drain_queue()
 
     def _on_leadership_lost(self) -> None:
+        # The committed entries in the WAL are about to be written into the main files.
+        self._abandon_snapshot()
         for read in self.long_reads:
             self.ctx.reply(read.client, SqlError(code=NOT_LEADER, message="not leader"))
         self._close_connections()

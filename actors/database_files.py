@@ -39,8 +39,10 @@ __all__ = [
     "delete_database",
     "discard_wal",
     "restore_database",
+    "restore_database_steps",
     "shared_memory_path",
     "snapshot_database",
+    "snapshot_database_steps",
     "wal_path",
 ]
 
@@ -145,6 +147,36 @@ def snapshot_database(path: str) -> bytes:
     _require_no_wal_content(path)
     with open(path, "rb") as file:
         return file.read()
+
+
+def snapshot_database_steps(path: str, step_bytes: int):
+    """`snapshot_database` in bounded steps: a generator reading `step_bytes` per step
+    and yielding the bytes read; returns the image. Nothing may write the main file
+    until it is done (the caller holds applies and checkpoints back)."""
+    _require_no_wal_content(path)
+    chunks = []
+    with open(path, "rb") as file:
+        while chunk := file.read(step_bytes):
+            chunks.append(chunk)
+            yield len(chunk)
+    return b"".join(chunks)
+
+
+def restore_database_steps(path: str, image: bytes, step_bytes: int):
+    """`restore_database` in bounded steps. The image goes to a side file first and
+    replaces the database by a rename, so a restore cut short leaves the old database
+    whole (and the side file is overwritten by the next attempt)."""
+    side = path + "-restore"
+    descriptor = os.open(side, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for start in range(0, len(image), step_bytes):
+            _write_all(descriptor, image[start : start + step_bytes], start)
+            yield min(step_bytes, len(image) - start)
+    finally:
+        os.close(descriptor)
+    _remove(wal_path(path))
+    _remove(shared_memory_path(path))
+    os.replace(side, path)
 
 
 def restore_database(path: str, image: bytes) -> None:

@@ -217,7 +217,10 @@ class RaftNode:
         self.read_contexts = 0
         self.applied_since_snapshot = 0
         self.apply_queue: deque = deque()          # committed entries (and snapshots) to apply
-        self.apply_in_progress: tuple[Entry, Any] | None = None
+        # A big entry, snapshot or restore under way: (step generator, what to do
+        # with its result when it ends).
+        self.step_in_progress: tuple[Any, Callable[[Any], None]] | None = None
+        self.snapshot_in_progress: int | None = None   # its index, while one is taken
         self.storage_errors = 0
         self.leading = False
         self.promotion_client: tuple[Client, NodeId] | None = None
@@ -420,34 +423,45 @@ class RaftNode:
 
     def _apply_some(self) -> None:
         """Apply committed work in bounded steps: at most about APPLY_STEP_BYTES per
-        handler, a big entry in several (if the state machine can), then yield to the
-        other inputs (heartbeats keep flowing) and go on from a zero-delay timer."""
+        handler, a big entry, snapshot or restore in several (if the state machine can),
+        then yield to the other inputs (heartbeats keep flowing) and go on from a
+        zero-delay timer. While a snapshot is being taken nothing is applied: the
+        snapshot must show the state at exactly its index."""
         budget = self.APPLY_STEP_BYTES
-        while budget > 0 and (self.apply_in_progress is not None or self.apply_queue):
-            if self.apply_in_progress is not None:
-                entry, steps = self.apply_in_progress
+        while budget > 0 and (self.step_in_progress is not None or (self.apply_queue and self.snapshot_in_progress is None)):
+            if self.step_in_progress is not None:
+                steps, finish = self.step_in_progress
                 try:
                     budget -= next(steps)
                 except StopIteration as finished:
-                    self.apply_in_progress = None
-                    self._applied(entry, finished.value)
+                    self.step_in_progress = None
+                    finish(finished.value)
                 continue
             item = self.apply_queue.popleft()
             if isinstance(item, Snapshot):
+                restore_steps = getattr(self.state_machine, "restore_steps", None)
+                if restore_steps is not None and len(item.data) > self.APPLY_STEP_BYTES:
+                    self.step_in_progress = (restore_steps(item.data, self.APPLY_STEP_BYTES),
+                                             lambda _, snapshot=item: self._restored(snapshot))
+                    continue
                 self.state_machine.restore(item.data)
-                self.applied_index = item.meta.index
-                self._fail_proposals_up_to(item.meta.index)
+                self._restored(item)
                 budget -= len(item.data)
                 continue
             apply_steps = getattr(self.state_machine, "apply_steps", None)
             if apply_steps is not None and len(item.data) > self.APPLY_STEP_BYTES:
-                self.apply_in_progress = (item, apply_steps(item, self.APPLY_STEP_BYTES))
+                self.step_in_progress = (apply_steps(item, self.APPLY_STEP_BYTES),
+                                         lambda result, entry=item: self._applied(entry, result))
                 continue
             result = self.state_machine.apply(item)
             budget -= max(1, len(item.data))
             self._applied(item, result)
-        if self.apply_queue or self.apply_in_progress is not None:
+        if self.step_in_progress is not None or (self.apply_queue and self.snapshot_in_progress is None):
             self.ctx.set_timer(self.APPLY, 0.0)
+
+    def _restored(self, snapshot: Snapshot) -> None:
+        self.applied_index = snapshot.meta.index
+        self._fail_proposals_up_to(snapshot.meta.index)
 
     def _applied(self, entry: Entry, result: Any) -> None:
         self.applied_index = entry.index
@@ -519,20 +533,38 @@ class RaftNode:
 
     def _maybe_snapshot(self) -> None:
         config = self.ctx.config
-        if self.applied_since_snapshot < config.snapshot_threshold_entries:
+        if self.applied_since_snapshot < config.snapshot_threshold_entries or self.snapshot_in_progress is not None:
             return
         can_snapshot = getattr(self.state_machine, "can_snapshot", None)
         if can_snapshot is not None and not can_snapshot():
             return  # e.g. a leader whose WAL holds transactions not yet committed
-        if self.apply_queue or self.apply_in_progress is not None:
+        if self.apply_queue or self.step_in_progress is not None:
             return  # the state machine is between entries only when nothing is pending
-        snapshot = self.raft.compact(self.applied_index, self.state_machine.snapshot(), config.snapshot_trailing_entries)
+        index = self.applied_index
+        snapshot_steps = getattr(self.state_machine, "snapshot_steps", None)
+        if snapshot_steps is None:
+            self._snapshot_taken(index, self.state_machine.snapshot())
+            return
+        self.snapshot_in_progress = index
+        self.step_in_progress = (snapshot_steps(self.APPLY_STEP_BYTES), lambda data: self._snapshot_taken(index, data))
+        self._apply_some()
+
+    def _snapshot_taken(self, index: int, data: bytes) -> None:
+        self.snapshot_in_progress = None
         self.applied_since_snapshot = 0
+        snapshot = self.raft.compact(index, data, self.ctx.config.snapshot_trailing_entries)
         if snapshot is not None:
             batch = _Batch(_EMPTY_READY, own_snapshot=snapshot)
             self.batches.append(batch)
             self.unsubmitted.append(batch)
             self._submit_persist()
+
+    def _abandon_snapshot(self) -> None:
+        """Drop a snapshot being taken (its files are about to change under it)."""
+        if self.snapshot_in_progress is not None:
+            self.step_in_progress[0].close()
+            self.step_in_progress = None
+            self.snapshot_in_progress = None
 
     # -- introspection -------------------------------------------------------------------
 

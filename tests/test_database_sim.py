@@ -403,3 +403,54 @@ def test_a_restarted_node_rebuilds_its_database_before_hearing_from_a_leader():
     assert actor.raft.leader is None
     assert actor.applied_index >= hinted
     assert rows_of(sim, follower, "SELECT k FROM t ORDER BY k") == [(k,) for k in range(10)]
+
+
+def test_snapshots_of_a_big_database_are_taken_and_restored_in_bounded_steps(monkeypatch):
+    """A 20 MB database: every node snapshots it in steps of about 1 MB, a node added
+    later restores it in steps, and meanwhile nobody misses heartbeats enough to campaign."""
+    from raftlite.actors import database_files
+    from raftlite.actors.config import Config
+    from raftlite.actors.raft_node import ChangeMembership, ProposeResult
+    from raftlite.core.raft_types import Role
+
+    steps = {"snapshot": 0, "restore": 0}
+
+    def counted(kind, original):
+        def counting(*args):
+            inner = original(*args)
+            while True:
+                try:
+                    value = next(inner)
+                except StopIteration as finished:
+                    return finished.value
+                steps[kind] += 1
+                yield value
+        return counting
+
+    monkeypatch.setattr(database_files, "snapshot_database_steps", counted("snapshot", database_files.snapshot_database_steps))
+    monkeypatch.setattr(database_files, "restore_database_steps", counted("restore", database_files.restore_database_steps))
+    config = Config(snapshot_threshold_entries=16, snapshot_trailing_entries=2)
+    sim = Simulation(seed=5, node_ids=[1, 2, 3, 4], actor_factory=ACTORS["database"]([1, 2, 3]), scratch_dir=True,
+                     trace=Trace(keep=True), config=config)
+    sim.actor_hooks.append(RaftChecker(sim).attach().instrument)
+    sim.start()
+    sim.run_for(3000)
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k, v)"))
+    request(sim, leader, Execute(database="app", sql=(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000) "
+        "INSERT INTO t SELECT i, randomblob(1000) FROM n")), wait=3000)
+    terms_before = {sim.actor(n).raft.term for n in (1, 2, 3)}
+    for key in range(20):
+        request(sim, leader, Execute(database="app", sql="INSERT INTO t VALUES (?, 'small')", params=(-key,)), wait=5)
+    sim.run_for(2000)
+    assert all(sim.actor(n).raft.snapshot is not None for n in (1, 2, 3))   # each compacted its log
+    assert steps["snapshot"] >= 3 * 10                                        # 3 nodes × ≥ 20 MB / 1 MB
+    (joined,) = request(sim, leader, ChangeMembership(node=4, role=Role.STANDBY), wait=5000)
+    assert isinstance(joined, ProposeResult)
+    sim.run_for(3000)
+    assert steps["restore"] >= 10
+    assert {sim.actor(n).raft.term for n in (1, 2, 3)} == terms_before      # no election
+    expected = rows_of(sim, leader, "SELECT count(*), sum(length(v)) FROM t")
+    assert expected == [(20020, 20_000_000 + 20 * 5)]
+    assert rows_of(sim, 4, "SELECT count(*), sum(length(v)) FROM t") == expected
