@@ -52,8 +52,8 @@ from raftlite.core.raft import State
 from raftlite.core.raft_types import Entry, EntryKind
 
 __all__ = [
-    "DatabaseNode", "DatabaseStateMachine", "Execute", "ExecuteResult", "Open", "Opened", "Query", "QueryResult",
-    "SessionClosed", "SqlError",
+    "DatabaseNode", "DatabaseStateMachine", "Execute", "ExecuteResult", "Interrupt", "Interrupted", "Open", "Opened",
+    "Query", "QueryResult", "SessionClosed", "SqlError",
 ]
 
 # dqlite's error codes (WIRE.md).
@@ -61,6 +61,7 @@ NOT_LEADER = 10250
 LEADERSHIP_LOST = 10506
 SQLITE_ERROR = 1
 SQLITE_BUSY = 5
+SQLITE_INTERRUPT = 9
 SQLITE_AUTH = 23
 
 
@@ -93,6 +94,22 @@ class Query:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionClosed:
     """The client went away: roll back its open transaction, if any."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Interrupt:
+    """Stop this client's request in progress on `database`: a SELECT still stepping
+    through its rows or not answered yet, or a request still waiting for the write lock. That request fails
+    with SQLITE_INTERRUPT (9); the interrupt itself is answered `Interrupted`. A statement
+    that runs within one step cannot be stopped half way (the node runs one handler at a
+    time); one that already wrote and was proposed is past interrupting."""
+
+    database: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Interrupted:
+    pass
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -279,6 +296,7 @@ class _NodeVfs(CaptureVfs):
 @dataclass(slots=True)
 class _LongRead:
     client: Client
+    database: str
     connection: apsw.Connection
     cursor: Any
     described: list
@@ -362,6 +380,8 @@ class DatabaseNode(RaftNode):
         match message:
             case SessionClosed():
                 self._close_session(client)
+            case Interrupt():
+                self._interrupt(client, message.database)
             case Open() | Execute() | Query():
                 self._sql_request(client, message)
             case _:
@@ -379,6 +399,21 @@ class DatabaseNode(RaftNode):
             self._enqueue(client, message)
             return
         self._run(client, message)
+
+    def _interrupt(self, client: Client, database: str) -> None:
+        interrupted = SqlError(code=SQLITE_INTERRUPT, message="interrupted")
+        for read in [r for r in self.long_reads if r.client == client and r.database == database]:
+            self.long_reads.remove(read)
+            read.connection.close()
+            self.ctx.reply(client, interrupted)
+        if client in self.reads and isinstance(self.reads[client][2], QueryResult):
+            del self.reads[client]   # rows read, waiting for the ReadIndex round: not sent
+            self.ctx.reply(client, interrupted)
+        queued = [(c, m) for c, m in self.write_queue if c == client and getattr(m, "database", None) == database]
+        for item in queued:
+            self.write_queue.remove(item)
+            self.ctx.reply(client, interrupted)
+        self.ctx.reply(client, Interrupted())
 
     def _wal_full(self, client: Client) -> bool:
         # A session inside a transaction goes on: the checkpoint waits for it to end.
@@ -542,7 +577,7 @@ class DatabaseNode(RaftNode):
             connection.close()
             self._respond_after_commit(client, _sql_error(error))
             return True
-        read = _LongRead(client, connection, cursor, described, self.last_executed_index)
+        read = _LongRead(client, message.database, connection, cursor, described, self.last_executed_index)
         self.long_reads.append(read)
         self._read_step()
         return True

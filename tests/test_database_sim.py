@@ -1,5 +1,7 @@
 """Replicated SQLite under the simulator (issue: replicated SQLite, first steps)."""
 
+from collections import deque
+
 import pytest
 
 from raftlite.actors.database import LEADERSHIP_LOST, NOT_LEADER, Execute, ExecuteResult, Open, Query, QueryResult, SqlError
@@ -454,3 +456,36 @@ def test_snapshots_of_a_big_database_are_taken_and_restored_in_bounded_steps(mon
     expected = rows_of(sim, leader, "SELECT count(*), sum(length(v)) FROM t")
     assert expected == [(20020, 20_000_000 + 20 * 5)]
     assert rows_of(sim, 4, "SELECT count(*), sum(length(v)) FROM t") == expected
+
+
+def test_interrupt_stops_a_long_select_and_a_queued_write():
+    from raftlite.actors.database import SQLITE_INTERRUPT, Interrupt, Interrupted
+
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql=(
+        "CREATE TABLE t (k); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000) "
+        "INSERT INTO t SELECT i FROM n")), wait=500)
+    first_event = sim.trace.count
+    reader = sim.submit(leader, Query(database="app", sql="SELECT k FROM t ORDER BY k"))
+    # Arrives right after the first step (simulated time does not pass while the node
+    # steps through rows, but other inputs take their turn between steps).
+    sim.submit(leader, Interrupt(database="app"), client=reader)
+    sim.run_for(500)
+    assert sim.replies[reader] == [SqlError(code=SQLITE_INTERRUPT, message="interrupted"), Interrupted()]
+    assert sim.actor(leader).long_reads == deque()          # its connection is closed
+    steps = [e for e in list(sim.trace.events())[first_event:] if e["ev"] == "timer" and e["timer"] == "'read-step'"]
+    assert len(steps) <= 2                                   # stopped, not run to the end
+
+    # A write waiting for the lock held by an open transaction is taken out of the queue.
+    holder = sim.submit(leader, Execute(database="app", sql="BEGIN; INSERT INTO t VALUES (-1)"))
+    sim.run_for(50)
+    waiting = sim.submit(leader, Execute(database="app", sql="INSERT INTO t VALUES (-2)"))
+    sim.run_for(50)
+    assert sim.replies.get(waiting, []) == []
+    sim.submit(leader, Interrupt(database="app"), client=waiting)
+    sim.submit(leader, Execute(database="app", sql="COMMIT"), client=holder)
+    sim.run_for(500)
+    assert sim.replies[waiting] == [SqlError(code=SQLITE_INTERRUPT, message="interrupted"), Interrupted()]
+    for node in sim.node_ids:
+        assert rows_of(sim, node, "SELECT count(*), min(k) FROM t") == [(50001, -1)]
