@@ -1,0 +1,434 @@
+"""TCP for one node: one listening address for peers, admin tools and dqlite clients.
+
+Theory of operation
+-------------------
+Every node listens on one TCP address. The first 8-byte word a connection sends says
+what it is (DESIGN.md §5, as dqlite tells its protocol versions apart):
+
+    PEER_MAGIC   "rlPEER01"   a raft peer's stream of messages to this node
+    ADMIN_MAGIC  "rlADMIN1"   raftlite's admin protocol (raftlite.io.admin)
+    1 or 0x86104dd760433fe5   dqlite's client protocol, version 1 or legacy (little-endian
+                              uint64): handed to `client_protocol_handler(reader, writer,
+                              protocol_version)`; without a handler the connection is closed
+    anything else             closed
+
+Peers. Each node *dials* one connection to every peer and only ever writes on it; what a
+peer sends arrives on the connection that peer dialled. After the magic, the dialler
+sends its node id (8 bytes, little-endian), then frames: a 5-byte header (payload length
+as big-endian uint32, kind) and the payload. A message (raftlite.core.peer_codec bytes)
+of at most `fragment_bytes` travels as one WHOLE frame; a larger one as FRAGMENT frames
+and a final LAST frame. The writer sends every waiting small message before each
+fragment, so a heartbeat waits behind at most one fragment of a 20 MB append, never the
+whole append. A receiver reassembles at most one large message per connection, and
+refuses (closes the connection) when a frame or the reassembled message would exceed
+`Config.message_bytes_max`, checked from the header before the body is read.
+
+Each peer's outbound queue is bounded (`Config.outbound_queue_messages_max` messages
+and `TransportSettings.outbound_queue_bytes_max` bytes; one message is always accepted
+into an empty queue). When full, new messages are dropped: raft retransmits, and a
+stopped peer (SIGSTOP) costs at most the bound in memory. While a peer is unreachable
+its link reconnects with capped exponential backoff and full jitter; a large message
+cut by a broken connection is dropped, not resumed (the receiver dropped its part).
+A dead remote is noticed when its side of the connection reaches end-of-file.
+
+TLS. With `TlsSettings`, every connection in both directions is TLS (the word is read
+after the handshake): the server requires and verifies a client certificate signed by
+the cluster CA (mutual TLS), and a dialling node verifies the server's certificate and,
+by default, its host name against the address it dialled. `TlsSettings.from_files`
+builds both contexts from PEM files; admin and dqlite clients use `client_context`.
+
+Malformed input from the network is never an exception to the node: a bad magic or
+frame closes that connection, an undecodable message is counted and dropped
+(STYLE.md point 8).
+"""
+
+import asyncio
+import logging
+import os
+import random
+import ssl
+import struct
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping
+
+from raftlite.actors.config import Config
+from raftlite.core.peer_codec import RAFT_CODEC, Codec, CodecError
+from raftlite.io.admin import ADMIN_MAGIC, parse_address
+
+__all__ = [
+    "DQLITE_PROTOCOL_VERSION", "DQLITE_PROTOCOL_VERSION_LEGACY", "PEER_MAGIC", "TlsSettings", "Transport",
+    "TransportSettings",
+]
+
+log = logging.getLogger("raftlite.io.transport")
+
+PEER_MAGIC = b"rlPEER01"
+DQLITE_PROTOCOL_VERSION = 1
+DQLITE_PROTOCOL_VERSION_LEGACY = 0x86104DD760433FE5
+_DQLITE_WORDS = {
+    DQLITE_PROTOCOL_VERSION.to_bytes(8, "little"): DQLITE_PROTOCOL_VERSION,
+    DQLITE_PROTOCOL_VERSION_LEGACY.to_bytes(8, "little"): DQLITE_PROTOCOL_VERSION_LEGACY,
+}
+_NODE_ID = struct.Struct("<Q")
+_FRAME_HEADER = struct.Struct(">IB")
+_WHOLE, _FRAGMENT, _LAST = 1, 2, 3
+
+ClientProtocolHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportSettings:
+    """Transport limits and timings (the message limits themselves are in Config)."""
+
+    fragment_bytes: int = 64 << 10
+    outbound_queue_bytes_max: int = 32 << 20
+    reconnect_delay_ms: float = 50.0
+    reconnect_delay_max_ms: float = 2000.0
+    connect_timeout_ms: float = 2000.0
+    handshake_timeout_ms: float = 10_000.0
+    # A quiet link looks for its peer's end-of-file this often.
+    idle_check_interval_ms: float = 500.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSettings:
+    server_context: ssl.SSLContext
+    client_context: ssl.SSLContext
+
+    @classmethod
+    def from_files(
+        cls,
+        *,
+        certificate_chain_file: str,
+        private_key_file: str,
+        ca_file: str,
+        require_client_certificate: bool = True,
+        check_hostname: bool = True,
+    ) -> "TlsSettings":
+        """Contexts for a node whose certificate (for both serving and dialling) and CA are
+        PEM files. ValueError with a one-line message when a file is missing or bad."""
+        try:
+            server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca_file)
+            server.load_cert_chain(certificate_chain_file, private_key_file)
+            server.verify_mode = ssl.CERT_REQUIRED if require_client_certificate else ssl.CERT_OPTIONAL
+            client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+            client.load_cert_chain(certificate_chain_file, private_key_file)
+            client.check_hostname = check_hostname
+        except (OSError, ssl.SSLError) as error:
+            raise ValueError(f"TLS files unusable: {error}") from None
+        for context in (server, client):
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return cls(server_context=server, client_context=client)
+
+
+class _PeerLink:
+    """The outbound side toward one peer: a bounded queue and a task that (re)connects
+    and writes frames."""
+
+    def __init__(self, transport: "Transport", peer_id: int, address: str) -> None:
+        self.transport = transport
+        self.peer_id = peer_id
+        self.address = address
+        self.host, self.port = parse_address(address)
+        self.small: deque[bytes] = deque()
+        self.large: deque[bytes] = deque()
+        self.current: memoryview | None = None   # the large message being fragmented
+        self.current_offset = 0
+        self.queued_messages = 0
+        self.queued_bytes = 0
+        self.wake = asyncio.Event()
+        self.connected = False
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-link-{peer_id}")
+
+    def enqueue(self, payload: bytes) -> bool:
+        transport = self.transport
+        if self.queued_messages and (
+            self.queued_messages >= transport.config.outbound_queue_messages_max
+            or self.queued_bytes + len(payload) > transport.settings.outbound_queue_bytes_max
+        ):
+            return False
+        (self.small if len(payload) <= transport.settings.fragment_bytes else self.large).append(payload)
+        self.queued_messages += 1
+        self.queued_bytes += len(payload)
+        self.wake.set()
+        return True
+
+    def _dequeued(self, payload_bytes: int) -> None:
+        self.queued_messages -= 1
+        self.queued_bytes -= payload_bytes
+
+    async def _run(self) -> None:
+        settings = self.transport.settings
+        failures = 0
+        while True:
+            try:
+                reader, writer = await asyncio.wait_for(self._connect(), settings.connect_timeout_ms / 1000)
+            except (OSError, asyncio.TimeoutError, ssl.SSLError, ssl.CertificateError) as error:
+                failures += 1
+                if failures == 1 or failures % 20 == 0:
+                    log.info("node %s: cannot reach peer %s at %s (%s)", self.transport.node_id, self.peer_id, self.address, error or type(error).__name__)
+                await asyncio.sleep(self._backoff_seconds(failures))
+                continue
+            failures = 0
+            self.connected = True
+            self.transport.stats["connections_dialled"] += 1
+            try:
+                writer.write(PEER_MAGIC + _NODE_ID.pack(self.transport.node_id))
+                await self._pump(reader, writer)
+            except (OSError, ssl.SSLError, ConnectionError) as error:
+                log.info("node %s: connection to peer %s lost (%s)", self.transport.node_id, self.peer_id, error or type(error).__name__)
+            except Exception:
+                log.exception("node %s: the link to peer %s failed; reconnecting", self.transport.node_id, self.peer_id)
+            finally:
+                self.connected = False
+                writer.close()
+                if self.current is not None:
+                    self._dequeued(len(self.current))
+                    self.current = None   # the receiver dropped its part: raft resends
+                    self.transport.stats["dropped_cut"] += 1
+            await asyncio.sleep(self._backoff_seconds(1))
+
+    def _backoff_seconds(self, failures: int) -> float:
+        settings = self.transport.settings
+        ceiling = min(settings.reconnect_delay_max_ms, settings.reconnect_delay_ms * 2 ** min(failures - 1, 30))
+        return self.transport.rng.uniform(ceiling / 2, ceiling) / 1000
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        tls = self.transport.tls
+        if tls is None:
+            return await asyncio.open_connection(self.host, self.port)
+        return await asyncio.open_connection(self.host, self.port, ssl=tls.client_context, server_hostname=self.host)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        settings = self.transport.settings
+        fragment_bytes = settings.fragment_bytes
+        stats = self.transport.stats
+        while True:
+            if reader.at_eof() or writer.is_closing():
+                raise ConnectionResetError("the peer closed the connection")
+            if self.small:
+                batch = 0
+                while self.small and batch < fragment_bytes:
+                    payload = self.small.popleft()
+                    self._dequeued(len(payload))
+                    writer.write(_FRAME_HEADER.pack(len(payload), _WHOLE) + payload)
+                    batch += len(payload)
+                    stats["messages_sent"] += 1
+                await writer.drain()
+            elif self.current is not None or self.large:
+                if self.current is None:
+                    self.current, self.current_offset = memoryview(self.large.popleft()), 0
+                start = self.current_offset
+                end = min(start + fragment_bytes, len(self.current))
+                last = end == len(self.current)
+                writer.write(_FRAME_HEADER.pack(end - start, _LAST if last else _FRAGMENT))
+                writer.write(self.current[start:end])
+                self.current_offset = end
+                stats["fragments_sent"] += 1
+                if last:
+                    self._dequeued(len(self.current))
+                    self.current = None
+                    stats["messages_sent"] += 1
+                await writer.drain()
+            else:
+                self.wake.clear()
+                try:
+                    await asyncio.wait_for(self.wake.wait(), settings.idle_check_interval_ms / 1000)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def close(self) -> None:
+        self.task.cancel()
+        try:
+            await self.task
+        except (asyncio.CancelledError, Exception):
+            pass
+
+
+class Transport:
+    """A node's listener and its links to peers; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        address: str,
+        config: Config,
+        on_peer_message: Callable[[int, Any], None],
+        on_admin_connection: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]] | None = None,
+        client_protocol_handler: ClientProtocolHandler | None = None,
+        tls: TlsSettings | None = None,
+        settings: TransportSettings = TransportSettings(),
+        codec: Codec = RAFT_CODEC,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.host, self.port = parse_address(address)
+        self.config = config
+        self.on_peer_message = on_peer_message
+        self.on_admin_connection = on_admin_connection
+        self.client_protocol_handler = client_protocol_handler
+        self.tls = tls
+        self.settings = settings
+        self.codec = codec
+        self.rng = rng or random.Random(os.urandom(16))
+        self.server: asyncio.Server | None = None
+        self.links: dict[int, _PeerLink] = {}
+        self.connections: set[asyncio.Task] = set()
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.closed = False
+        self.stats = {
+            key: 0 for key in (
+                "messages_sent", "fragments_sent", "messages_received", "dropped_queue_full", "dropped_too_large",
+                "dropped_unencodable", "dropped_unknown_peer", "dropped_cut", "undecodable", "connections_dialled",
+                "connections_accepted", "connections_refused",
+            )
+        }
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def listen(self) -> str:
+        """Bind and start accepting; returns the bound "host:port" (port 0 picks one)."""
+        self.server = await asyncio.start_server(
+            self._on_connection, self.host, self.port,
+            ssl=self.tls.server_context if self.tls else None,
+            ssl_handshake_timeout=self.settings.handshake_timeout_ms / 1000 if self.tls else None,
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self.address
+
+    def set_peers(self, peers: Mapping[int, str]) -> None:
+        """Dial these peers from now on ({node_id: "host:port"}; this node is skipped)."""
+        wanted = {peer: address for peer, address in peers.items() if peer != self.node_id}
+        for peer in list(self.links):
+            if wanted.get(peer) != self.links[peer].address:
+                asyncio.get_running_loop().create_task(self.links.pop(peer).close())
+        for peer, address in sorted(wanted.items()):
+            if peer not in self.links:
+                parse_address(address)   # a bad address fails here, in the caller, with a clear message
+                self.links[peer] = _PeerLink(self, peer, address)
+
+    def send(self, dst: int, message: Any) -> bool:
+        """Queue `message` for peer `dst`; False when it was dropped (and counted)."""
+        if self.closed:
+            return False
+        link = self.links.get(dst)
+        if link is None:
+            self.stats["dropped_unknown_peer"] += 1
+            return False
+        try:
+            payload = self.codec.encode(message)
+        except CodecError as error:
+            log.error("node %s: cannot encode a message for peer %s: %s", self.node_id, dst, error)
+            self.stats["dropped_unencodable"] += 1
+            return False
+        if len(payload) > self.config.message_bytes_max:
+            log.warning("node %s: dropping a %d-byte %s for peer %s: above message_bytes_max", self.node_id, len(payload), type(message).__name__, dst)
+            self.stats["dropped_too_large"] += 1
+            return False
+        if not link.enqueue(payload):
+            self.stats["dropped_queue_full"] += 1
+            return False
+        return True
+
+    def peer_connected(self, peer: int) -> bool:
+        link = self.links.get(peer)
+        return link is not None and link.connected
+
+    # -- inbound -------------------------------------------------------------------------
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if self.closed:
+            writer.close()
+            return
+        self.connections.add(task)
+        self.writers.add(writer)
+        self.stats["connections_accepted"] += 1
+        try:
+            word = await asyncio.wait_for(reader.readexactly(8), self.settings.handshake_timeout_ms / 1000)
+            if word == PEER_MAGIC:
+                await self._serve_peer(reader, writer)
+            elif word == ADMIN_MAGIC and self.on_admin_connection is not None:
+                await self.on_admin_connection(reader, writer)
+            elif word in _DQLITE_WORDS and self.client_protocol_handler is not None:
+                await self.client_protocol_handler(reader, writer, _DQLITE_WORDS[word])
+            else:
+                self.stats["connections_refused"] += 1
+                log.info("node %s: closing a connection that began with %r", self.node_id, word)
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, OSError, ssl.SSLError):
+            pass
+        except asyncio.CancelledError:
+            # The transport is closing. This task was made by asyncio.start_server, whose
+            # done-callback (Python 3.11) calls task.exception(), which would raise on a
+            # cancelled task: end normally instead.
+            pass
+        except Exception:
+            log.exception("node %s: a connection handler failed", self.node_id)
+        finally:
+            writer.close()
+            self.writers.discard(writer)
+            self.connections.discard(task)
+
+    async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (peer,) = _NODE_ID.unpack(await asyncio.wait_for(reader.readexactly(_NODE_ID.size), self.settings.handshake_timeout_ms / 1000))
+        if peer == self.node_id:
+            log.warning("node %s: a peer connection claims this node's own id; closing it", self.node_id)
+            return
+        limit = self.config.message_bytes_max
+        partial: bytearray | None = None
+        while True:
+            length, kind = _FRAME_HEADER.unpack(await reader.readexactly(_FRAME_HEADER.size))
+            if kind == _WHOLE:
+                if length > limit:
+                    log.warning("node %s: peer %s sent a %d-byte message (limit %d); closing", self.node_id, peer, length, limit)
+                    return
+                self._deliver(peer, await reader.readexactly(length))
+            elif kind in (_FRAGMENT, _LAST):
+                held = len(partial) if partial is not None else 0
+                if held + length > limit:
+                    log.warning("node %s: peer %s sent a message above %d bytes; closing", self.node_id, peer, limit)
+                    return
+                if partial is None:
+                    partial = bytearray()
+                partial += await reader.readexactly(length)
+                if kind == _LAST:
+                    message_bytes, partial = partial, None
+                    self._deliver(peer, message_bytes)
+            else:
+                log.warning("node %s: peer %s sent a frame of unknown kind %d; closing", self.node_id, peer, kind)
+                return
+
+    def _deliver(self, peer: int, payload: bytes | bytearray) -> None:
+        try:
+            message = self.codec.decode(payload)
+        except CodecError as error:
+            self.stats["undecodable"] += 1
+            log.warning("node %s: dropping an undecodable message from peer %s: %s", self.node_id, peer, error)
+            return
+        self.stats["messages_received"] += 1
+        self.on_peer_message(peer, message)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.server is not None:
+            self.server.close()
+        links, self.links = list(self.links.values()), {}
+        for link in links:
+            await link.close()
+        for writer in list(self.writers):
+            writer.close()
+        tasks = list(self.connections)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.wait_closed()
