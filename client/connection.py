@@ -399,6 +399,7 @@ class AsyncConnection(_Helpers):
         self.timeout_s = timeout_s
         self._stream_reader = reader
         self._writer: asyncio.StreamWriter | None = writer
+        self._closed_writer: asyncio.StreamWriter | None = None
         self._reader = ResponseReader(message_bytes_max=message_bytes_max)
         self._lock = asyncio.Lock()
         self._stream: AsyncRowsStream | None = None
@@ -424,18 +425,26 @@ class AsyncConnection(_Helpers):
         return self._writer is None
 
     def close(self) -> None:
+        """Closes the transport; `await wait_closed()` to let it finish."""
         if self._writer is not None:
+            self._closed_writer = self._writer
             self._writer.close()
             self._writer = None
 
     async def wait_closed(self) -> None:
         self.close()
+        writer = self._closed_writer
+        if writer is not None:
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass  # a reset while closing changes nothing for the caller
 
     async def __aenter__(self) -> "AsyncConnection":
         return self
 
     async def __aexit__(self, *_exception: object) -> None:
-        self.close()
+        await self.wait_closed()
 
     def _abort(self) -> None:
         self._stream = None
