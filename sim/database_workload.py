@@ -6,6 +6,15 @@ Jepsen-style: `ok` (acknowledged: must be present for ever), `fail` (certainly n
 applied: 10250 or an SQL error; must be absent), `info` (outcome unknown: 10506, or no
 answer; may be either). After the final heal every live replica must hold the same rows
 and those rows must fit the outcomes.
+
+Reads go along with the writes: every other tick one `SELECT k FROM kv`, usually to the leader,
+sometimes to any node (a follower must refuse it). An answered read must be
+linearizable with respect to the writes, which here means: it holds every key
+acknowledged before the read was sent (no stale read), no key whose write was not yet
+sent when the answer arrived, no key reported failed, and no key missing from the final
+state (no client ever reads a value that later disappears). Times are taken when the
+workload looks (each tick), which only ever widens the windows: the checks may miss a
+violation by a tick, never report a false one.
 """
 
 import shutil
@@ -14,7 +23,8 @@ from dataclasses import dataclass, field
 
 import apsw
 
-from raftlite.actors.database import Execute, ExecuteResult, SessionClosed, SqlError
+from raftlite.actors.database import NOT_LEADER, Execute, ExecuteResult, Query, QueryResult, SessionClosed, SqlError
+from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation
 
 __all__ = ["KeyValueLoad", "read_replica"]
@@ -24,6 +34,7 @@ WRITE_SQL = (
     "INSERT INTO kv VALUES (?, randomblob(8))"
 )
 TRANSACTION_STEPS = ("BEGIN", WRITE_SQL, "COMMIT")
+READ_SQL = "SELECT k FROM kv"
 
 
 def _params(sql: str, key: int) -> tuple:
@@ -64,8 +75,14 @@ class KeyValueLoad:
     database: str = "app"
     outcomes: dict[int, str] = field(default_factory=dict)   # key -> ok / fail / info
     pending: dict = field(default_factory=dict)              # client -> key
+    sent_at: dict[int, float] = field(default_factory=dict)  # key -> when its write was sent
+    acknowledged_at: dict[int, float] = field(default_factory=dict)  # key -> when seen acknowledged
+    reads_pending: dict = field(default_factory=dict)        # client -> (sent at, node)
+    reads: list = field(default_factory=list)                # (sent at, answered by, node, keys)
+    reads_refused: int = 0
 
     def start(self) -> None:
+        self.rng = derive_rng(self.sim.seed, "workload")
         self.sim.call_later(self.interval_ms, self._tick)
 
     def _leader(self) -> int | None:
@@ -93,9 +110,26 @@ class KeyValueLoad:
             steps = TRANSACTION_STEPS if key % 3 == 0 else (WRITE_SQL,)
             client = self.sim.submit(leader, Execute(database=self.database, sql=steps[0], params=_params(steps[0], key)))
             self.pending[client] = (key, steps, 0, leader)
+            self.sent_at[key] = self.sim.now_ms
+            # A read every other tick: mostly from the leader, one in four from any node.
+            node = leader if self.rng.random() < 0.75 else self.rng.choice(self.sim.node_ids)
+            if key % 2 == 0 and self.sim.nodes[node].state == NodeState.UP:
+                reader = self.sim.submit(node, Query(database=self.database, sql=READ_SQL))
+                self.reads_pending[reader] = (self.sim.now_ms, node)
         self.sim.call_later(self.interval_ms, self._tick)
 
     def collect(self) -> None:
+        now = self.sim.now_ms
+        for reader in list(self.reads_pending):
+            answers = self.sim.replies.get(reader)
+            if not answers:
+                continue
+            sent, node = self.reads_pending.pop(reader)
+            (answer,) = answers
+            if isinstance(answer, QueryResult):
+                self.reads.append((sent, now, node, frozenset(key for (key,) in answer.rows)))
+            elif isinstance(answer, SqlError) and answer.code == NOT_LEADER:
+                self.reads_refused += 1
         for client in list(self.pending):
             answers = self.sim.replies.get(client)
             if not answers:
@@ -113,6 +147,7 @@ class KeyValueLoad:
             del self.pending[client]
             if isinstance(answer, ExecuteResult):
                 self.outcomes[key] = "ok"
+                self.acknowledged_at[key] = now
             elif isinstance(answer, SqlError) and answer.code != 10506:
                 # Certainly not applied: refused, or the transaction never committed.
                 self.outcomes[key] = "fail"
@@ -155,6 +190,22 @@ class KeyValueLoad:
                 problems.append(f"writes reported as failed are present: keys {phantom[:10]}")
             if unknown:
                 problems.append(f"rows nobody wrote: keys {unknown[:10]}")
+            problems.extend(self._check_reads(present))
+        return problems
+
+    def _check_reads(self, final_keys: set[int]) -> list[str]:
+        problems = []
+        for sent, answered, node, keys in self.reads:
+            stale = sorted(k for k, at in self.acknowledged_at.items() if at < sent and k not in keys)
+            early = sorted(k for k in keys if self.sent_at.get(k, float("inf")) > answered)
+            failed = sorted(k for k in keys if self.outcomes.get(k) == "fail")
+            vanished = sorted(k for k in keys if k not in final_keys)
+            for kind, found in (("stale read: misses acknowledged", stale), ("read a write not yet sent", early),
+                                ("read a write reported failed", failed), ("read a value that later vanished", vanished)):
+                if found:
+                    problems.append(f"read sent at {sent:.1f} ms to node {node}: {kind} keys {found[:10]}")
+        if len(problems) > 3:
+            problems[3:] = [f"... and {len(problems) - 3} more bad reads"]
         return problems
 
     def _follower_images(self) -> dict[int, str]:
@@ -182,6 +233,7 @@ class KeyValueLoad:
         """A request for the liveness check, and how to tell it succeeded."""
         key = -(len(self.outcomes) + 1)
         self.outcomes[key] = "info"
+        self.sent_at[key] = self.sim.now_ms
         client = self.sim.submit(leader, Execute(database=self.database, sql=WRITE_SQL, params=(key,)))
         self.pending[client] = (key, (WRITE_SQL,), 0, leader)
         return client, lambda answer: isinstance(answer, ExecuteResult)
