@@ -313,7 +313,11 @@ class Connection(_Helpers):
                 batch = response
                 while batch.more:
                     batch = self._receive(exchange, deadline)
-                    _merged(response, batch)
+                    try:
+                        _merged(response, batch)
+                    except WireProtocolError:
+                        self._abort()
+                        raise
                     rows.extend(batch.rows)
                 response = RowsResponse(columns=response.columns, rows=tuple(rows), more=False)
         return exchange.convert(response)
@@ -359,9 +363,11 @@ class RowsStream:
             try:
                 batch = connection._receive(self._exchange, time.monotonic() + connection.timeout_s)
                 _merged(RowsResponse(columns=self.columns, rows=()), batch)
-            except BaseException:
+            except BaseException as error:
                 self._more = False
                 connection._stream = None
+                if isinstance(error, WireProtocolError):
+                    connection._abort()
                 raise
             self._more = batch.more
             if not batch.more:
@@ -554,8 +560,13 @@ class AsyncRowsStream:
         connection = self._connection
         async with connection._lock:
             try:
-                batch = await connection._guarded(connection._receive(self._exchange))
-                _merged(RowsResponse(columns=self.columns, rows=()), batch)
+
+                async def checked_batch() -> RowsResponse:
+                    received = await connection._receive(self._exchange)
+                    _merged(RowsResponse(columns=self.columns, rows=()), received)
+                    return received
+
+                batch = await connection._guarded(checked_batch())
             except BaseException:
                 self._more = False
                 connection._stream = None

@@ -55,8 +55,9 @@ tests/test_wire_against_dqlite.py:
   `column_value` sends NULL there instead. A REAL or BLOB in a DATETIME / DATE /
   TIMESTAMP / BOOLEAN column makes dqlite assert (crash); `column_value` sends it with
   its own storage type.
-- UNIXTIME (9) is not accepted as a parameter by dqlite (neither 1.11.1 nor current:
-  FAILURE 1005 "bind parameters" / parse); this codec carries it both ways.
+- UNIXTIME (9) is not accepted as a parameter by dqlite (neither 1.11.1 nor current;
+  1.11.1 answers FAILURE 1005 "not an error", live); this codec carries it both ways.
+- A NULL in a DATETIME column comes back as ISO8601 "" (live), as WIRE.md says.
 - Schema 1 of EXEC / QUERY / EXEC_SQL / QUERY_SQL (a 4-byte parameter count) exists in
   dqlite >= 1.16 only; 1.11.1 ignores the schema byte and would misread it. The encoder
   uses schema 0 up to 255 parameters, schema 1 above.
@@ -66,9 +67,14 @@ tests/test_wire_against_dqlite.py:
   and WAL sizes being multiples of 8 (go-dqlite reads no padding either). This encoder
   pads to 8 and the decoder skips padding, which is the same bytes for real files.
 - The legacy protocol (version 0x86104dd760433fe5, whose SERVER reply has no id) is not
-  supported by this codec; HEARTBEAT is decoded but dqlite 1.11 never answers it.
-- dqlite 1.11.1's DESCRIBE with an unknown format sends FAILURE and then METADATA too
-  (two replies to one request); raftlite should send FAILURE only.
+  supported by this codec. HEARTBEAT is decoded, but dqlite 1.11.1 never answers it and
+  that connection then answers nothing more (live); an unknown request type gets no
+  reply and the connection hangs open (live). raftlite should answer FAILURE or close.
+- dqlite 1.11.1's DESCRIBE with a format other than 0 sends FAILURE 15 "bad format
+  version" and then tries to send METADATA too, which aborts the whole process (assert
+  in transport__write, live). raftlite should send FAILURE only.
+- dqlite 1.11.1 answers a PREPARE of "" with FAILURE code 0 "empty statement", and a
+  PREPARE of several statements with the first one (the tail is ignored).
 - RESULT's last_insert_id is SQLite's signed rowid sent as u64; it is decoded signed.
 """
 

@@ -416,3 +416,155 @@ def _frame_or_none(data: bytes) -> Frame | None:
     if len(data) < HEADER_BYTES:
         return None
     return Frame(type=data[4], schema=data[5], body=data[HEADER_BYTES:])
+
+
+# -- the client connection over a scripted peer ----------------------------------------
+# (The connection against the real dqlite is in test_wire_against_dqlite.py; these are
+# the failure paths a real server will not produce on demand.)
+
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from raftlite.client.connection import (  # noqa: E402
+    AsyncConnection, Connection, ConnectionBroken, RequestFailed,
+)
+
+
+class ScriptedPeer:
+    """Accepts one connection, reads the handshake, then answers each request with the
+    next scripted bytes (None: say nothing; b"": close the connection)."""
+
+    def __init__(self, answers):
+        self.answers = list(answers)
+        self.requests = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.listener.settimeout(10)
+        peer, _ = self.listener.accept()
+        peer.settimeout(10)
+        reader = RequestReader(expect_handshake=True)
+        try:
+            while self.answers:
+                chunk = peer.recv(65536)
+                if not chunk:
+                    return
+                reader.feed(chunk)
+                if reader._handshake_pending and reader.read_handshake() is None:
+                    continue
+                while self.answers and (request := reader.next_request()) is not None:
+                    self.requests.append(request)
+                    answer = self.answers.pop(0)
+                    if answer == b"":
+                        return
+                    if answer is not None:
+                        peer.sendall(answer)
+            time.sleep(0.5)
+        except OSError:
+            pass
+        finally:
+            peer.close()
+            self.listener.close()
+
+    def join(self):
+        self.thread.join(timeout=10)
+
+
+LEADER_ANSWER = encode_response(wire.ServerResponse(node_id=1, address="127.0.0.1:1"))
+
+
+@pytest.mark.timeout(30)
+def test_a_failure_is_raised_with_its_code_and_the_connection_goes_on():
+    peer = ScriptedPeer([encode_response(wire.FailureResponse(code=10250, message="not leader")), LEADER_ANSWER])
+    with Connection.connect(peer.address, timeout_s=5) as connection:
+        with pytest.raises(RequestFailed) as failure:
+            connection.exec_sql(0, "INSERT INTO t VALUES (1)")
+        assert (failure.value.code, failure.value.message) == (10250, "not leader")
+        assert connection.leader() == NodeInfo(node_id=1, address="127.0.0.1:1")
+    peer.join()
+    assert peer.requests == [wire.ExecSqlRequest(db_id=0, sql="INSERT INTO t VALUES (1)"), wire.LeaderRequest()]
+
+
+@pytest.mark.timeout(30)
+def test_a_value_the_wire_cannot_carry_sends_nothing():
+    peer = ScriptedPeer([LEADER_ANSWER])
+    with Connection.connect(peer.address, timeout_s=5) as connection:
+        with pytest.raises(WireEncodeError):
+            connection.exec_sql(0, "SELECT ?", (2**64,))
+        assert connection.leader().node_id == 1
+    peer.join()
+    assert peer.requests == [wire.LeaderRequest()]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("answer, error", [
+    (b"", ConnectionBroken),                                              # closed before answering
+    (LEADER_ANSWER[:12], ConnectionBroken),                               # closed mid-answer
+    (_header(1, 42) + bytes(8), WireProtocolError),                       # unknown response type
+    (encode_response(wire.EmptyResponse()), WireProtocolError),           # the wrong answer
+    (_header(2**20, ResponseType.FILES), WireProtocolError),              # above message_bytes_max
+    (None, ConnectionBroken),                                             # no answer before the deadline
+])
+def test_a_broken_exchange_closes_the_connection(answer, error):
+    peer = ScriptedPeer([answer])
+    connection = Connection.connect(peer.address, timeout_s=0.5, message_bytes_max=4096)
+    started = time.monotonic()
+    with pytest.raises(error):
+        connection.leader()
+    assert time.monotonic() - started < 3
+    assert connection.closed
+    with pytest.raises(ConnectionBroken):
+        connection.leader()
+    peer.join()
+
+
+@pytest.mark.timeout(30)
+def test_rows_batches_are_merged_and_a_changed_column_list_is_refused():
+    builder = RowsBatchBuilder(("n",), batch_bytes=64)
+    messages = b""
+    for n in range(20):
+        if builder.is_full:
+            messages += builder.finish(done=False)
+        builder.append((n,))
+    messages += builder.finish(done=True)
+    changed = (encode_response(RowsResponse(columns=("n",), rows=((1,),), more=True))
+               + encode_response(RowsResponse(columns=("m",), rows=((2,),))))
+    peer = ScriptedPeer([messages, changed])
+    with Connection.connect(peer.address, timeout_s=5) as connection:
+        assert connection.query_sql(0, "SELECT n").rows == tuple((n,) for n in range(20))
+        with pytest.raises(WireProtocolError, match="changed the columns"):
+            connection.query_sql(0, "SELECT n")
+        assert connection.closed
+    peer.join()
+
+
+@pytest.mark.timeout(30)
+def test_the_asyncio_connection_closes_on_a_deadline():
+    import asyncio
+
+    peer = ScriptedPeer([LEADER_ANSWER, None])
+
+    async def scenario():
+        connection = await AsyncConnection.connect(peer.address, timeout_s=0.5)
+        assert (await connection.leader()).node_id == 1
+        with pytest.raises(ConnectionBroken):
+            await connection.leader()
+        assert connection.closed
+        await connection.wait_closed()
+
+    asyncio.run(scenario())
+    peer.join()
+
+
+def test_node_addresses():
+    from raftlite.client.connection import parse_address
+
+    assert parse_address("127.0.0.1:9001") == ("127.0.0.1", 9001)
+    assert parse_address("[::1]:9001") == ("::1", 9001)
+    for bad in ("nohost", ":9001", "host:", "host:port", "host:70000", "host:0"):
+        with pytest.raises(ValueError, match="not a node address"):
+            parse_address(bad)
