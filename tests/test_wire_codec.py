@@ -2,12 +2,17 @@
 byte layouts from WIRE.md, row batching, and a decoder that refuses bad input with
 WireProtocolError only, before allocating for an announced length."""
 
+import asyncio
+import socket
 import struct
+import threading
+import time
 import tracemalloc
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from raftlite.client.connection import AsyncConnection, Connection, ConnectionBroken, RequestFailed, parse_address
 from raftlite.core import wire
 from raftlite.core.wire import (
     HEADER_BYTES, ROWS_DONE, ROWS_PART, Frame, Iso8601, NodeInfo, RequestReader, RequestType,
@@ -422,13 +427,6 @@ def _frame_or_none(data: bytes) -> Frame | None:
 # (The connection against the real dqlite is in test_wire_against_dqlite.py; these are
 # the failure paths a real server will not produce on demand.)
 
-import socket  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
-from raftlite.client.connection import (  # noqa: E402
-    AsyncConnection, Connection, ConnectionBroken, RequestFailed,
-)
 
 
 class ScriptedPeer:
@@ -544,8 +542,6 @@ def test_rows_batches_are_merged_and_a_changed_column_list_is_refused():
 
 @pytest.mark.timeout(30)
 def test_the_asyncio_connection_closes_on_a_deadline():
-    import asyncio
-
     peer = ScriptedPeer([LEADER_ANSWER, None])
 
     async def scenario():
@@ -561,8 +557,6 @@ def test_the_asyncio_connection_closes_on_a_deadline():
 
 
 def test_node_addresses():
-    from raftlite.client.connection import parse_address
-
     assert parse_address("127.0.0.1:9001") == ("127.0.0.1", 9001)
     assert parse_address("[::1]:9001") == ("::1", 9001)
     for bad in ("nohost", ":9001", "host:", "host:port", "host:70000", "host:0"):
