@@ -17,6 +17,7 @@ workload looks (each tick), which only ever widens the windows: the checks may m
 violation by a tick, never report a false one.
 """
 
+import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from raftlite.actors.database import NOT_LEADER, Execute, ExecuteResult, Query, 
 from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation
 
-__all__ = ["KeyValueLoad", "read_replica"]
+__all__ = ["KeyValueLoad", "read_replica", "replica_page_digest"]
 
 WRITE_SQL = (
     "CREATE TABLE IF NOT EXISTS kv (k INTEGER PRIMARY KEY, v BLOB); "
@@ -43,24 +44,43 @@ def _params(sql: str, key: int) -> tuple:
 
 def read_replica(sim: Simulation, node: int, database: str, sql: str) -> list[tuple] | None:
     """Rows from a copy of a replica's files (main file and WAL); None if it has none."""
+    return _with_replica_copy(sim, node, database, lambda connection, _: [tuple(row) for row in connection.execute(sql)])
+
+
+def replica_page_digest(sim: Simulation, node: int, database: str) -> str | None:
+    """SHA-256 of a replica's main file after a full checkpoint of a copy of its files:
+    on a leader that folds its WAL in; a follower keeps no WAL. Identical replicas give
+    identical digests, page for page."""
+    def digest(connection, path: str) -> str:
+        connection.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        with open(path, "rb") as file:
+            return hashlib.sha256(file.read()).hexdigest()[:16]
+
+    return _with_replica_copy(sim, node, database, digest)
+
+
+def _with_replica_copy(sim: Simulation, node: int, database: str, use):
+    """`use(connection, path)` on an integrity-checked copy of a replica's files (the
+    node's own files stay untouched); None if the node has no such database."""
     actor = sim.nodes[node].actor
     machine = getattr(actor, "database_machine", None)
     if machine is None or database not in machine.databases:
         return None
     path = machine.path(database)
     directory = tempfile.mkdtemp(prefix="raftlite-replica-")
+    copy = f"{directory}/copy"
     try:
-        shutil.copy(path, f"{directory}/copy")
+        shutil.copy(path, copy)
         try:
-            shutil.copy(path + "-wal", f"{directory}/copy-wal")
+            shutil.copy(path + "-wal", copy + "-wal")
         except FileNotFoundError:
             pass
-        connection = apsw.Connection(f"{directory}/copy")
+        connection = apsw.Connection(copy)
         try:
             check = connection.execute("PRAGMA integrity_check").get
             if check != "ok":
                 raise AssertionError(f"node {node}: integrity_check says {check}")
-            return [tuple(row) for row in connection.execute(sql)]
+            return use(connection, copy)
         finally:
             connection.close()
     finally:
@@ -172,9 +192,13 @@ class KeyValueLoad:
                 problems.append(f"node {node_id}: {error}")
                 continue
             contents[node_id] = rows or []
-        images = self._follower_images()
+        try:
+            images = self._page_digests()
+        except (AssertionError, apsw.Error) as error:
+            problems.append(str(error))
+            images = {}
         if len(set(images.values())) > 1:
-            problems.append(f"followers' database files differ page by page (digests {images})")
+            problems.append(f"database files differ page by page after a checkpoint (digests {images})")
         if len({tuple(rows) for rows in contents.values()}) > 1:
             sizes = {node: len(rows) for node, rows in contents.items()}
             problems.append(f"replicas differ (rows per node: {sizes})")
@@ -208,26 +232,20 @@ class KeyValueLoad:
             problems[3:] = [f"... and {len(problems) - 3} more bad reads"]
         return problems
 
-    def _follower_images(self) -> dict[int, str]:
-        """Digest of each up follower's main file (followers keep no WAL, so it holds
-        every page), for followers that applied the same index."""
-        import hashlib
-
-        followers = {}
+    def _page_digests(self) -> dict[int, str]:
+        """Page-level digest of every up node that applied the newest index (a node that
+        restarted late may still be catching up)."""
+        applied = {}
         for node_id in self.sim.node_ids:
             node = self.sim.nodes[node_id]
             raft = getattr(node.actor, "raft", None)
-            if node.state != NodeState.UP or raft is None or raft.state.value == "leader":
-                continue
-            machine = node.actor.database_machine
-            if self.database not in machine.databases:
-                continue
-            with open(machine.path(self.database), "rb") as file:
-                followers[node_id] = (raft.applied, hashlib.sha256(file.read()).hexdigest()[:16])
-        if not followers:
+            if node.state == NodeState.UP and raft is not None:
+                applied[node_id] = node.actor.applied_index
+        if not applied:
             return {}
-        newest = max(applied for applied, _ in followers.values())
-        return {node: digest for node, (applied, digest) in followers.items() if applied == newest}
+        newest = max(applied.values())
+        digests = {node: replica_page_digest(self.sim, node, self.database) for node, index in applied.items() if index == newest}
+        return {node: digest for node, digest in digests.items() if digest is not None}
 
     def probe(self, leader: int):
         """A request for the liveness check, and how to tell it succeeded."""
