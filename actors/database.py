@@ -35,6 +35,7 @@ time may hold an open write transaction; other writers wait in a bounded queue
 ("overloaded" when full). SQL that would break replication is refused by an authorizer.
 """
 
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
@@ -52,8 +53,8 @@ from raftlite.core.raft import State
 from raftlite.core.raft_types import Entry, EntryKind
 
 __all__ = [
-    "DatabaseNode", "DatabaseStateMachine", "Execute", "ExecuteResult", "Interrupt", "Interrupted", "Open", "Opened",
-    "Query", "QueryResult", "SessionClosed", "SqlError",
+    "DatabaseNode", "DatabaseStateMachine", "Dump", "Dumped", "Execute", "ExecuteResult", "Interrupt", "Interrupted",
+    "Open", "Opened", "Prepare", "Prepared", "Query", "QueryResult", "SessionClosed", "SqlError",
 ]
 
 # dqlite's error codes (WIRE.md).
@@ -113,6 +114,34 @@ class Interrupted:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Prepare:
+    """Compile `sql` (its first statement) without running it: how many parameters it
+    takes and which columns it returns. Leader only, like every SQL request."""
+
+    database: str
+    sql: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prepared:
+    parameter_count: int
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dump:
+    """The database's files as of a committed state: on the leader after a ReadIndex
+    round (linearizable), on a follower what it has applied."""
+
+    database: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Dumped:
+    files: tuple[tuple[str, bytes], ...]   # (name, bytes): the database and its (empty) WAL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Opened:
     database: str
 
@@ -127,12 +156,20 @@ class ExecuteResult:
 class QueryResult:
     columns: tuple[str, ...]
     rows: tuple[tuple, ...]
+    # Declared column types ("" for none), for the wire's DATETIME/BOOLEAN conventions.
+    column_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SqlError:
     code: int
     message: str
+
+
+def _query_result(description: tuple, rows: tuple) -> QueryResult:
+    """A QueryResult from a statement's (name, declared type) pairs and its rows."""
+    return QueryResult(columns=tuple(name for name, _ in description), rows=rows,
+                       column_types=tuple(declared or "" for _, declared in description))
 
 
 def _sql_error(error: apsw.Error) -> SqlError:
@@ -382,8 +419,10 @@ class DatabaseNode(RaftNode):
                 self._close_session(client)
             case Interrupt():
                 self._interrupt(client, message.database)
-            case Open() | Execute() | Query():
+            case Open() | Execute() | Query() | Prepare():
                 self._sql_request(client, message)
+            case Dump():
+                self._dump(client, message.database)
             case _:
                 super()._handle_client(client, message)
 
@@ -414,6 +453,58 @@ class DatabaseNode(RaftNode):
             self.write_queue.remove(item)
             self.ctx.reply(client, interrupted)
         self.ctx.reply(client, Interrupted())
+
+    def _prepare(self, client: Client, message: Prepare) -> Prepared | SqlError:
+        refusal = _refused_statement(message.sql)
+        if refusal is not None:
+            return SqlError(code=SQLITE_AUTH, message=refusal)
+        connection = self._connection(client, message.database)
+        compiled: list = []
+
+        def stop_before_running(statement_cursor, sql, bindings) -> bool:
+            compiled.append((statement_cursor.bindings_count, statement_cursor.get_description()))
+            return False
+
+        cursor = connection.cursor()
+        cursor.exec_trace = stop_before_running
+        try:
+            cursor.execute(message.sql)
+        except apsw.ExecTraceAbort:
+            pass
+        except apsw.BindingsError as error:
+            # apsw binds before tracing, and says how many parameters it wanted.
+            match = re.match(r"Statement has (\d+) bindings", str(error))
+            if match is None:
+                return _sql_error(error)
+            try:
+                cursor.execute(message.sql, (None,) * int(match.group(1)))
+            except apsw.ExecTraceAbort:
+                pass
+        except apsw.Error as error:
+            return _sql_error(error)
+        finally:
+            self._settle_connection(client, message.database, connection)
+        if not compiled:
+            return Prepared(parameter_count=0, columns=())
+        count, description = compiled[0]
+        return Prepared(parameter_count=count, columns=tuple(name for name, _ in description))
+
+    def _dump(self, client: Client, database: str) -> None:
+        def image() -> Dumped | SqlError:
+            machine = self.database_machine
+            if database not in machine.databases:
+                return SqlError(code=SQLITE_ERROR, message=f"no such database: {database}")
+            in_wal = [decoded for entry in machine.only_in_wal
+                      if getattr(decoded := decode_database_entry(entry.data), "database", None) == database]
+            main = database_files.committed_image(machine.path(database), in_wal)
+            return Dumped(files=((database, main), (database + "-wal", b"")))
+
+        if self.raft.state == State.LEADER:
+            self._start_read(client, response=image)
+        else:
+            # A follower's files hold exactly what it applied: a committed state.
+            self.reads[client] = [0, 0, image]
+            self._answer_reads()
 
     def _wal_full(self, client: Client) -> bool:
         # A session inside a transaction goes on: the checkpoint waits for it to end.
@@ -496,6 +587,9 @@ class DatabaseNode(RaftNode):
             self._connection(client, message.database)
             self._respond_after_commit(client, Opened(database=message.database))
             return True
+        if isinstance(message, Prepare):
+            self._respond_after_commit(client, self._prepare(client, message))
+            return True
         refusal = _refused_statement(message.sql)
         if refusal is not None:
             self.ctx.reply(client, SqlError(code=SQLITE_AUTH, message=refusal))
@@ -506,12 +600,12 @@ class DatabaseNode(RaftNode):
         connection = self._connection(client, message.database)
         try:
             cursor = connection.cursor()
-            described: list[tuple[str, ...]] = []
+            described: list[tuple] = []
 
             def note_columns(statement_cursor, sql, bindings) -> bool:
                 # Each statement is described before it runs: a query that returns no
                 # rows still has its column names (the last statement's are the answer).
-                described.append(tuple(name for name, _ in statement_cursor.get_description()))
+                described.append(statement_cursor.get_description())
                 return True
 
             cursor.exec_trace = note_columns
@@ -534,7 +628,7 @@ class DatabaseNode(RaftNode):
             rows, columns = (), ()
         else:
             if isinstance(message, Query):
-                response = QueryResult(columns=columns, rows=rows)
+                response = _query_result(columns, rows)
             else:
                 response = ExecuteResult(last_insert_id=connection.last_insert_rowid(), rows_affected=connection.changes())
         self._settle_connection(client, message.database, connection)
@@ -560,10 +654,10 @@ class DatabaseNode(RaftNode):
             return False    # the database does not exist yet: the normal path creates it
         connection = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY, vfs=self.vfs.name)
         connection.authorizer = _authorizer
-        described: list[tuple[str, ...]] = []
+        described: list[tuple] = []
 
         def note_columns(statement_cursor, sql, bindings) -> bool:
-            described.append(tuple(name for name, _ in statement_cursor.get_description()))
+            described.append(statement_cursor.get_description())
             return True
 
         cursor = connection.cursor()
@@ -592,7 +686,7 @@ class DatabaseNode(RaftNode):
                 if row is None:
                     self.long_reads.popleft()
                     read.connection.close()
-                    response = QueryResult(columns=read.described[-1] if read.described else (), rows=tuple(read.rows))
+                    response = _query_result(read.described[-1] if read.described else (), tuple(read.rows))
                     self._start_read(read.client, response=response, min_index=read.min_index)
                     break
                 read.rows.append(tuple(row))

@@ -34,6 +34,7 @@ __all__ = [
     "apply_transaction",
     "apply_transaction_steps",
     "clear_directory",
+    "committed_image",
     "create_database",
     "database_exists",
     "delete_database",
@@ -147,6 +148,26 @@ def snapshot_database(path: str) -> bytes:
     _require_no_wal_content(path)
     with open(path, "rb") as file:
         return file.read()
+
+
+def committed_image(path: str, entries) -> bytes:
+    """The database as of its last committed entry: the main file with `entries` (the
+    decoded committed transactions its WAL holds on top of it, oldest first) laid over
+    it, in memory. The files are only read; connections may be open."""
+    with open(path, "rb") as file:
+        image = bytearray(file.read())
+    for entry in entries:
+        if isinstance(entry, CreateDatabase):
+            image = bytearray(b"".join(entry.pages))
+            continue
+        size = entry.size_after_commit_pages * entry.page_size
+        if len(image) < size:
+            image.extend(bytes(size - len(image)))
+        for page_number, page in entry.pages.items():
+            offset = (page_number - 1) * entry.page_size
+            image[offset : offset + entry.page_size] = page
+        del image[size:]
+    return bytes(image)
 
 
 def snapshot_database_steps(path: str, step_bytes: int):

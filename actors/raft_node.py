@@ -358,7 +358,8 @@ class RaftNode:
 
     def _start_read(self, client: Client, *, response: Any = None, min_index: int = 0) -> None:
         """Answer `client` once a ReadIndex round that starts now confirms leadership and
-        the state machine has applied up to the read index (and `min_index`)."""
+        the state machine has applied up to the read index (and `min_index`). The
+        response is given, or computed then by calling it, or (None) a ReadResult."""
         self.read_contexts += 1
         self.reads[client] = [None, min_index, response]
         self.raft.read_index((client, self.read_contexts))
@@ -526,7 +527,14 @@ class RaftNode:
             return
         applied = self.applied_index
         for client in [c for c, (index, minimum, _) in self.reads.items() if index is not None and applied >= max(index, minimum)]:
-            _, _, response = self.reads.pop(client)
+            response = self.reads[client][2]
+            if callable(response):
+                # Computed now, from the state machine as applied: not while an entry
+                # or a restore is half written.
+                if self.step_in_progress is not None and self.snapshot_in_progress is None:
+                    continue
+                response = response()
+            del self.reads[client]
             if response is None:
                 response = ReadResult(index=applied, value=self.state_machine.read())
             self.ctx.reply(client, response)

@@ -489,3 +489,67 @@ def test_interrupt_stops_a_long_select_and_a_queued_write():
     assert sim.replies[waiting] == [SqlError(code=SQLITE_INTERRUPT, message="interrupted"), Interrupted()]
     for node in sim.node_ids:
         assert rows_of(sim, node, "SELECT count(*), min(k) FROM t") == [(50001, -1)]
+
+
+def _rows_in_image(tmp_path, files, sql):
+    import apsw
+
+    for name, data in files:
+        (tmp_path / name).write_bytes(data)
+    connection = apsw.Connection(str(tmp_path / files[0][0]))
+    try:
+        assert connection.execute("PRAGMA integrity_check").get == "ok"
+        return [tuple(row) for row in connection.execute(sql)]
+    finally:
+        connection.close()
+
+
+def test_dump_returns_a_committed_image_on_the_leader_and_on_followers(tmp_path):
+    from raftlite.actors.database import Dump, Dumped
+
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k INTEGER PRIMARY KEY, v)"))
+    for key in range(5):
+        request(sim, leader, Execute(database="app", sql="INSERT INTO t VALUES (?, randomblob(64))", params=(key,)), wait=5)
+    sim.run_for(200)
+    expected = rows_of(sim, leader, "SELECT k, v FROM t ORDER BY k")
+    assert len(expected) == 5
+    for node in sim.node_ids:          # the leader's committed rows are still in its WAL
+        (dumped,) = request(sim, node, Dump(database="app"))
+        assert isinstance(dumped, Dumped) and [name for name, _ in dumped.files] == ["app", "app-wal"]
+        (tmp_path / f"n{node}").mkdir()
+        assert _rows_in_image(tmp_path / f"n{node}", dumped.files, "SELECT k, v FROM t ORDER BY k") == expected
+
+    # A write the cut-off leader executed but never committed is in no dump.
+    follower = next(n for n in sim.node_ids if n != leader)
+    sim.partition(isolate(leader, sim.node_ids), "isolate leader")
+    request(sim, leader, Execute(database="app", sql="INSERT INTO t VALUES (99, 'lost')"), wait=5)
+    on_leader = sim.submit(leader, Dump(database="app"))
+    (on_follower,) = request(sim, follower, Dump(database="app"))
+    (tmp_path / "cut").mkdir()
+    assert _rows_in_image(tmp_path / "cut", on_follower.files, "SELECT max(k) FROM t") == [(4,)]
+    sim.run_for(3000)
+    assert sim.replies[on_leader] == [SqlError(code=NOT_LEADER, message="not leader")]   # never a maybe-lost state
+
+
+def test_prepare_counts_parameters_and_names_columns():
+    from raftlite.actors.database import Prepare, Prepared
+
+    sim = database_cluster()
+    leader = leader_of(sim)
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (a, b DATETIME)"))
+    (insert,) = request(sim, leader, Prepare(database="app", sql="INSERT INTO t VALUES (?, ?)"))
+    assert insert == Prepared(parameter_count=2, columns=())
+    (select,) = request(sim, leader, Prepare(database="app", sql="SELECT a, b FROM t WHERE a = ?3"))
+    assert select == Prepared(parameter_count=3, columns=("a", "b"))
+    (none,) = request(sim, leader, Prepare(database="app", sql="SELECT 1 AS one"))
+    assert none == Prepared(parameter_count=0, columns=("one",))
+    (missing,) = request(sim, leader, Prepare(database="app", sql="SELECT * FROM nowhere"))
+    assert missing == SqlError(code=1, message="no such table: nowhere")
+    (refused,) = request(sim, leader, Prepare(database="app", sql="ATTACH 'x' AS y"))
+    assert refused.code == 23
+    (query,) = request(sim, leader, Query(database="app", sql="SELECT a, b FROM t"))
+    assert query.column_types == ("", "DATETIME")
+    sim.run_for(100)
+    assert rows_of(sim, leader, "SELECT count(*) FROM t") == [(0,)]        # nothing ran
