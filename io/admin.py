@@ -197,13 +197,11 @@ class AdminClient:
         if self.writer is not None:
             return
         try:
-            self.reader, self.writer = await asyncio.wait_for(
-                asyncio.open_connection(
+            async with asyncio.timeout(self.timeout_seconds):
+                self.reader, self.writer = await asyncio.open_connection(
                     self.host, self.port, ssl=self.ssl_context,
                     server_hostname=(self.server_hostname or self.host) if self.ssl_context else None,
-                ),
-                self.timeout_seconds,
-            )
+                )
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as error:
             raise AdminError(f"cannot connect to {self.address}: {error or type(error).__name__}") from None
         self.writer.write(ADMIN_MAGIC)
@@ -214,10 +212,8 @@ class AdminClient:
             await self.connect()
             try:
                 self.writer.write(frame(ADMIN_CODEC.encode(message)))
-                payload = await asyncio.wait_for(
-                    read_frame(self.reader, self.message_bytes_max),
-                    timeout_seconds if timeout_seconds is not None else self.timeout_seconds,
-                )
+                async with asyncio.timeout(timeout_seconds if timeout_seconds is not None else self.timeout_seconds):
+                    payload = await read_frame(self.reader, self.message_bytes_max)
                 return ADMIN_CODEC.decode(payload)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, CodecError, AdminError, ssl.SSLError) as error:
                 await self._drop()

@@ -139,6 +139,7 @@ class _PeerLink:
         self.queued_bytes = 0
         self.wake = asyncio.Event()
         self.connected = False
+        self.closing = False
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-link-{peer_id}")
 
     def enqueue(self, payload: bytes) -> bool:
@@ -161,9 +162,12 @@ class _PeerLink:
     async def _run(self) -> None:
         settings = self.transport.settings
         failures = 0
-        while True:
+        while not self.closing:
             try:
-                reader, writer = await asyncio.wait_for(self._connect(), settings.connect_timeout_ms / 1000)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a
+                # cancellation that races with the connection attempt's failure.
+                async with asyncio.timeout(settings.connect_timeout_ms / 1000):
+                    reader, writer = await self._connect()
             except (OSError, asyncio.TimeoutError, ssl.SSLError, ssl.CertificateError) as error:
                 failures += 1
                 if failures == 1 or failures % 20 == 0:
@@ -234,16 +238,18 @@ class _PeerLink:
             else:
                 self.wake.clear()
                 try:
-                    await asyncio.wait_for(self.wake.wait(), settings.idle_check_interval_ms / 1000)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(settings.idle_check_interval_ms / 1000):
+                        await self.wake.wait()
+                except TimeoutError:
                     pass
 
     async def close(self) -> None:
-        self.task.cancel()
-        try:
-            await self.task
-        except (asyncio.CancelledError, Exception):
-            pass
+        self.closing = True
+        while not self.task.done():
+            self.task.cancel()
+            await asyncio.wait({self.task}, timeout=0.1)
+        if not self.task.cancelled() and self.task.exception() is not None:
+            log.error("node %s: the link to peer %s ended with %r", self.transport.node_id, self.peer_id, self.task.exception())
 
 
 class Transport:
@@ -349,7 +355,8 @@ class Transport:
         self.writers.add(writer)
         self.stats["connections_accepted"] += 1
         try:
-            word = await asyncio.wait_for(reader.readexactly(8), self.settings.handshake_timeout_ms / 1000)
+            async with asyncio.timeout(self.settings.handshake_timeout_ms / 1000):
+                word = await reader.readexactly(8)
             if word == PEER_MAGIC:
                 await self._serve_peer(reader, writer)
             elif word == ADMIN_MAGIC and self.on_admin_connection is not None:
@@ -374,7 +381,8 @@ class Transport:
             self.connections.discard(task)
 
     async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        (peer,) = _NODE_ID.unpack(await asyncio.wait_for(reader.readexactly(_NODE_ID.size), self.settings.handshake_timeout_ms / 1000))
+        async with asyncio.timeout(self.settings.handshake_timeout_ms / 1000):
+            (peer,) = _NODE_ID.unpack(await reader.readexactly(_NODE_ID.size))
         if peer == self.node_id:
             log.warning("node %s: a peer connection claims this node's own id; closing it", self.node_id)
             return
