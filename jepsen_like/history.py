@@ -51,6 +51,7 @@ __all__ = [
     "Keyword",
     "Operation",
     "Verdict",
+    "build_history",
     "detect_format",
     "event_to_json",
     "format_edn_event",
@@ -59,6 +60,7 @@ __all__ = [
     "completion",
     "pair_operations",
     "parse_edn_history",
+    "parse_edn_value",
     "parse_history",
     "parse_log_history",
     "read_history",
@@ -166,6 +168,26 @@ class Verdict:
             "excerpt": [event_to_json(event) for event in self.excerpt],
             **{key: to_json_value(value) for key, value in self.details.items()},
         }
+
+
+def build_history(rows: Iterable[tuple[Any, str, Any, Any]]) -> list[Event]:
+    """Events from ``(process, type, f, value)`` rows, indexed in order (tests, workloads).
+
+    Lists in values become tuples, as the EDN reader makes them."""
+    return [
+        Event(type=kind, f=Keyword(f) if isinstance(f, str) else f, value=_freeze(value), process=process, index=index)
+        for index, (process, kind, f, value) in enumerate(rows)
+    ]
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _freeze(item) for key, item in value.items()}
+    if isinstance(value, set):
+        return frozenset(value)
+    return value
 
 
 def invocation(process: Any, f: Any, value: Any = None, *, index: int = 0, time: int | None = None) -> Event:
@@ -330,6 +352,16 @@ def _parse_log_value(text: str) -> Any:
         return _from_edn(edn_format.loads(text))
     except (edn_format.EDNDecodeError, ValueError, TypeError, KeyError):
         return text      # free text (an error message): kept as it is
+
+
+def parse_edn_value(text: str) -> Any:
+    """One EDN value (``nil``, ``3``, ``:a``, ``[1 2]``) as the Python value histories use."""
+    import edn_format
+
+    try:
+        return _from_edn(edn_format.loads(text))
+    except (edn_format.EDNDecodeError, ValueError, TypeError, KeyError) as error:
+        raise HistoryError(f"not an EDN value: {text!r} ({_short(error)})") from None
 
 
 def _event_from_map(op: dict, position: int, source: str) -> Event:
