@@ -119,7 +119,7 @@ def test_a_partitioned_leader_never_serves_its_uncommitted_write():
     new_leader = leader_of(sim)
     assert new_leader != leader
     (rows,) = request(sim, new_leader, Query(database="app", sql="SELECT a FROM t"))
-    assert rows == QueryResult(columns=("a",), rows=())
+    assert rows == QueryResult(columns=("a",), rows=(), column_types=("",))
     # The ex-leader's files are back to exactly the committed prefix.
     assert rows_of(sim, leader, "SELECT a FROM t") == []
 
@@ -158,7 +158,7 @@ def test_interactive_transactions_queue_writers_without_blocking_readers():
     assert answers == [ExecuteResult(last_insert_id=1, rows_affected=1)]
     # A reader sees the committed state, not Alice's open transaction, and is not blocked.
     bob, answers = send(None, "SELECT count(*) FROM t", query=True)
-    assert answers == [QueryResult(columns=("count(*)",), rows=((0,),))]
+    assert answers == [QueryResult(columns=("count(*)",), rows=((0,),), column_types=("",))]
     # A writer waits for the write lock instead of failing with SQLITE_BUSY.
     carol, answers = send(None, "INSERT INTO t VALUES ('carol')")
     assert answers == []
