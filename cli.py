@@ -4,6 +4,7 @@
     raftlite sim check --seeds A..B --nodes N [--nemesis LIST] [--duration SECONDS]
     raftlite sim demo  [--seed S]
     raftlite sim bench [--nodes N] [--duration SECONDS]
+    raftlite check --model MODEL [--time-limit S] FILE   (a Jepsen history; see check --help)
 
 User mistakes (bad flags, unknown nemesis, unwritable trace file) print one clear line
 and exit with status 2; they never print a traceback.
@@ -81,6 +82,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--actor", choices=("heartbeat", "raft"), default="heartbeat")
     bench.add_argument("--rate", type=_positive_float, default=100.0, help="raft: client writes per simulated second")
     bench.add_argument("--faults", action="store_true", help="raft: inject every fault kind while measuring")
+
+    from raftlite.jepsen_like.check_command import add_check_parser
+
+    add_check_parser(commands)
     return parser
 
 
@@ -155,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(seed=args.seed)
         if args.command == "sim" and args.sim_command == "bench":
             return _sim_bench(args)
+        if args.command == "check":
+            from raftlite.jepsen_like.check_command import run_check
+
+            return run_check(args)
     except UsageError as error:
         print(f"raftlite: error: {error}", file=sys.stderr)
         return 2
