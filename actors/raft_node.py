@@ -61,6 +61,7 @@ class Read:
 class ChangeMembership:
     node: NodeId
     role: Role | None  # None removes the node
+    address: str | None = None   # where the node is reached ("host:port"); kept if None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -338,8 +339,8 @@ class RaftNode:
                     self.proposals[index] = _PendingProposal(client, raft.term)
                 case Read():
                     self._start_read(client)
-                case ChangeMembership(node=node, role=role):
-                    index = raft.change_membership(node, role)
+                case ChangeMembership(node=node, role=role, address=address):
+                    index = raft.change_membership(node, role, address)
                     if raft.pending_promotion is not None:
                         # Answered when the node finally becomes a voter (or gives up).
                         self.promotion_client = (client, node)

@@ -848,16 +848,17 @@ class Raft:
             self._maybe_commit()
         return index
 
-    def change_membership(self, node: int, role: Role | None) -> int | None:
-        """Give `node` a role (None removes it). Returns the CONFIG entry's index, or None
-        when a promotion to voter waits for the node to catch up first."""
+    def change_membership(self, node: int, role: Role | None, address: str | None = None) -> int | None:
+        """Give `node` a role (None removes it), and `address` as its address when given.
+        Returns the CONFIG entry's index, or None when a promotion to voter waits for
+        the node to catch up first."""
         self._require_leader()
         if not self._committed_own_term():
             raise ProposalDropped("the leader has not yet committed an entry of its term")
         if self.configuration_index > self.commit or self.pending_promotion is not None:
             raise ProposalDropped("a membership change is already in progress")
         current = self.configuration.role(node)
-        if current == role:
+        if current == role and (address is None or address == self.configuration.address(node)):
             raise ProposalDropped(f"node {node} already has that role")
         if role is None and current is None:
             raise ProposalDropped(f"node {node} is not a member")
@@ -866,9 +867,9 @@ class Raft:
                 raise ProposalDropped(f"node {node} must join as a standby or spare before it can vote")
             self.pending_promotion = (node, 0)
             if current == Role.SPARE:
-                return self._propose_configuration(self.configuration.with_role(node, Role.STANDBY))
+                return self._propose_configuration(self.configuration.with_role(node, Role.STANDBY, address))
             return None
-        return self._propose_configuration(self.configuration.with_role(node, role))
+        return self._propose_configuration(self.configuration.with_role(node, role, address))
 
     def _caught_up(self, node: int) -> bool:
         progress = self.progress.get(node)

@@ -39,13 +39,20 @@ class HardState:
 
 @dataclass(frozen=True, slots=True)
 class Configuration:
-    """Members and their roles, as sorted (node_id, role) pairs (a frozen, ordered value)."""
+    """Members and their roles, as sorted (node_id, role) pairs, and the address each
+    member is reached at, as sorted (node_id, "host:port") pairs (a frozen, ordered
+    value). Addresses travel with the configuration, as in dqlite, so every node (a
+    new leader included) can reach a member it never heard of at start. The simulator
+    leaves them empty: its network is addressed by node id."""
 
     members: tuple[tuple[int, Role], ...] = ()
+    addresses: tuple[tuple[int, str], ...] = ()
 
     @classmethod
-    def of(cls, roles: dict[int, Role]) -> "Configuration":
-        return cls(tuple(sorted((node, Role(role)) for node, role in roles.items())))
+    def of(cls, roles: dict[int, Role], addresses: dict[int, str] | None = None) -> "Configuration":
+        members = tuple(sorted((node, Role(role)) for node, role in roles.items()))
+        known = {node: address for node, address in (addresses or {}).items() if node in roles}
+        return cls(members, tuple(sorted(known.items())))
 
     def role(self, node: int) -> Role | None:
         for member, role in self.members:
@@ -53,13 +60,24 @@ class Configuration:
                 return role
         return None
 
-    def with_role(self, node: int, role: Role | None) -> "Configuration":
+    def address(self, node: int) -> str | None:
+        for member, address in self.addresses:
+            if member == node:
+                return address
+        return None
+
+    def with_role(self, node: int, role: Role | None, address: str | None = None) -> "Configuration":
+        """`node` gets `role` (None removes it, address included); `address`, when given,
+        becomes its address."""
         roles = dict(self.members)
+        addresses = dict(self.addresses)
         if role is None:
             roles.pop(node, None)
         else:
             roles[node] = role
-        return Configuration.of(roles)
+        if address is not None:
+            addresses[node] = address
+        return Configuration.of(roles, addresses)
 
     @property
     def voters(self) -> tuple[int, ...]:
@@ -77,16 +95,44 @@ class Configuration:
     def quorum(self) -> int:
         return len(self.voters) // 2 + 1
 
+    # Encoding: nine bytes per member (node id, role) - the format of configurations
+    # without addresses - followed, when there are addresses, by one record per address:
+    # node id (8 bytes), length (2 bytes), UTF-8 text. A marker byte 0xff (never a
+    # role) separates the two parts.
     def encode(self) -> bytes:
-        return b"".join(node.to_bytes(8, "little") + bytes([role]) for node, role in self.members)
+        members = b"".join(node.to_bytes(8, "little") + bytes([role]) for node, role in self.members)
+        if not self.addresses:
+            return members
+        tail = b"".join(
+            node.to_bytes(8, "little") + len(text := address.encode()).to_bytes(2, "little") + text
+            for node, address in self.addresses
+        )
+        return members + len(self.members).to_bytes(8, "little") + b"\xff" + tail
 
     @classmethod
     def decode(cls, data: bytes) -> "Configuration":
-        if len(data) % 9:
-            raise ValueError(f"configuration of {len(data)} bytes is not a whole number of members")
-        return cls(tuple(
-            (int.from_bytes(data[i : i + 8], "little"), Role(data[i + 8])) for i in range(0, len(data), 9)
-        ))
+        members, addresses, offset = [], [], 0
+        while offset < len(data):
+            if len(data) - offset < 9:
+                raise ValueError(f"configuration of {len(data)} bytes ends inside a member")
+            node, role = int.from_bytes(data[offset : offset + 8], "little"), data[offset + 8]
+            offset += 9
+            if role == 0xFF:
+                if node != len(members):
+                    raise ValueError("configuration address marker does not match its member count")
+                break
+            members.append((node, Role(role)))
+        while offset < len(data):
+            if len(data) - offset < 10:
+                raise ValueError("configuration ends inside an address")
+            node = int.from_bytes(data[offset : offset + 8], "little")
+            length = int.from_bytes(data[offset + 8 : offset + 10], "little")
+            text = data[offset + 10 : offset + 10 + length]
+            if len(text) != length:
+                raise ValueError("configuration ends inside an address")
+            addresses.append((node, text.decode()))
+            offset += 10 + length
+        return cls(tuple(members), tuple(addresses))
 
 
 @dataclass(frozen=True, slots=True)

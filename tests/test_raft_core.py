@@ -3,6 +3,7 @@
 import random
 
 import pytest
+from hypothesis import given, strategies as st
 
 from raftlite.core.errors import NotLeader, ProposalDropped
 from raftlite.core.raft import Raft, RaftSettings, State
@@ -149,3 +150,17 @@ def test_a_deposed_leader_serves_no_reads():
         leader.tick()
     assert leader.state != State.LEADER
     assert leader.ready().read_states == ()
+
+
+@given(
+    roles=st.dictionaries(st.integers(0, 2**63 - 1), st.sampled_from(list(Role)), max_size=7),
+    with_addresses=st.booleans(),
+    hosts=st.lists(st.text(min_size=1, max_size=40), min_size=7, max_size=7),
+)
+def test_configurations_survive_encoding_with_and_without_addresses(roles, with_addresses, hosts):
+    addresses = {node: hosts[i] for i, node in enumerate(roles)} if with_addresses else {}
+    configuration = Configuration.of(roles, addresses)
+    assert Configuration.decode(configuration.encode()) == configuration
+    for node in roles:
+        assert configuration.address(node) == addresses.get(node)
+        assert configuration.with_role(node, None).address(node) is None
