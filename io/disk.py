@@ -46,6 +46,12 @@ fallocate is unsupported, writes simply extend the file.
 
 With the portable backend every operation, fdatasync included, runs synchronously in
 `submit` (see raftlite.io.native): correct, but the loop waits for the disk.
+
+Measured here (ext4, 2 cores, durable 4 KiB appends one at a time): kernel AIO p50
+0.31 ms with preallocation, 0.38 ms without; submit costs ~25 us (the loop is free
+meanwhile). Caveat: the kernel runs an AIO fsync in a worker bound to the submitting
+CPU; while the loop's thread keeps that CPU busy, the worker may wait for a scheduler
+tick (4 ms at HZ=250). An idle loop (waiting in epoll) does not see this.
 """
 
 import asyncio

@@ -281,6 +281,7 @@ class Transport:
         self.rng = rng or random.Random(os.urandom(16))
         self.server: asyncio.Server | None = None
         self.links: dict[int, _PeerLink] = {}
+        self.retiring: set[asyncio.Task] = set()   # links being closed after set_peers
         self.connections: set[asyncio.Task] = set()
         self.writers: set[asyncio.StreamWriter] = set()
         self.closed = False
@@ -311,7 +312,9 @@ class Transport:
         wanted = {peer: address for peer, address in peers.items() if peer != self.node_id}
         for peer in list(self.links):
             if wanted.get(peer) != self.links[peer].address:
-                asyncio.get_running_loop().create_task(self.links.pop(peer).close())
+                task = asyncio.get_running_loop().create_task(self.links.pop(peer).close())
+                self.retiring.add(task)
+                task.add_done_callback(self.retiring.discard)
         for peer, address in sorted(wanted.items()):
             if peer not in self.links:
                 parse_address(address)   # a bad address fails here, in the caller, with a clear message
@@ -431,6 +434,8 @@ class Transport:
         links, self.links = list(self.links.values()), {}
         for link in links:
             await link.close()
+        if self.retiring:
+            await asyncio.gather(*self.retiring, return_exceptions=True)
         for writer in list(self.writers):
             writer.close()
         tasks = list(self.connections)
