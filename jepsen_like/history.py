@@ -488,7 +488,7 @@ def to_json_value(value: Any) -> Any:
         case set() | frozenset():
             return sorted((to_json_value(item) for item in value), key=repr)
         case dict():
-            return {str(key) if not isinstance(key, str) else str(key): to_json_value(item)
+            return {str(key): to_json_value(item)
                     for key, item in value.items()}
         case Event():
             return event_to_json(value)
