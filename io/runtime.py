@@ -47,7 +47,7 @@ from raftlite.actors.contract import (
     CancelTimer, Client, Context, Delete, Halt, IoResult, Read, Rename, Reply, Send, SetTimer, Sync, Truncate, Write,
 )
 from raftlite.core.peer_codec import RAFT_CODEC, Codec
-from raftlite.io.admin import serve_admin_connection
+from raftlite.io.admin import parse_address, serve_admin_connection
 from raftlite.io.disk import RESERVED_PREFIX, DiskExecutor
 from raftlite.io.transport import ClientProtocolHandler, TlsSettings, Transport, TransportSettings
 
@@ -89,6 +89,9 @@ class NodeRuntime:
         transport_settings: TransportSettings = TransportSettings(),
         peer_codec: Codec = RAFT_CODEC,
     ) -> None:
+        parse_address(address)   # a bad address fails here, with a one-line ValueError
+        for peer_address in (peers or {}).values():
+            parse_address(peer_address)
         self.node_id = node_id
         self.requested_address = address
         self.data_dir = os.path.abspath(data_dir)

@@ -235,6 +235,9 @@ class _PeerLink:
                     self.current = None
                     stats["messages_sent"] += 1
                 await writer.drain()
+                # drain() returns without yielding while the socket keeps up (loopback):
+                # yield anyway, so timers and handlers can queue a heartbeat between fragments.
+                await asyncio.sleep(0)
             else:
                 self.wake.clear()
                 try:

@@ -272,8 +272,10 @@ def test_timers_disk_replies_and_halt(tmp_path):
         await runtime.start()
         try:
             assert actor.events[0] == ("start", ["old-file"], (8,), True)
-            await asyncio.sleep(0.3)
-            assert [event for event in actor.events if event[0] == "timer"] == [("timer", "once"), ("timer", "re-armed")]
+            timers = lambda: [event for event in actor.events if event[0] == "timer"]
+            await eventually(lambda: len(timers()) >= 2, "two timers")
+            await asyncio.sleep(0.1)
+            assert timers() == [("timer", "once"), ("timer", "re-armed")]
             async with AdminClient(runtime.address) as client:
                 assert await client.request(Propose(data=b"abc")) == ProposeResult(index=3, term=1, result=True)
                 answer = await client.request(Propose(data=b"write"))
@@ -365,15 +367,17 @@ def test_heartbeats_overtake_a_20_mb_append():
             assert sender.send(2, HeartbeatRequest(term=1, commit=0, sequence=0))
             await eventually(lambda: inbox.messages, "the connection")
             assert sender.send(2, big_append(20 << 20))
-            for sequence in range(1, 50):
-                sender.send(2, HeartbeatRequest(term=1, commit=0, sequence=sequence))
-                await asyncio.sleep(0.002)
-            await eventually(lambda: len(inbox.messages) == 51, "every message", 30)
+            for _ in range(10_000):
+                if sender.stats["fragments_sent"] >= 3:
+                    break
+                await asyncio.sleep(0)
+            # The append is on its way; heartbeats queued now go out between its fragments.
+            for sequence in range(1, 11):
+                assert sender.send(2, HeartbeatRequest(term=1, commit=0, sequence=sequence))
+            await eventually(lambda: len(inbox.messages) == 12, "every message", 30)
             kinds = [type(message).__name__ for _, message in inbox.messages]
-            big_position = kinds.index("AppendRequest")
-            # Heartbeats sent after the big append arrived before it had finished arriving.
-            assert big_position > 5, kinds
-            assert inbox.messages[big_position][1] == big_append(20 << 20)
+            assert kinds == ["HeartbeatRequest"] * 11 + ["AppendRequest"], kinds
+            assert inbox.messages[-1][1] == big_append(20 << 20)
             assert sender.stats["fragments_sent"] >= (20 << 20) // TransportSettings().fragment_bytes
         finally:
             await sender.close()
@@ -580,3 +584,10 @@ def test_mutual_tls_between_peers_and_for_admin_clients(certificates, tmp_path):
 def test_tls_settings_from_missing_files_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="TLS files unusable"):
         TlsSettings.from_files(certificate_chain_file=str(tmp_path / "no.pem"), private_key_file=str(tmp_path / "no.pem"), ca_file=str(tmp_path / "ca.pem"))
+
+
+def test_bad_addresses_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        NodeRuntime(node_id=1, address="localhost", data_dir=str(tmp_path), actor=ProbeActor())
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        NodeRuntime(node_id=1, address="127.0.0.1:0", data_dir=str(tmp_path), actor=ProbeActor(), peers={2: "127.0.0.1:99999"})
