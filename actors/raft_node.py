@@ -39,7 +39,7 @@ from raftlite.core.raft_log_format import COMMIT_HINT_FILE, StorageCorruption, e
 from raftlite.core.raft_types import Configuration, Entry, EntryKind, Role, Snapshot
 
 __all__ = [
-    "ChangeMembership", "ClientError", "DigestStateMachine", "Propose", "ProposeResult", "RaftNode", "Read",
+    "ChangeMembership", "ClientError", "ClusterDescription", "DescribeCluster", "DigestStateMachine", "Propose", "ProposeResult", "RaftNode", "Read",
     "ReadResult", "StateMachine", "StatusRequest", "StatusResponse", "TransferLeadership", "settings_from_config",
 ]
 
@@ -67,6 +67,20 @@ class ChangeMembership:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransferLeadership:
     target: NodeId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DescribeCluster:
+    """Who leads and who is a member, as this node knows it (not linearizable: any node
+    answers at once, as dqlite's LEADER and CLUSTER requests do)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterDescription:
+    node_id: NodeId
+    leader: NodeId | None
+    term: int
+    members: tuple[tuple[NodeId, Role, str | None], ...]   # (node, role, address)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -351,6 +365,12 @@ class RaftNode:
                     self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="transfer started"))
                 case StatusRequest():
                     self.ctx.reply(client, StatusResponse(node_id=self.ctx.node_id, status=self.status()))
+                case DescribeCluster():
+                    configuration = raft.configuration
+                    self.ctx.reply(client, ClusterDescription(
+                        node_id=self.ctx.node_id, leader=raft.leader, term=raft.term,
+                        members=tuple((node, role, configuration.address(node)) for node, role in configuration.members),
+                    ))
                 case _:
                     self.ctx.reply(client, ClientError(kind="bad-request", message=f"unknown request {type(message).__name__}"))
         except RaftError as error:
