@@ -37,6 +37,9 @@ A file's first Sync (or durable write, or truncate) after it was created also sy
 directory, so a synced file cannot vanish in a crash. Truncate, Rename and Delete are
 *barriers*: they start only when every earlier operation has finished, and nothing
 later starts before them, so their effect lands exactly where SimDisk would put it.
+Operations on the same file run one at a time, in submission order (a buffered AIO read
+may complete after a later write to the same range has landed); different files proceed
+side by side.
 
 File extension. A write past the end of what is allocated first reserves space with
 `fallocate(FALLOC_FL_KEEP_SIZE)` in chunks that grow with the file (64 KiB .. 4 MiB):
@@ -128,6 +131,7 @@ _WRITE, _READ, _FSYNC = "write", "read", "fsync"
 class _Operation:
     command: DiskCommand
     barrier: bool
+    files: frozenset   # the file names it touches
     steps: Generator | None = None
     result: IoResult | None = None
     file: "_OpenFile | None" = None   # the file of the submission in flight
@@ -163,7 +167,8 @@ class DiskExecutor:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.directory_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.files: OrderedDict[str, _OpenFile] = OrderedDict()   # least recently used first
-        self.waiting: deque[_Operation] = deque()     # submitted, not started
+        self.waiting: list[_Operation] = []           # submitted, not started
+        self.busy_files: dict[str, int] = {}          # file name -> operations running on it
         self.order: deque[_Operation] = deque()       # submitted, not delivered
         self.running = 0                              # started, not finished
         self.barrier_running = False                  # a barrier started, not finished
@@ -194,7 +199,12 @@ class DiskExecutor:
         if self.closed:
             return
         barrier = isinstance(command, (Truncate, Rename, Delete))
-        operation = _Operation(command, barrier)
+        match command:
+            case Rename(source=source, target=target):
+                files = frozenset((source, target))
+            case _:
+                files = frozenset((getattr(command, "file", None),))
+        operation = _Operation(command, barrier, files)
         self.operations += 1
         self.waiting.append(operation)
         self.order.append(operation)
@@ -202,14 +212,27 @@ class DiskExecutor:
         self._schedule_delivery()
 
     def _start_waiting(self) -> None:
-        while self.waiting and not self.closed:
-            operation = self.waiting[0]
-            if self.barrier_running or (operation.barrier and self.running):
-                return  # a barrier runs alone
-            if self.running >= self.backend.queue_depth:
+        """Start what may start: operations on one file run one at a time, in submission
+        order (a buffered AIO read may complete after a later write has landed, so they
+        must not overlap); different files run side by side; a barrier runs alone, after
+        everything submitted before it."""
+        blocked: set = set()   # files of earlier operations still waiting
+        index = 0
+        while index < len(self.waiting) and not self.closed:
+            if self.barrier_running or self.running >= self.backend.queue_depth:
                 return
-            self.waiting.popleft()
+            operation = self.waiting[index]
+            if operation.barrier:
+                if index or self.running:
+                    return
+            elif operation.files & blocked or any(self.busy_files.get(name) for name in operation.files):
+                blocked |= operation.files
+                index += 1
+                continue
+            del self.waiting[index]
             self.running += 1
+            for name in operation.files:
+                self.busy_files[name] = self.busy_files.get(name, 0) + 1
             self.barrier_running = operation.barrier
             operation.steps = self._steps(operation.command)
             self._advance(operation, None)
@@ -245,6 +268,12 @@ class DiskExecutor:
         operation.result = result
         operation.steps = None
         self.running -= 1
+        for name in operation.files:
+            remaining = self.busy_files[name] - 1
+            if remaining:
+                self.busy_files[name] = remaining
+            else:
+                del self.busy_files[name]
         if operation.barrier:
             self.barrier_running = False
 
@@ -305,6 +334,8 @@ class DiskExecutor:
         view = memoryview(data)
         if len(view):
             self._reserve(open_file, offset + len(view))
+        elif offset > os.fstat(open_file.fd).st_size:
+            os.ftruncate(open_file.fd, offset)   # as SimDisk: an empty write past the end extends
         while len(view):
             written = yield (_WRITE, open_file, offset, view)
             if written < 0:
