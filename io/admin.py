@@ -36,7 +36,8 @@ from raftlite.actors.database import (
     Execute, ExecuteResult, Open, Opened, Query, QueryResult, SessionClosed, SqlError,
 )
 from raftlite.actors.raft_node import (
-    ChangeMembership, ClientError, Propose, ProposeResult, Read, ReadResult, TransferLeadership,
+    ChangeMembership, ClientError, ClusterDescription, DescribeCluster, Propose, ProposeResult, Read, ReadResult,
+    TransferLeadership,
 )
 from raftlite.core.peer_codec import RAFT_CODEC, CodecError
 
@@ -71,6 +72,8 @@ ADMIN_CODEC = RAFT_CODEC.extended([
     (144, ProposeResult),
     (145, ReadResult),
     (146, ClientError),
+    (147, DescribeCluster),
+    (148, ClusterDescription),
     (160, Open),
     (161, Execute),
     (162, Query),
