@@ -1,0 +1,275 @@
+"""A raftlite node on the real runtime: the embedding API (`raftlite.Node`) and what
+`raftlite node` runs.
+
+Theory of operation
+-------------------
+A `Node` puts together the replicated-SQLite actor (`DatabaseNode`), the asyncio runtime
+that drives it (`NodeRuntime`: real files, TCP) and the dqlite protocol server
+(`WireServer`), all on one address.
+
+Start-up follows dqlite's rules (DESIGN.md §5):
+- a node bootstraps a new one-node cluster only when no `join` addresses are given and
+  its data directory was never initialized (it holds no raft state);
+- a node given `join` addresses and never initialized asks the cluster to take it in:
+  it finds the leader through any address, sends ADD (as a spare, with its address),
+  then ASSIGN voter, which the leader answers once the node has caught up;
+- an initialized node just starts: its raft state says who it is; it never
+  bootstraps again and never joins again.
+
+Peer addresses travel in the raft configuration, so a node learns a new member's
+address from the CONFIG entry that added it; a watcher keeps the transport's peer table
+in step with the configuration.
+
+Graceful stop (SIGTERM in `raftlite node`): a leader first hands leadership to a voter
+and waits (bounded) for it to take over, so clients see a new leader at once instead
+of after an election timeout; then everything is closed.
+"""
+
+import asyncio
+import logging
+import os
+from typing import Any, Sequence
+
+from raftlite.actors.config import Config
+from raftlite.actors.database import DatabaseNode, SessionClosed
+from raftlite.actors.raft_node import TransferLeadership
+from raftlite.core.raft import State
+from raftlite.core.raft_log_format import METADATA_FILES, segment_first_index, snapshot_index_of
+from raftlite.core.raft_types import Configuration, Role
+from raftlite.io.runtime import NodeRuntime, RuntimeState
+from raftlite.io.transport import TlsSettings
+from raftlite.io.wire_server import NodeMetadata, WireServer
+
+__all__ = ["JoinFailed", "Node", "data_directory_initialized"]
+
+log = logging.getLogger("raftlite.io.node")
+
+PEER_WATCH_INTERVAL_S = 0.1
+JOIN_RETRY_S = 0.5
+JOIN_REQUEST_TIMEOUT_S = 10.0
+# A promotion waits for the node to catch up; generous, a big database takes a while.
+JOIN_PROMOTION_TIMEOUT_S = 120.0
+TRANSFER_WAIT_S = 5.0
+
+
+class JoinFailed(Exception):
+    """The node could not be taken into the cluster (the reason says why)."""
+
+
+def data_directory_initialized(data_dir: str) -> bool:
+    """Whether the directory holds raft state (so the node must not bootstrap or join)."""
+    try:
+        names = os.listdir(data_dir)
+    except FileNotFoundError:
+        return False
+    return any(
+        name in METADATA_FILES or segment_first_index(name) is not None or snapshot_index_of(name) is not None
+        for name in names
+    )
+
+
+class Node:
+    """One raftlite node in the running asyncio loop.
+
+        node = Node(node_id=1, address="127.0.0.1:9001", data_dir="/var/lib/raftlite/1")
+        await node.start()
+        ...
+        await node.stop()
+
+    Clients talk to it with dqlite's protocol (`raftlite.client`, the `dqlite` shell).
+    """
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        address: str,
+        data_dir: str,
+        join: Sequence[str] = (),
+        config: Config | None = None,
+        tls: TlsSettings | None = None,
+        disk_backend: str | None = None,
+        role: Role = Role.VOTER,
+    ) -> None:
+        if node_id <= 0:
+            raise ValueError(f"node id must be a positive number, got {node_id}")
+        self.node_id = node_id
+        self.address = address
+        self.data_dir = data_dir
+        self.join = tuple(join)
+        self.config = (config or Config()).validate()
+        self.tls = tls
+        self.disk_backend = disk_backend
+        self.role = role
+        self.metadata = NodeMetadata()
+        self.runtime: NodeRuntime | None = None
+        self.wire: WireServer | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.joined = asyncio.Event()
+        self.join_error: BaseException | None = None
+        # Addresses learned outside the configuration (a joining node must answer the
+        # leader before it has the CONFIG entry that names it).
+        self.learned_peers: dict[int, str] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        initialized = data_directory_initialized(self.data_dir)
+        bootstrap = None
+        if not initialized and not self.join:
+            bootstrap = Configuration.of({self.node_id: Role.VOTER}, {self.node_id: self.address})
+            log.info("node %s: bootstrapping a new cluster at %s", self.node_id, self.address)
+        self.actor = DatabaseNode(bootstrap=bootstrap)
+        self.wire = WireServer(
+            None, message_bytes_max=self.config.message_bytes_max,
+            heartbeat_timeout_ms=int(self.config.election_timeout_ms), metadata=self.metadata,
+        )
+        self.runtime = NodeRuntime(
+            node_id=self.node_id, address=self.address, data_dir=self.data_dir, actor=self.actor,
+            config=self.config, tls=self.tls, client_protocol_handler=self.wire.serve,
+            client_closed_message=SessionClosed(), disk_backend=self.disk_backend,
+        )
+        self.wire.runtime = self.runtime
+        await self.runtime.start()
+        self.tasks.append(asyncio.create_task(self._watch_peers(), name=f"peers-{self.node_id}"))
+        if not initialized and self.join:
+            self.tasks.append(asyncio.create_task(self._join_cluster(), name=f"join-{self.node_id}"))
+        else:
+            self.joined.set()
+
+    async def stop(self, *, hand_over: bool = True) -> None:
+        """Stop (idempotent). With `hand_over`, a leader first transfers leadership."""
+        if self.runtime is None:
+            return
+        if hand_over and self.runtime.state == RuntimeState.RUNNING:
+            await self._hand_over_leadership()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self.tasks.clear()
+        await self.runtime.stop()
+
+    async def wait_stopped(self) -> None:
+        await self.runtime.wait_stopped()
+
+    @property
+    def running(self) -> bool:
+        return self.runtime is not None and self.runtime.state == RuntimeState.RUNNING
+
+    def status(self) -> dict[str, Any]:
+        """Role, term, commit and applied index, leader, members and each follower's lag."""
+        status = self.runtime.status() if self.runtime is not None else {"state": "new"}
+        raft = getattr(self.actor, "raft", None) if self.runtime is not None else None
+        if raft is not None and self.running:
+            status["node_id"] = self.node_id
+            status["applied_index"] = self.actor.applied_index
+            status["members"] = [
+                {"id": node, "role": Role(role).name.lower(), "address": raft.configuration.address(node)}
+                for node, role in raft.configuration.members
+            ]
+            if raft.state == State.LEADER:
+                status["followers"] = {
+                    str(node): {"match": progress.match, "lag": raft.last_index - progress.match}
+                    for node, progress in sorted(raft.progress.items()) if node != self.node_id
+                }
+        return status
+
+    # -- background tasks ----------------------------------------------------------------
+
+    async def _watch_peers(self) -> None:
+        """Keep the transport dialling every member of the configuration."""
+        known: dict[int, str] | None = None
+        while True:
+            raft = getattr(self.actor, "raft", None)
+            if raft is not None:
+                peers = dict(self.learned_peers)
+                peers.update(raft.configuration.addresses)
+                peers.pop(self.node_id, None)
+                if peers != known:
+                    known = peers
+                    self.runtime.set_peers(peers)
+            await asyncio.sleep(PEER_WATCH_INTERVAL_S)
+
+    async def _join_cluster(self) -> None:
+        from raftlite.client.connection import AsyncConnection, ConnectionBroken, RequestFailed
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + JOIN_PROMOTION_TIMEOUT_S
+        added = False
+        while loop.time() < deadline:
+            for address in self.join:
+                try:
+                    leader = await _leader_connection(address, AsyncConnection)
+                    if leader is None:
+                        continue
+                    try:
+                        for member in await leader.cluster():
+                            if member.node_id != self.node_id and member.address:
+                                self.learned_peers[member.node_id] = member.address
+                        if not added:
+                            await _tolerating_done(leader.add(self.node_id, self.address), RequestFailed)
+                            added = True
+                            log.info("node %s: added to the cluster as a spare", self.node_id)
+                        if self.role != Role.SPARE:
+                            await _tolerating_done(leader.assign(self.node_id, int(self.role)), RequestFailed)
+                        log.info("node %s: joined the cluster as a %s", self.node_id, self.role.name.lower())
+                        self.joined.set()
+                        return
+                    finally:
+                        leader.close()
+                except (ConnectionBroken, RequestFailed, OSError, asyncio.TimeoutError) as error:
+                    log.info("node %s: join through %s not done yet: %s", self.node_id, address, error)
+            await asyncio.sleep(JOIN_RETRY_S)
+        self.join_error = JoinFailed(f"no leader took node {self.node_id} in within {JOIN_PROMOTION_TIMEOUT_S:.0f} s "
+                                     f"(tried {', '.join(self.join)})")
+        log.error("node %s: %s", self.node_id, self.join_error)
+
+    async def _hand_over_leadership(self) -> None:
+        raft = getattr(self.actor, "raft", None)
+        if raft is None or raft.state != State.LEADER:
+            return
+        voters = [node for node in raft.configuration.voters if node != self.node_id]
+        if not voters:
+            return
+        # The most caught-up voter takes over fastest.
+        target = max(voters, key=lambda node: raft.progress[node].match if node in raft.progress else -1)
+        client = self.runtime.open_client(lambda reply: None)
+        try:
+            self.runtime.submit(client, TransferLeadership(target=target))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + TRANSFER_WAIT_S
+            while loop.time() < deadline and self.actor.raft.state == State.LEADER:
+                await asyncio.sleep(0.02)
+        finally:
+            self.runtime.close_client(client)
+        log.info("node %s: handed leadership over to node %s before stopping", self.node_id, target)
+
+
+async def _leader_connection(address: str, connection_class):
+    """A connection to the leader, found through `address`; None if none is known."""
+    connection = await connection_class.connect(address, timeout_s=JOIN_REQUEST_TIMEOUT_S)
+    try:
+        leader = await connection.leader()
+    except BaseException:
+        connection.close()
+        raise
+    if leader is None:
+        connection.close()
+        return None
+    if leader.address == address:
+        return connection
+    connection.close()
+    return await connection_class.connect(leader.address, timeout_s=JOIN_REQUEST_TIMEOUT_S)
+
+
+async def _tolerating_done(request, request_failed) -> None:
+    """Run a membership request; "already has that role" means an earlier try worked."""
+    try:
+        await request
+    except request_failed as error:
+        if "already has that role" not in str(error):
+            raise
