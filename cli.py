@@ -5,6 +5,9 @@
     raftlite sim demo  [--seed S]
     raftlite sim bench [--nodes N] [--duration SECONDS]
     raftlite check --model MODEL [--time-limit S] FILE   (a Jepsen history; see check --help)
+    raftlite node --id N --address HOST:PORT --data-dir DIR [--join ADDR,...]
+    raftlite status ADDR [--json]
+    raftlite cluster up --nodes N --base-port P --data-dir DIR  |  raftlite cluster down DIR
 
 User mistakes (bad flags, unknown nemesis, unwritable trace file) print one clear line
 and exit with status 2; they never print a traceback.
@@ -86,6 +89,10 @@ def _build_parser() -> argparse.ArgumentParser:
     from raftlite.jepsen_like.check_command import add_check_parser
 
     add_check_parser(commands)
+
+    from raftlite.io.node_command import add_node_parsers
+
+    add_node_parsers(commands, _positive_int, _positive_float)
     return parser
 
 
@@ -160,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(seed=args.seed)
         if args.command == "sim" and args.sim_command == "bench":
             return _sim_bench(args)
+        if args.command in ("node", "status", "cluster"):
+            from raftlite.io.node_command import run_node_command
+
+            return run_node_command(args)
         if args.command == "check":
             from raftlite.jepsen_like.check_command import run_check
 

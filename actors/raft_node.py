@@ -364,7 +364,7 @@ class RaftNode:
                     raft.transfer_leadership(target)
                     self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="transfer started"))
                 case StatusRequest():
-                    self.ctx.reply(client, StatusResponse(node_id=self.ctx.node_id, status=self.status()))
+                    self.ctx.reply(client, StatusResponse(node_id=self.ctx.node_id, status=self._full_status()))
                 case DescribeCluster():
                     configuration = raft.configuration
                     self.ctx.reply(client, ClusterDescription(
@@ -596,6 +596,25 @@ class RaftNode:
             self.snapshot_in_progress = None
 
     # -- introspection -------------------------------------------------------------------
+
+    def _full_status(self) -> dict[str, Any]:
+        """`status()` and what an operator asks for: the members and, on a leader, how
+        far each follower lags (in entries)."""
+        status = dict(self.status())
+        raft = self.raft
+        if raft is None:
+            return status
+        status["applied_index"] = self.applied_index
+        status["members"] = [
+            {"id": node, "role": Role(role).name.lower(), "address": raft.configuration.address(node)}
+            for node, role in raft.configuration.members
+        ]
+        if raft.state == State.LEADER:
+            status["followers"] = {
+                str(node): {"match": progress.match, "lag": raft.last_index - progress.match}
+                for node, progress in sorted(raft.progress.items()) if node != self.ctx.node_id
+            }
+        return status
 
     def status(self) -> Mapping[str, Any]:
         if self.raft is None:

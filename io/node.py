@@ -163,19 +163,8 @@ class Node:
     def status(self) -> dict[str, Any]:
         """Role, term, commit and applied index, leader, members and each follower's lag."""
         status = self.runtime.status() if self.runtime is not None else {"state": "new"}
-        raft = getattr(self.actor, "raft", None) if self.runtime is not None else None
-        if raft is not None and self.running:
-            status["node_id"] = self.node_id
-            status["applied_index"] = self.actor.applied_index
-            status["members"] = [
-                {"id": node, "role": Role(role).name.lower(), "address": raft.configuration.address(node)}
-                for node, role in raft.configuration.members
-            ]
-            if raft.state == State.LEADER:
-                status["followers"] = {
-                    str(node): {"match": progress.match, "lag": raft.last_index - progress.match}
-                    for node, progress in sorted(raft.progress.items()) if node != self.node_id
-                }
+        if self.running and getattr(self.actor, "raft", None) is not None:
+            status.update(self.actor._full_status())
         return status
 
     # -- background tasks ----------------------------------------------------------------
