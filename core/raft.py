@@ -54,7 +54,7 @@ from raftlite.core.raft_messages import (
 )
 from raftlite.core.raft_types import Configuration, Entry, EntryKind, HardState, Role, Snapshot, SnapshotMeta
 
-__all__ = ["Progress", "Raft", "RaftSettings", "Ready", "ReadState", "State"]
+__all__ = ["Progress", "Raft", "RaftSettings", "Ready", "ReadState", "SAFE", "State", "UnsafeSwitches"]
 
 
 class State(str, Enum):
@@ -62,6 +62,23 @@ class State(str, Enum):
     PRE_CANDIDATE = "pre-candidate"
     CANDIDATE = "candidate"
     LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnsafeSwitches:
+    """Deliberate safety bugs, for tests only: each proves the checkers would notice
+    (jepsen_like's teeth tests). All default off; with all off no code path changes."""
+
+    acknowledge_before_commit: bool = False   # actors/database.py: answer a write once proposed
+    skip_fsync: bool = False                  # actors/raft_storage.py: a Sync counts as done
+    read_without_read_index: bool = False     # actors/raft_node.py: answer reads at once
+    vote_before_persist: bool = False         # here: a vote leaves before it is durable
+
+    def enabled(self) -> tuple[str, ...]:
+        return tuple(name for name in self.__slots__ if getattr(self, name))
+
+
+SAFE = UnsafeSwitches()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +96,7 @@ class RaftSettings:
     promotion_timeout_ticks: int = 100
     pre_vote: bool = True
     check_quorum: bool = True
+    unsafe: UnsafeSwitches = SAFE   # test-only deliberate bugs; see UnsafeSwitches
 
     def validate(self) -> "RaftSettings":
         invariant(self.election_ticks > self.heartbeat_ticks > 0, "need election_ticks > heartbeat_ticks > 0")
@@ -467,8 +485,9 @@ class Raft:
         if grant:
             self.vote = src
             self.election_elapsed = 0
-        # The vote is durable before the candidate hears of it.
-        self.messages_after_persist.append((src, VoteResponse(term=self.term, granted=grant)))
+        # The vote is durable before the candidate hears of it (unless a test breaks that on purpose).
+        outbox = self.messages if self.settings.unsafe.vote_before_persist else self.messages_after_persist
+        outbox.append((src, VoteResponse(term=self.term, granted=grant)))
 
     def _handle_vote_response(self, src: int, message: VoteResponse) -> None:
         expected = State.PRE_CANDIDATE if message.pre_vote else State.CANDIDATE
