@@ -1,0 +1,403 @@
+"""PEP 249 (DB-API 2.0) over a raftlite or dqlite cluster.
+
+    import raftlite.client
+    connection = raftlite.client.connect("10.0.0.1:9001,10.0.0.2:9001", database="app", timeout=10)
+    with connection:                     # commit on success, rollback on an exception
+        connection.execute("INSERT INTO t VALUES (?, ?)", (1, "one"))
+    rows = connection.execute("SELECT * FROM t").fetchall()
+
+Theory of operation
+-------------------
+A `Connection` owns one `ClusterSession` (raftlite.client.cluster): a single reused
+connection to the leader, found by discovery, with the retry policy around each
+request. Every statement is sent as EXEC_SQL or, when it returns rows, QUERY_SQL with
+its qmark parameters; the whole result is read before `execute` returns (a cursor's
+rows live in memory). dqlite 1.11 refuses QUERY_SQL for a statement without result
+columns ("not an error", before running it), so such a refusal is re-sent as EXEC_SQL.
+
+Transactions follow PEP 249 and Python's sqlite3 (legacy mode) by default
+(`autocommit=False`): an INSERT / UPDATE / DELETE / REPLACE outside a transaction first
+sends BEGIN, and `commit()` / `rollback()` send COMMIT / ROLLBACK, all as EXEC_SQL as
+the Go driver does. Other statements (SELECT, DDL, PRAGMA) run on their own. With
+`autocommit=True` every statement is its own transaction, and an explicit BEGIN in SQL
+still opens one. What happens when the leader changes depends on where the request was
+(the table in raftlite.client.cluster): reads and refused requests are retried; an
+autocommit write or a COMMIT whose outcome is unknown raises OutcomeUnknownError; a
+statement of an open transaction raises TransactionLostError (nothing applied).
+
+`threadsafety` is 1: threads may share the module, not a connection (a lock still
+keeps one connection's requests from interleaving).
+"""
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from raftlite.client.cluster import (
+    ClusterSession, RequestKind, RetryPolicy, StatementInfo, StatementPlan, describe_statement, plan_statement,
+)
+from raftlite.client.connection import Connection as NodeConnection, RequestFailed
+from raftlite.client.errors import (
+    DataError, DatabaseError, Error, IntegrityError, InterfaceError, InternalError, NoLeaderError,
+    NotSupportedError, OperationalError, OutcomeUnknownError, ProgrammingError, TransactionLostError, Warning,
+)
+from raftlite.client.types import (
+    BINARY, DATETIME, NUMBER, ROWID, STRING, Binary, Date, DateFromTicks, Parameter, Python, Time,
+    TimeFromTicks, Timestamp, TimestampFromTicks, description_type_codes, parameters_to_wire, row_from_wire,
+)
+from raftlite.core.wire import NodeInfo, ResultResponse, RowsResponse, Value, WireEncodeError
+
+__all__ = [
+    "BINARY", "Binary", "Connection", "Cursor", "DATETIME", "DataError", "DatabaseError", "Date",
+    "DateFromTicks", "Error", "IntegrityError", "InterfaceError", "InternalError", "NUMBER",
+    "NoLeaderError", "NotSupportedError", "OperationalError", "OutcomeUnknownError", "ProgrammingError",
+    "ROWID", "STRING", "Time", "TimeFromTicks", "Timestamp", "TimestampFromTicks", "TransactionLostError",
+    "Warning", "apilevel", "connect", "paramstyle", "threadsafety",
+]
+
+apilevel = "2.0"
+threadsafety = 1
+paramstyle = "qmark"
+
+TIMEOUT_S_DEFAULT = 10.0
+_NOT_AN_ERROR = (1, "not an error")   # dqlite 1.11's answer to QUERY_SQL of a statement without columns
+
+
+@dataclass(slots=True, kw_only=True)
+class StatementResult:
+    """What one statement answered, converted for Python."""
+
+    columns: tuple[str, ...] | None = None     # None: the statement answered no result set
+    rows: list[tuple[Python, ...]] = field(default_factory=list)
+    type_codes: list[int | None] = field(default_factory=list)
+    rowcount: int = -1
+    lastrowid: int | None = None
+
+    @classmethod
+    def of(cls, response: ResultResponse | RowsResponse | None) -> "StatementResult":
+        match response:
+            case RowsResponse(columns=columns, rows=rows) if columns:
+                return cls(columns=columns, rows=[row_from_wire(row) for row in rows],
+                           type_codes=description_type_codes(len(columns), rows))
+            case ResultResponse(last_insert_id=last_insert_id, rows_affected=rows_affected):
+                return cls(rowcount=rows_affected, lastrowid=last_insert_id)
+        return cls()  # ROWS without columns (a write sent as QUERY_SQL), or nothing at all
+
+
+def statement_operation(sql: str, parameters: tuple[Value, ...], plan: StatementPlan):
+    """The request(s) for one statement, as a session operation (blocking variant)."""
+
+    def run(connection: NodeConnection, db_id: int) -> ResultResponse | RowsResponse:
+        if plan.use_query:
+            try:
+                return connection.query_sql(db_id, sql, parameters)
+            except RequestFailed as failure:
+                if (failure.code, failure.message) != _NOT_AN_ERROR:
+                    raise
+        return connection.exec_sql(db_id, sql, parameters)
+
+    return run
+
+
+def checked_statement(sql: str, *, script: bool = False) -> StatementInfo:
+    if not isinstance(sql, str):
+        raise ProgrammingError(f"SQL must be a str, not {type(sql).__name__}")
+    info = describe_statement(sql)
+    if not script and info.statement_count > 1:
+        raise ProgrammingError("execute() runs one statement at a time; use executescript() for several")
+    return info
+
+
+def wire_parameters(parameters: Sequence[Parameter] | None) -> tuple[Value, ...]:
+    return parameters_to_wire(parameters)
+
+
+class CursorResults:
+    """The result-set half of a cursor (shared with the asyncio cursor)."""
+
+    arraysize: int
+
+    def _reset(self) -> None:
+        self.description: tuple[tuple[Any, ...], ...] | None = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self._rows: list[tuple[Python, ...]] | None = None
+        self._position = 0
+
+    def _store(self, result: StatementResult) -> None:
+        if result.columns is None:
+            self.description = None
+            self._rows = None
+        else:
+            self.description = tuple((name, code, None, None, None, None, None)
+                                     for name, code in zip(result.columns, result.type_codes))
+            self._rows = result.rows
+        self._position = 0
+        self.rowcount = result.rowcount
+        if result.lastrowid is not None:
+            self.lastrowid = result.lastrowid
+
+    def _take(self, count: int | None) -> list[tuple[Python, ...]]:
+        if self._rows is None:
+            raise ProgrammingError("no result set: execute a statement that returns rows first")
+        end = len(self._rows) if count is None else min(self._position + max(count, 0), len(self._rows))
+        taken = self._rows[self._position:end]
+        self._position = end
+        return taken
+
+    def _fetchone(self) -> tuple[Python, ...] | None:
+        taken = self._take(1)
+        return taken[0] if taken else None
+
+    def _fetchmany(self, size: int | None) -> list[tuple[Python, ...]]:
+        return self._take(self.arraysize if size is None else size)
+
+    def _fetchall(self) -> list[tuple[Python, ...]]:
+        return self._take(None)
+
+    def setinputsizes(self, sizes: Any) -> None:
+        """PEP 249: accepted and ignored."""
+
+    def setoutputsize(self, size: Any, column: Any = None) -> None:
+        """PEP 249: accepted and ignored."""
+
+
+class Cursor(CursorResults):
+    """A PEP 249 cursor. Rows are read whole by execute() and handed out by the fetch methods."""
+
+    def __init__(self, connection: "Connection") -> None:
+        self.connection = connection
+        self.arraysize = 1
+        self.closed = False
+        self._reset()
+
+    def _check(self) -> None:
+        if self.closed:
+            raise ProgrammingError("the cursor is closed")
+        self.connection._check()
+
+    def execute(self, sql: str, parameters: Sequence[Parameter] | None = None) -> "Cursor":
+        self._check()
+        info = checked_statement(sql)
+        result = self.connection._run(sql, info, wire_parameters(parameters))
+        self._reset()
+        self._store(result)
+        return self
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Parameter]]) -> "Cursor":
+        """Runs a statement once per parameter sequence; rowcount is the total."""
+        self._check()
+        info = checked_statement(sql)
+        if info.returns_rows and not info.dml:
+            raise ProgrammingError("executemany() is for statements that do not return rows")
+        self._reset()
+        total = 0
+        for parameters in seq_of_parameters:
+            result = self.connection._run(sql, info, wire_parameters(parameters))
+            total += max(result.rowcount, 0)
+            if result.lastrowid is not None:
+                self.lastrowid = result.lastrowid
+        self.rowcount = total
+        return self
+
+    def executescript(self, sql: str) -> "Cursor":
+        """Runs several statements in one EXEC_SQL (no parameters); a pending implicit
+        transaction is committed first, as sqlite3 does."""
+        self._check()
+        info = checked_statement(sql, script=True)
+        if self.connection.in_transaction and not self.connection.autocommit:
+            self.connection.commit()
+        self._reset()
+        self.connection._run(sql, info, (), force_exec=True)
+        return self
+
+    def fetchone(self) -> tuple[Python, ...] | None:
+        self._check()
+        return self._fetchone()
+
+    def fetchmany(self, size: int | None = None) -> list[tuple[Python, ...]]:
+        self._check()
+        return self._fetchmany(size)
+
+    def fetchall(self) -> list[tuple[Python, ...]]:
+        self._check()
+        return self._fetchall()
+
+    def __iter__(self) -> Iterator[tuple[Python, ...]]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+    def close(self) -> None:
+        self.closed = True
+        self._rows = None
+
+    def __enter__(self) -> "Cursor":
+        return self
+
+    def __exit__(self, *_exception: object) -> None:
+        self.close()
+
+
+class Connection:
+    """A PEP 249 connection to a cluster (its leader, wherever it moves). Use `connect()`."""
+
+    Warning = Warning
+    Error = Error
+    InterfaceError = InterfaceError
+    DatabaseError = DatabaseError
+    DataError = DataError
+    OperationalError = OperationalError
+    IntegrityError = IntegrityError
+    InternalError = InternalError
+    ProgrammingError = ProgrammingError
+    NotSupportedError = NotSupportedError
+
+    def __init__(self, session: ClusterSession, *, autocommit: bool = False) -> None:
+        self.session = session
+        self._autocommit = autocommit
+        self._in_transaction = False
+        self._lock = threading.RLock()
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.session.closed
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (sqlite3's attribute of the same name)."""
+        return self._in_transaction
+
+    @property
+    def autocommit(self) -> bool:
+        return self._autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        """Turning autocommit on commits an open transaction first."""
+        if value and self._in_transaction:
+            self.commit()
+        self._autocommit = bool(value)
+
+    def _check(self) -> None:
+        if self.session.closed:
+            raise ProgrammingError("the connection is closed")
+
+    # -- statements --------------------------------------------------------------------
+
+    def _run(self, sql: str, info: StatementInfo, parameters: tuple[Value, ...], *,
+             force_exec: bool = False) -> StatementResult:
+        with self._lock:
+            self._check()
+            plan = plan_statement(info, autocommit=self._autocommit, in_transaction=self._in_transaction)
+            if force_exec and plan.use_query:
+                plan = StatementPlan(implicit_begin=plan.implicit_begin, kind=plan.kind, use_query=False,
+                                     in_transaction_after=plan.in_transaction_after)
+            if plan.implicit_begin:
+                self.session.call(RequestKind.BEGIN, lambda connection, db_id: connection.exec_sql(db_id, "BEGIN"))
+                self._in_transaction = True
+            try:
+                response = self.session.call(plan.kind, statement_operation(sql, parameters, plan))
+            except (TransactionLostError, OutcomeUnknownError):
+                self._in_transaction = False
+                raise
+            except WireEncodeError as error:
+                raise DataError(str(error)) from None
+            self._in_transaction = plan.in_transaction_after
+            return StatementResult.of(response)
+
+    def cursor(self) -> Cursor:
+        self._check()
+        return Cursor(self)
+
+    def execute(self, sql: str, parameters: Sequence[Parameter] | None = None) -> Cursor:
+        """A new cursor's execute (sqlite3's shortcut)."""
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Parameter]]) -> Cursor:
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+    def executescript(self, sql: str) -> Cursor:
+        return self.cursor().executescript(sql)
+
+    def commit(self) -> None:
+        """Sends COMMIT if a transaction is open. OutcomeUnknownError when the leader was
+        lost after COMMIT went out; TransactionLostError when it was lost before."""
+        with self._lock:
+            self._check()
+            if not self._in_transaction:
+                return
+            try:
+                self.session.call(RequestKind.COMMIT, lambda connection, db_id: connection.exec_sql(db_id, "COMMIT"))
+            except (TransactionLostError, OutcomeUnknownError):
+                self._in_transaction = False
+                raise
+            self._in_transaction = False
+
+    def rollback(self) -> None:
+        """Sends ROLLBACK if a transaction is open (a transaction lost with its leader
+        counts as rolled back)."""
+        with self._lock:
+            self._check()
+            if not self._in_transaction:
+                return
+            self._in_transaction = False
+            self.session.call(RequestKind.ROLLBACK, lambda connection, db_id: connection.exec_sql(db_id, "ROLLBACK"))
+
+    def close(self) -> None:
+        """Rolls back an open transaction (best effort) and closes the leader connection."""
+        with self._lock:
+            if self.session.closed:
+                return
+            if self._in_transaction:
+                try:
+                    self.rollback()
+                except Error:
+                    pass  # closing drops the server's transaction anyway
+            self.session.close()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, exception_type: type | None, *_rest: object) -> None:
+        """As sqlite3: commit when the block succeeded, roll back when it raised."""
+        if exception_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+    # -- cluster -----------------------------------------------------------------------
+
+    def leader(self) -> NodeInfo | None:
+        """The current leader (id and address)."""
+        self._check()
+        return self.session.call(RequestKind.READ, lambda connection, _db_id: connection.leader())
+
+    def cluster(self) -> tuple[NodeInfo, ...]:
+        """Every member with its role, as the leader knows them."""
+        self._check()
+        return self.session.call(RequestKind.READ, lambda connection, _db_id: connection.cluster())
+
+
+def connect(addresses: str | Sequence[str], *, database: str = "main", timeout: float = TIMEOUT_S_DEFAULT,
+            autocommit: bool = False, retry_unknown_writes: bool = False,
+            policy: RetryPolicy | None = None) -> Connection:
+    """Connects to the leader of the cluster at `addresses` ("host:port,host:port" or a
+    list) and opens `database`. `timeout` (seconds) bounds each operation, leader
+    discovery and retries included. `retry_unknown_writes=True` re-sends an autocommit
+    write whose outcome is unknown (it may then be applied twice). NoLeaderError when
+    no leader answers within `timeout`."""
+    if not isinstance(database, str) or not database:
+        raise InterfaceError("database must be a non-empty name")
+    if policy is None:
+        policy = RetryPolicy(timeout_s=timeout, retry_unknown_writes=retry_unknown_writes)
+    session = ClusterSession(addresses, database=database, policy=policy)
+    connection = Connection(session, autocommit=autocommit)
+    try:
+        session.call(RequestKind.READ, lambda _connection, db_id: db_id)   # find the leader now
+    except BaseException:
+        session.close()
+        raise
+    return connection
