@@ -39,7 +39,7 @@ from raftlite.core.raft_log_format import COMMIT_HINT_FILE, StorageCorruption, e
 from raftlite.core.raft_types import Configuration, Entry, EntryKind, Role, Snapshot
 
 __all__ = [
-    "ChangeMembership", "ClientError", "ClusterDescription", "DescribeCluster", "DigestStateMachine", "Propose", "ProposeResult", "RaftNode", "Read",
+    "AllowVoting", "ChangeMembership", "ClientError", "ClusterDescription", "DescribeCluster", "DigestStateMachine", "Propose", "ProposeResult", "RaftNode", "Read",
     "ReadResult", "StateMachine", "StatusRequest", "StatusResponse", "TransferLeadership", "settings_from_config",
 ]
 
@@ -62,11 +62,18 @@ class ChangeMembership:
     node: NodeId
     role: Role | None  # None removes the node
     address: str | None = None   # where the node is reached ("host:port"); kept if None
+    must_be_new: bool = False    # refuse if the node is already a member (dqlite's ADD)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransferLeadership:
     target: NodeId
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AllowVoting:
+    """The node's own join completed: from now on it may vote and campaign (see
+    `RaftNode.start_voting_blocked`). Answered with a ProposeResult."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,6 +202,11 @@ class RaftNode:
     cluster gets None and learns its configuration from the leader."""
 
     TICK = "tick"
+    # Set (before start) for a node that starts with empty storage to join a cluster:
+    # it neither votes nor campaigns until AllowVoting (its own join completed). A node
+    # emptied by accident and started under its old id thus never votes with a log that
+    # forgot what its earlier votes vouched for.
+    start_voting_blocked = False
     RETRY_STORAGE = "retry-storage"
     APPLY = "apply"
     COMMIT_HINT_WRITTEN = "commit-hint-written"   # token of the hint's (unsynced) write
@@ -266,6 +278,7 @@ class RaftNode:
         never_initialized = recovered.snapshot is None and not recovered.entries and recovered.hard_state.term == 0
         if never_initialized and self.bootstrap is not None:
             self.raft.bootstrap(self.bootstrap)
+        self.raft.voting_blocked = self.start_voting_blocked
         ctx.set_timer(self.TICK, ctx.config.heartbeat_interval_ms)
         self._process()
 
@@ -353,7 +366,9 @@ class RaftNode:
                     self.proposals[index] = _PendingProposal(client, raft.term)
                 case Read():
                     self._start_read(client)
-                case ChangeMembership(node=node, role=role, address=address):
+                case ChangeMembership(node=node, role=role, address=address, must_be_new=must_be_new):
+                    if must_be_new and raft.configuration.role(node) is not None:
+                        raise ProposalDropped(f"node {node} is already a member")
                     index = raft.change_membership(node, role, address)
                     if raft.pending_promotion is not None:
                         # Answered when the node finally becomes a voter (or gives up).
@@ -365,6 +380,9 @@ class RaftNode:
                     self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="transfer started"))
                 case StatusRequest():
                     self.ctx.reply(client, StatusResponse(node_id=self.ctx.node_id, status=self._full_status()))
+                case AllowVoting():
+                    raft.voting_blocked = False
+                    self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="voting allowed"))
                 case DescribeCluster():
                     configuration = raft.configuration
                     self.ctx.reply(client, ClusterDescription(
@@ -381,6 +399,12 @@ class RaftNode:
         """Answer `client` once a ReadIndex round that starts now confirms leadership and
         the state machine has applied up to the read index (and `min_index`). The
         response is given, or computed then by calling it, or (None) a ReadResult."""
+        if self.raft.settings.unsafe.read_without_read_index:
+            # A deliberate bug for tests: no round confirms leadership, so a deposed
+            # leader answers from its own (possibly stale) state.
+            self.reads[client] = [0, min_index, response]
+            self._answer_reads()
+            return
         self.read_contexts += 1
         self.reads[client] = [None, min_index, response]
         self.raft.read_index((client, self.read_contexts))
