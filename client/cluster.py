@@ -394,10 +394,6 @@ class _Unreachable(Exception):
     """Discovery found no leader this round; the message says why, per address."""
 
 
-def _summary(reasons: list[str]) -> str:
-    return "; ".join(reasons[-6:]) if reasons else "no address tried"
-
-
 def _peer_closed_sync(connection: Connection) -> bool:
     """Whether a reused connection's peer already closed it (EOF or reset waiting to be
     read), checked without blocking before a request goes out.
@@ -429,7 +425,15 @@ class _SessionBase:
         self.policy = policy.validate()
         self.client_id = random.Random(os.urandom(8)).getrandbits(63) or 1
         self._random = random.Random(os.urandom(8))
+        self._last_reasons = "no address tried"
         self.closed = False
+
+    def _reasons(self, reasons: list[str]) -> str:
+        """Why discovery failed; the previous round's reasons when the deadline left no
+        time to try any address in this one."""
+        if reasons:
+            self._last_reasons = "; ".join(reasons[-6:])
+        return self._last_reasons
 
     def _deadline(self) -> float:
         return time.monotonic() + self.policy.timeout_s
@@ -546,7 +550,7 @@ class ClusterSession(_SessionBase):
                 continue
             self.nodes.leader = leader.address
             return connection
-        raise _Unreachable(_summary(reasons))
+        raise _Unreachable(self._reasons(reasons))
 
     def call(self, kind: RequestKind, operation: _Operation[T]) -> T | None:
         """Runs `operation(connection, db_id)` on the leader under the retry policy.
@@ -683,7 +687,7 @@ class AsyncClusterSession(_SessionBase):
                 continue
             self.nodes.leader = leader.address
             return connection
-        raise _Unreachable(_summary(reasons))
+        raise _Unreachable(self._reasons(reasons))
 
     async def call(self, kind: RequestKind, operation: _AsyncOperation[T]) -> T | None:
         """Awaits `operation(connection, db_id)` on the leader under the retry policy."""
