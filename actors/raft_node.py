@@ -274,6 +274,7 @@ class RaftNode:
             entries=recovered.entries,
             commit=recovered.commit_hint,
         )
+        self.storage.skip_fsync = self.raft.settings.unsafe.skip_fsync
         self.commit_hint_written = recovered.commit_hint
         never_initialized = recovered.snapshot is None and not recovered.entries and recovered.hard_state.term == 0
         if never_initialized and self.bootstrap is not None:

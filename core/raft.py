@@ -222,6 +222,10 @@ class Raft:
                 self.configurations.append((entry.index, Configuration.decode(entry.data)))
 
         self.state = State.FOLLOWER
+        # A node whose storage may have been wiped must not vote or campaign: it may have
+        # forgotten entries its earlier votes and acknowledgements vouched for. The runtime
+        # sets this for a node that starts empty to join, until its own join completed.
+        self.voting_blocked = False
         self.leader: int | None = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -392,7 +396,7 @@ class Raft:
             self._tick_leader()
         else:
             self.election_elapsed += 1
-            if self.election_elapsed >= self.randomized_election_ticks and self.is_voter:
+            if self.election_elapsed >= self.randomized_election_ticks and self.is_voter and not self.voting_blocked:
                 self._campaign(transfer=False)
 
     def _tick_leader(self) -> None:
@@ -426,7 +430,7 @@ class Raft:
     def campaign(self, *, force: bool = False) -> None:
         """Start an election now (etcd's MsgHup). `force` campaigns as leadership transfer
         does: no pre-vote, and voters ignore their leader lease."""
-        if self.state != State.LEADER and self.is_voter:
+        if self.state != State.LEADER and self.is_voter and not self.voting_blocked:
             self._campaign(transfer=force)
 
     def _campaign(self, *, transfer: bool) -> None:
@@ -474,6 +478,7 @@ class Raft:
         if message.pre_vote:
             grant = (
                 message.term > self.term
+                and not self.voting_blocked
                 and (message.transfer or not self._in_lease())
                 and self._is_up_to_date(message.last_log_index, message.last_log_term)
             )
@@ -481,7 +486,7 @@ class Raft:
             self._send(src, VoteResponse(term=message.term if grant else self.term, granted=grant, pre_vote=True))
             return
         can_vote = self.vote == src or (self.vote is None and self.leader is None)
-        grant = can_vote and self._is_up_to_date(message.last_log_index, message.last_log_term)
+        grant = can_vote and not self.voting_blocked and self._is_up_to_date(message.last_log_index, message.last_log_term)
         if grant:
             self.vote = src
             self.election_elapsed = 0

@@ -33,11 +33,12 @@ from typing import Any, Callable, Protocol
 
 from raftlite.actors.contract import Client, StatusRequest, StatusResponse
 from raftlite.actors.database import (
-    Execute, ExecuteResult, Open, Opened, Query, QueryResult, SessionClosed, SqlError,
+    Dump, Dumped, Execute, ExecuteResult, Interrupt, Interrupted, Open, Opened, Prepare, Prepared, Query, QueryResult,
+    SessionClosed, SqlError,
 )
 from raftlite.actors.raft_node import (
-    ChangeMembership, ClientError, ClusterDescription, DescribeCluster, Propose, ProposeResult, Read, ReadResult,
-    TransferLeadership,
+    AllowVoting, ChangeMembership, ClientError, ClusterDescription, DescribeCluster, Propose, ProposeResult, Read,
+    ReadResult, TransferLeadership,
 )
 from raftlite.core.peer_codec import RAFT_CODEC, CodecError
 
@@ -74,6 +75,7 @@ ADMIN_CODEC = RAFT_CODEC.extended([
     (146, ClientError),
     (147, DescribeCluster),
     (148, ClusterDescription),
+    (149, AllowVoting),
     (160, Open),
     (161, Execute),
     (162, Query),
@@ -82,6 +84,12 @@ ADMIN_CODEC = RAFT_CODEC.extended([
     (165, ExecuteResult),
     (166, QueryResult),
     (167, SqlError),
+    (168, Prepare),
+    (169, Prepared),
+    (170, Dump),
+    (171, Dumped),
+    (172, Interrupt),
+    (173, Interrupted),
 ])
 
 

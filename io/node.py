@@ -12,7 +12,12 @@ Start-up follows dqlite's rules (DESIGN.md §5):
   its data directory was never initialized (it holds no raft state);
 - a node given `join` addresses and never initialized asks the cluster to take it in:
   it finds the leader through any address, sends ADD (as a spare, with its address),
-  then ASSIGN voter, which the leader answers once the node has caught up;
+  then ASSIGN voter, which the leader answers once the node has caught up; until that
+  is done it neither votes nor campaigns, and a join marker file keeps that so across
+  restarts;
+- ADD of an id that is already a member is refused: a node whose data was lost, started
+  again under its old id, is refused and never votes (it might vote away entries its
+  earlier self vouched for); it rejoins under a new id (DESIGN.md §5);
 - an initialized node just starts: its raft state says who it is; it never
   bootstraps again and never joins again.
 
@@ -32,10 +37,11 @@ from typing import Any, Sequence
 
 from raftlite.actors.config import Config
 from raftlite.actors.database import DatabaseNode, SessionClosed
-from raftlite.actors.raft_node import TransferLeadership
+from raftlite.actors.raft_node import AllowVoting, TransferLeadership
 from raftlite.core.raft import State
 from raftlite.core.raft_log_format import METADATA_FILES, segment_first_index, snapshot_index_of
 from raftlite.core.raft_types import Configuration, Role
+from raftlite.io.disk import RESERVED_PREFIX
 from raftlite.io.runtime import NodeRuntime, RuntimeState
 from raftlite.io.transport import TlsSettings
 from raftlite.io.wire_server import NodeMetadata, WireServer
@@ -50,6 +56,11 @@ JOIN_REQUEST_TIMEOUT_S = 10.0
 # A promotion waits for the node to catch up; generous, a big database takes a while.
 JOIN_PROMOTION_TIMEOUT_S = 120.0
 TRANSFER_WAIT_S = 5.0
+# In the data directory while a join is under way (RESERVED_PREFIX keeps it out of
+# raft storage): FRESH before any ADD was sent; ADD_MAY_HAVE_HAPPENED once one was.
+JOIN_MARKER_FILE = RESERVED_PREFIX + "join-in-progress"
+JOIN_MARKER_FRESH = "fresh"
+JOIN_MARKER_ADD_MAY_HAVE_HAPPENED = "add-may-have-happened"
 
 
 class JoinFailed(Exception):
@@ -106,6 +117,7 @@ class Node:
         self.wire: WireServer | None = None
         self.tasks: list[asyncio.Task] = []
         self.joined = asyncio.Event()
+        self.join_failed = asyncio.Event()
         self.join_error: BaseException | None = None
         # Addresses learned outside the configuration (a joining node must answer the
         # leader before it has the CONFIG entry that names it).
@@ -115,11 +127,16 @@ class Node:
 
     async def start(self) -> None:
         initialized = data_directory_initialized(self.data_dir)
+        joining = bool(self.join) and (not initialized or self._read_join_marker() is not None)
+        if joining and self._read_join_marker() is None:
+            self._write_join_marker(JOIN_MARKER_FRESH)
         bootstrap = None
         if not initialized and not self.join:
             bootstrap = Configuration.of({self.node_id: Role.VOTER}, {self.node_id: self.address})
             log.info("node %s: bootstrapping a new cluster at %s", self.node_id, self.address)
         self.actor = DatabaseNode(bootstrap=bootstrap)
+        # Until its own join completed, a joining node neither votes nor campaigns.
+        self.actor.start_voting_blocked = joining
         self.wire = WireServer(
             None, message_bytes_max=self.config.message_bytes_max,
             heartbeat_timeout_ms=int(self.config.election_timeout_ms), metadata=self.metadata,
@@ -132,7 +149,7 @@ class Node:
         self.wire.runtime = self.runtime
         await self.runtime.start()
         self.tasks.append(asyncio.create_task(self._watch_peers(), name=f"peers-{self.node_id}"))
-        if not initialized and self.join:
+        if joining:
             self.tasks.append(asyncio.create_task(self._join_cluster(), name=f"join-{self.node_id}"))
         else:
             self.joined.set()
@@ -184,6 +201,11 @@ class Node:
             await asyncio.sleep(PEER_WATCH_INTERVAL_S)
 
     async def _join_cluster(self) -> None:
+        """ADD this node (as a spare, with its address), then ASSIGN its role; then allow
+        it to vote. The join marker remembers, across restarts, whether an ADD may have
+        taken effect: only then is "already a member" this node's own earlier ADD.
+        Otherwise the id belongs to a member whose data this node does not have (a
+        wiped node restarted under its old id): it must never vote, and stays out."""
         from raftlite.client.connection import AsyncConnection, ConnectionBroken, RequestFailed
 
         loop = asyncio.get_running_loop()
@@ -200,22 +222,81 @@ class Node:
                             if member.node_id != self.node_id and member.address:
                                 self.learned_peers[member.node_id] = member.address
                         if not added:
-                            await _tolerating_done(leader.add(self.node_id, self.address), RequestFailed)
+                            await self._add(leader, RequestFailed)
                             added = True
                             log.info("node %s: added to the cluster as a spare", self.node_id)
                         if self.role != Role.SPARE:
                             await _tolerating_done(leader.assign(self.node_id, int(self.role)), RequestFailed)
-                        log.info("node %s: joined the cluster as a %s", self.node_id, self.role.name.lower())
-                        self.joined.set()
-                        return
                     finally:
                         leader.close()
+                    await self._allow_voting()
+                    log.info("node %s: joined the cluster as a %s", self.node_id, self.role.name.lower())
+                    self.joined.set()
+                    return
+                except JoinFailed as error:
+                    self.join_error = error
+                    self.join_failed.set()
+                    log.error("node %s: %s", self.node_id, error)
+                    return
                 except (ConnectionBroken, RequestFailed, OSError, asyncio.TimeoutError) as error:
                     log.info("node %s: join through %s not done yet: %s", self.node_id, address, error)
             await asyncio.sleep(JOIN_RETRY_S)
         self.join_error = JoinFailed(f"no leader took node {self.node_id} in within {JOIN_PROMOTION_TIMEOUT_S:.0f} s "
                                      f"(tried {', '.join(self.join)})")
+        self.join_failed.set()
         log.error("node %s: %s", self.node_id, self.join_error)
+
+    async def _add(self, leader, request_failed) -> None:
+        may_have_added = self._read_join_marker() == JOIN_MARKER_ADD_MAY_HAVE_HAPPENED
+        try:
+            await leader.add(self.node_id, self.address)
+        except request_failed as error:
+            if "is already a member" not in str(error):
+                raise   # refused: certainly not added
+            if not may_have_added:
+                raise JoinFailed(
+                    f"node id {self.node_id} is already a member of the cluster, and this node's data directory "
+                    f"never joined it: a node whose data was lost rejoins under a NEW id (remove {self.node_id} "
+                    f"first). This node will not vote.") from None
+            return
+        except BaseException:
+            self._write_join_marker(JOIN_MARKER_ADD_MAY_HAVE_HAPPENED)   # sent; the outcome is unknown
+            raise
+        self._write_join_marker(JOIN_MARKER_ADD_MAY_HAVE_HAPPENED)
+
+    async def _allow_voting(self) -> None:
+        replies: asyncio.Queue = asyncio.Queue()
+        client = self.runtime.open_client(replies.put_nowait)
+        try:
+            self.runtime.submit(client, AllowVoting())
+            await replies.get()
+        finally:
+            self.runtime.close_client(client)
+        os.unlink(self._join_marker_path())
+
+    def _join_marker_path(self) -> str:
+        return os.path.join(self.data_dir, JOIN_MARKER_FILE)
+
+    def _read_join_marker(self) -> str | None:
+        try:
+            with open(self._join_marker_path(), encoding="utf-8") as marker:
+                return marker.read().strip()
+        except FileNotFoundError:
+            return None
+
+    def _write_join_marker(self, state: str) -> None:
+        os.makedirs(self.data_dir, exist_ok=True)
+        path = self._join_marker_path()
+        with open(path + ".tmp", "w", encoding="utf-8") as marker:
+            marker.write(state + "\n")
+            marker.flush()
+            os.fsync(marker.fileno())
+        os.replace(path + ".tmp", path)
+        directory = os.open(self.data_dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     async def _hand_over_leadership(self) -> None:
         raft = getattr(self.actor, "raft", None)

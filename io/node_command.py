@@ -129,7 +129,15 @@ async def _serve(node) -> int:
         loop.add_signal_handler(signal_number, stop_requested.set)
     stopped = asyncio.create_task(node.wait_stopped())
     requested = asyncio.create_task(stop_requested.wait())
-    await asyncio.wait({stopped, requested}, return_when=asyncio.FIRST_COMPLETED)
+    join_failed = asyncio.create_task(node.join_failed.wait())
+    await asyncio.wait({stopped, requested, join_failed}, return_when=asyncio.FIRST_COMPLETED)
+    if join_failed.done():
+        print(f"raftlite node {node.node_id}: {node.join_error}", file=sys.stderr)
+        requested.cancel()
+        stopped.cancel()
+        await node.stop(hand_over=False)
+        return 1
+    join_failed.cancel()
     if requested.done():
         logging.getLogger("raftlite.node").info("node %s: stopping (signal)", node.node_id)
         await node.stop(hand_over=True)

@@ -255,7 +255,7 @@ class _Session:
                     for node, role, _ in description.members
                 ))
             case AddRequest(node_id=node, address=address):
-                return await self._membership(ChangeMembership(node=node, role=Role.SPARE, address=address))
+                return await self._membership(ChangeMembership(node=node, role=Role.SPARE, address=address, must_be_new=True))
             case AssignRequest(node_id=node, role=role):
                 if role is not None and role not in (0, 1, 2):
                     return FailureResponse(code=ErrorCode.ERROR, message=f"unknown role {role}")

@@ -197,3 +197,66 @@ def test_leadership_transfer_and_membership_through_the_protocol(cluster):
         assert (9, "127.0.0.1:1", 2) in [(n.node_id, n.address, n.role) for n in connection.cluster()]
         connection.remove(9)
         assert 9 not in [n.node_id for n in connection.cluster()]
+
+
+@pytest.mark.timeout(180)
+def test_a_wiped_node_never_votes_under_its_old_id_and_rejoins_under_a_new_one(tmp_path):
+    import shutil
+
+    from raftlite.core.raft_types import Role
+    from raftlite.io.node import Node
+    from raftlite_inprocess import free_ports
+
+    cluster = InProcessCluster(tmp_path).start()
+    try:
+        with leader_connection(cluster) as connection:
+            db = connection.open("kept")
+            connection.exec_sql(db, "CREATE TABLE t (k)")
+            connection.exec_sql(db, "INSERT INTO t VALUES (1), (2), (3)")
+        victim = next(n for n in (1, 2, 3) if n != cluster.leader())
+        cluster.stop_node(victim, hand_over=False)
+        shutil.rmtree(tmp_path / f"node{victim}")            # its data is lost
+        wiped = cluster.start_node(victim)                   # same id, --join: refused, never votes
+        cluster.run(asyncio_wait(wiped.join_failed), 30)
+        assert "already a member" in str(wiped.join_error)
+        assert wiped.actor.raft.voting_blocked
+        cluster.stop_node(victim, hand_over=False)
+
+        # The documented recovery: REMOVE the old id, wipe, rejoin under a new id as a
+        # spare, promote to voter once caught up.
+        with leader_connection(cluster) as connection:
+            connection.remove(victim)
+        shutil.rmtree(tmp_path / f"node{victim}")
+        (address,) = [f"127.0.0.1:{port}" for port in free_ports(1)]
+        fresh = Node(node_id=7, address=address, data_dir=str(tmp_path / "node7"), join=(cluster.address(1),),
+                     config=cluster.config, role=Role.SPARE)
+        cluster.run(fresh.start())
+        cluster.nodes[7] = fresh
+        cluster.run(asyncio_wait(fresh.joined), 60)
+        with leader_connection(cluster) as connection:
+            connection.assign(7, 0)
+            roles = {n.node_id: n.role for n in connection.cluster()}
+        assert roles == {**{n: 0 for n in (1, 2, 3) if n != victim}, 7: 0}
+        assert not fresh.actor.raft.voting_blocked
+        with Connection.connect(address, timeout_s=20) as connection:
+            for _ in range(100):
+                files = connection.dump("kept")
+                (tmp_path / "kept").write_bytes(files[0].data)
+                database = apsw.Connection(str(tmp_path / "kept"))
+                try:
+                    rows = [tuple(r) for r in database.execute("SELECT k FROM t ORDER BY k")]
+                except apsw.SQLError:
+                    rows = []
+                finally:
+                    database.close()
+                if rows:
+                    break
+            assert rows == [(1,), (2,), (3,)]
+    finally:
+        cluster.close()
+
+
+async def asyncio_wait(event):
+    import asyncio
+
+    await asyncio.wait_for(event.wait(), 60)
