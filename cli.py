@@ -5,6 +5,7 @@
     raftlite sim demo  [--seed S]
     raftlite sim bench [--nodes N] [--duration SECONDS]
     raftlite check --model MODEL [--time-limit S] FILE   (a Jepsen history; see check --help)
+    raftlite shell -s ADDRS [--format tabular|json] DB [SQL]   (an SQL shell on a cluster)
     raftlite node --id N --address HOST:PORT --data-dir DIR [--join ADDR,...]
     raftlite status ADDR [--json]
     raftlite cluster up --nodes N --base-port P --data-dir DIR  |  raftlite cluster down DIR
@@ -89,6 +90,10 @@ def _build_parser() -> argparse.ArgumentParser:
     from raftlite.jepsen_like.check_command import add_check_parser
 
     add_check_parser(commands)
+
+    from raftlite.client.shell import add_shell_parser
+
+    add_shell_parser(commands)
 
     from raftlite.io.node_command import add_node_parsers
 
@@ -175,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from raftlite.jepsen_like.check_command import run_check
 
             return run_check(args)
+        if args.command == "shell":
+            from raftlite.client.shell import run_shell
+
+            return run_shell(args)
     except UsageError as error:
         print(f"raftlite: error: {error}", file=sys.stderr)
         return 2
