@@ -98,6 +98,8 @@ def _build_parser() -> argparse.ArgumentParser:
     from raftlite.io.node_command import add_node_parsers
 
     add_node_parsers(commands, _positive_int, _positive_float)
+    demo = commands.add_parser("demo", help="a real 3-node cluster on loopback surviving a leader kill")
+    demo.add_argument("--keep", action="store_true", help="keep the cluster's files and logs")
     return parser
 
 
@@ -172,6 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(seed=args.seed)
         if args.command == "sim" and args.sim_command == "bench":
             return _sim_bench(args)
+        if args.command == "demo":
+            from raftlite.io.demo import run_demo
+
+            return run_demo(keep=args.keep)
         if args.command in ("node", "status", "cluster"):
             from raftlite.io.node_command import run_node_command
 

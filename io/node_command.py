@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["add_node_parsers", "run_node_command"]
+__all__ = ["NodeCommandError", "add_node_parsers", "run_node_command", "start_cluster", "start_node_process", "stop_cluster"]
 
 CLUSTER_START_TIMEOUT_S = 60.0
 CLUSTER_STOP_GRACE_S = 10.0
@@ -194,12 +194,22 @@ def _pid_file(directory: Path, node_id: int) -> Path:
 
 def _alive(pid: int) -> bool:
     try:
+        # Our own child that exited is a zombie until reaped: reap it (no-op otherwise).
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"   # another's zombie
+    except (OSError, IndexError):
+        return True
 
 
 def _running_pids(directory: Path) -> dict[int, int]:
@@ -216,30 +226,51 @@ def _running_pids(directory: Path) -> dict[int, int]:
 
 def _cluster_up(args: argparse.Namespace) -> int:
     directory = Path(args.data_dir)
+    addresses = {i: f"127.0.0.1:{args.base_port + i - 1}" for i in range(1, args.nodes + 1)}
+    elapsed = start_cluster(directory, addresses, election_timeout_ms=args.election_timeout)
+    print(f"cluster up in {elapsed:.1f} s: " + ", ".join(f"node {n} at {a}" for n, a in addresses.items()))
+    print(f"stop it with: raftlite cluster down {directory}")
+    return 0
+
+
+def start_node_process(directory: Path, node_id: int, address: str, join: str | None, *,
+                       election_timeout_ms: float) -> int:
+    """Start one `raftlite node` process in its own session; returns its PID (also
+    written to DIR/nodeI.pid; its log is DIR/nodeI.log)."""
+    command = [sys.executable, "-m", "raftlite", "node", "--id", str(node_id), "--address", address,
+               "--data-dir", str(directory / f"node{node_id}"), "--election-timeout", str(election_timeout_ms),
+               "--heartbeat-interval", str(min(100.0, election_timeout_ms / 10))]
+    if join:
+        command += ["--join", join]
+    with open(directory / f"node{node_id}.log", "ab") as log:
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    _pid_file(directory, node_id).write_text(f"{process.pid}\n")
+    return process.pid
+
+
+def start_cluster(directory: Path, addresses: dict[int, str], *, election_timeout_ms: float = 1000.0,
+                  report=print) -> float:
+    """Start a node process per address (the first bootstraps, the others join it) and
+    wait until all are voters; returns the seconds it took. NodeCommandError on failure
+    (the processes started are stopped again)."""
     directory.mkdir(parents=True, exist_ok=True)
     already = _running_pids(directory)
     if already:
         raise NodeCommandError(f"a cluster is already running from {directory} (PIDs {sorted(already.values())}); "
                                f"stop it with `raftlite cluster down {directory}`")
-    addresses = {i: f"127.0.0.1:{args.base_port + i - 1}" for i in range(1, args.nodes + 1)}
+    first = min(addresses)
     started = time.monotonic()
     for node_id, address in addresses.items():
-        command = [sys.executable, "-m", "raftlite", "node", "--id", str(node_id), "--address", address,
-                   "--data-dir", str(directory / f"node{node_id}"), "--election-timeout", str(args.election_timeout),
-                   "--heartbeat-interval", str(min(100.0, args.election_timeout / 10))]
-        if node_id != 1:
-            command += ["--join", addresses[1]]
-        with open(directory / f"node{node_id}.log", "ab") as log:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        _pid_file(directory, node_id).write_text(f"{process.pid}\n")
-    print(f"starting {args.nodes} nodes from {directory} ...", flush=True)
+        start_node_process(directory, node_id, address, None if node_id == first else addresses[first],
+                           election_timeout_ms=election_timeout_ms)
+    report(f"starting {len(addresses)} nodes from {directory} ...")
     deadline = started + CLUSTER_START_TIMEOUT_S
     last_report = 0.0
     while True:
-        voters = _voters_seen(addresses[1])
+        voters = _voters_seen(addresses[first])
         elapsed = time.monotonic() - started
         if voters == set(addresses):
-            break
+            return elapsed
         for node_id in addresses:
             pid = int(_pid_file(directory, node_id).read_text())
             if not _alive(pid):
@@ -251,12 +282,8 @@ def _cluster_up(args: argparse.Namespace) -> int:
                                    f"(voters so far: {sorted(voters)}); logs in {directory}")
         if elapsed - last_report >= 1.0:
             last_report = elapsed
-            print(f"  {elapsed:4.1f} s: {len(voters)}/{args.nodes} voters", flush=True)
+            report(f"  {elapsed:4.1f} s: {len(voters)}/{len(addresses)} voters")
         time.sleep(0.2)
-    print(f"cluster up in {time.monotonic() - started:.1f} s: " + ", ".join(
-        f"node {n} at {a}" for n, a in addresses.items()))
-    print(f"stop it with: raftlite cluster down {directory}")
-    return 0
 
 
 def _voters_seen(address: str) -> set[int]:
@@ -265,6 +292,11 @@ def _voters_seen(address: str) -> set[int]:
     except NodeCommandError:
         return set()
     return {member["id"] for member in status.get("members", []) if member["role"] == "voter"}
+
+
+def stop_cluster(directory: Path) -> dict[int, str]:
+    """SIGTERM every node process of DIR, SIGKILL what is left after a grace period."""
+    return _stop_all(directory)
 
 
 def _stop_all(directory: Path) -> dict[int, str]:
