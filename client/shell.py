@@ -325,10 +325,14 @@ def _one_shot(shell: Shell, sql: str) -> bool:
 
 
 def _interactive(shell: Shell) -> None:
-    try:
-        import readline
-    except ImportError:  # no readline on this platform: plain input()
-        readline = None
+    # Prompts and history only on a terminal: piped input gives just the results, as sqlite3 does.
+    terminal = sys.stdin.isatty()
+    readline = None
+    if terminal:
+        try:
+            import readline
+        except ImportError:  # no readline on this platform: plain input()
+            pass
     history = Path(os.path.expanduser("~")) / ".raftlite_history"
     if readline is not None:
         try:
@@ -340,13 +344,16 @@ def _interactive(shell: Shell) -> None:
     try:
         while not shell.done:
             try:
-                line = input("   ...> " if reader.pending.strip() else "raftlite> ")
+                line = input(("   ...> " if reader.pending.strip() else "raftlite> ") if terminal else "")
             except KeyboardInterrupt:
+                if not terminal:
+                    raise
                 print(file=sys.stderr)
                 reader.pending = ""
                 continue
             except EOFError:
-                print(file=sys.stderr)
+                if terminal:
+                    print(file=sys.stderr)
                 _run_all(shell, reader.finish(), stop_on_error=False)
                 return
             _run_all(shell, reader.feed(line), stop_on_error=False)
