@@ -121,6 +121,10 @@ class _Segment:
 class RaftStorage:
     """Turns persist groups into disk commands; reports durable groups in issue order."""
 
+    # A deliberate bug for tests (UnsafeSwitches.skip_fsync): no Sync is issued, so a
+    # group counts as done once its writes complete, durable or not.
+    skip_fsync = False
+
     def __init__(self, ctx: Context, recovered: Recovered, segment_bytes_max: int = SEGMENT_BYTES_MAX_DEFAULT) -> None:
         invariant(segment_bytes_max > 0, "segment_bytes_max must be positive")
         self._ctx = ctx
@@ -455,6 +459,8 @@ class RaftStorage:
     # -- issuing and completing -----------------------------------------------------------------
 
     def _add(self, group: _Group, command, *, resources: frozenset[str] | None = None, fence: bool = False) -> None:
+        if self.skip_fsync and isinstance(command, Sync):
+            return
         if resources is None:
             resources = frozenset(
                 {command.source, command.target} if isinstance(command, Rename) else {command.file}
