@@ -3,6 +3,7 @@ mapping (pure), and its retry behaviour against scripted peers: fake nodes on lo
 that answer the wire protocol as a test dictates (close the connection after a write
 arrived, answer 10250 / 10506, know no leader), counting every request they receive."""
 
+import asyncio
 import datetime
 import socket
 import threading
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import raftlite.client as client
+from raftlite.client import aio
 from raftlite.client.cluster import (
     Decision, Failure, RequestKind, RetryPolicy, decide, describe_statement, failure_of, parse_addresses,
     plan_statement,
@@ -23,7 +25,7 @@ from raftlite.client.types import (
     DATETIME, NUMBER, STRING, description_type_codes, parameter_to_wire, parameters_to_wire, value_from_wire,
 )
 from raftlite.core.wire import (
-    ClientRequest, ClusterRequest, DbResponse, EmptyResponse, ExecSqlRequest, FailureResponse, Iso8601,
+    ClientRequest, ClusterRequest, DbResponse, ExecSqlRequest, FailureResponse, Iso8601,
     LeaderRequest, NodeInfo, OpenRequest, QuerySqlRequest, RequestReader, ResultResponse, RowsResponse,
     ServerResponse, ServersResponse, UnixTime, WelcomeResponse, encode_response,
 )
@@ -444,3 +446,46 @@ def test_with_no_leader_known_connect_fails_after_the_timeout(nodes):
     assert 0.75 <= elapsed < 3.0
     assert "\n" not in str(raised.value)
     assert node.count(ExecSqlRequest) == 0
+
+
+# -- the asyncio session follows the same policy -------------------------------------------
+
+def test_asyncio_unknown_write_is_not_resent_and_reads_are_retried(nodes):
+    rows = RowsResponse(columns=("x",), rows=((1,),))
+
+    def script(request, number):
+        if request.sql == INSERT:
+            return [CLOSE]
+        return [rows] if number > 0 else [FailureResponse(code=10250, message="not leader")]
+
+    node = nodes(script)
+
+    async def scenario():
+        connection = await aio.connect(node.address, database="app", timeout=2, autocommit=True)
+        cursor = await connection.execute("SELECT x FROM t")     # refused once, then retried
+        assert await cursor.fetchall() == [(1,)]
+        with pytest.raises(client.OutcomeUnknownError):
+            await connection.execute(INSERT)
+        await connection.close()
+
+    asyncio.run(scenario())
+    assert node.count(ExecSqlRequest, INSERT) == 1
+    assert node.count(QuerySqlRequest) == 2
+
+
+def test_asyncio_transaction_lost_and_no_leader_timeout(nodes):
+    node = nodes(lambda request, number: [OK] if request.sql == "BEGIN" else [CLOSE])
+
+    async def scenario():
+        connection = await aio.connect(node.address, database="app", timeout=2)
+        with pytest.raises(client.TransactionLostError):
+            await connection.execute(INSERT)
+        assert not connection.in_transaction
+        await connection.close()
+        node.leader = None
+        started = time.monotonic()
+        with pytest.raises(client.NoLeaderError, match="knows no leader"):
+            await aio.connect(node.address, database="app", timeout=0.5)
+        assert 0.45 <= time.monotonic() - started < 3.0
+
+    asyncio.run(scenario())
