@@ -711,7 +711,9 @@ class DatabaseNode(RaftNode):
             self.wal_entries += 1
             last = index
         self.last_executed_index = last
-        if response is not None:
+        if response is not None and raft.settings.unsafe.acknowledge_before_commit:
+            self.ctx.reply(client, response)   # a deliberate bug for tests: nothing is committed yet
+        elif response is not None:
             # The answer waits for the last of its entries.
             self.proposals[last] = _PendingProposal(client, raft.term, response)
 
