@@ -9,6 +9,7 @@
     raftlite node --id N --address HOST:PORT --data-dir DIR [--join ADDR,...]
     raftlite status ADDR [--json]
     raftlite cluster up --nodes N --base-port P --data-dir DIR  |  raftlite cluster down DIR
+    raftlite bench --workload kvwrite --workers W --duration S [--vs-dqlite] [--runs R]
 
 User mistakes (bad flags, unknown nemesis, unwritable trace file) print one clear line
 and exit with status 2; they never print a traceback.
@@ -100,6 +101,10 @@ def _build_parser() -> argparse.ArgumentParser:
     add_node_parsers(commands, _positive_int, _positive_float)
     demo = commands.add_parser("demo", help="a real 3-node cluster on loopback surviving a leader kill")
     demo.add_argument("--keep", action="store_true", help="keep the cluster's files and logs")
+
+    from raftlite.io.bench import add_bench_parser
+
+    add_bench_parser(commands, _positive_int)
     return parser
 
 
@@ -186,6 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from raftlite.jepsen_like.check_command import run_check
 
             return run_check(args)
+        if args.command == "bench":
+            from raftlite.io.bench import run_bench_command
+
+            return run_bench_command(args)
         if args.command == "shell":
             from raftlite.client.shell import run_shell
 
