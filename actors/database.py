@@ -166,6 +166,16 @@ class SqlError:
     message: str
 
 
+def _close_reader(connection: apsw.Connection) -> None:
+    """Close a read-only connection whatever SQLite says: it wrote nothing, so nothing
+    is lost, and a failure here (a lock call refused while another connection holds
+    the WAL) must not take the node down."""
+    try:
+        connection.close(True)
+    except apsw.Error:
+        pass
+
+
 def _query_result(description: tuple, rows: tuple) -> QueryResult:
     """A QueryResult from a statement's (name, declared type) pairs and its rows."""
     return QueryResult(columns=tuple(name for name, _ in description), rows=rows,
@@ -443,7 +453,7 @@ class DatabaseNode(RaftNode):
         interrupted = SqlError(code=SQLITE_INTERRUPT, message="interrupted")
         for read in [r for r in self.long_reads if r.client == client and r.database == database]:
             self.long_reads.remove(read)
-            read.connection.close()
+            _close_reader(read.connection)
             self.ctx.reply(client, interrupted)
         if client in self.reads and isinstance(self.reads[client][2], QueryResult):
             del self.reads[client]   # rows read, waiting for the ReadIndex round: not sent
@@ -665,10 +675,10 @@ class DatabaseNode(RaftNode):
         try:
             cursor.execute(message.sql, message.params)
         except apsw.ReadOnlyError:
-            connection.close()
+            _close_reader(connection)
             return False    # it writes after all
         except apsw.Error as error:
-            connection.close()
+            _close_reader(connection)
             self._respond_after_commit(client, _sql_error(error))
             return True
         read = _LongRead(client, message.database, connection, cursor, described, self.last_executed_index)
@@ -685,14 +695,14 @@ class DatabaseNode(RaftNode):
                 row = next(read.cursor, None)
                 if row is None:
                     self.long_reads.popleft()
-                    read.connection.close()
+                    _close_reader(read.connection)
                     response = _query_result(read.described[-1] if read.described else (), tuple(read.rows))
                     self._start_read(read.client, response=response, min_index=read.min_index)
                     break
                 read.rows.append(tuple(row))
         except apsw.Error as error:
             self.long_reads.popleft()
-            read.connection.close()
+            _close_reader(read.connection)
             self._start_read(read.client, response=_sql_error(error), min_index=read.min_index)
         if self.long_reads:
             self.ctx.set_timer(self.READ_STEP, 0.0)
@@ -740,7 +750,7 @@ class DatabaseNode(RaftNode):
 
     def _close_connections(self) -> None:
         for read in self.long_reads:
-            read.connection.close()
+            _close_reader(read.connection)
         self.long_reads.clear()
         for session in self.sessions.values():
             for connection in session.connections.values():

@@ -10,7 +10,7 @@ one request is answered completely before the next is read, as dqlite does.
 
     LEADER, CLUSTER          DescribeCluster  (any node answers at once)
     CLIENT                   answered here (WELCOME)
-    OPEN                     Open             (leader only; 10250 elsewhere)
+    OPEN                     answered here    (any node, as dqlite; SQL then needs the leader)
     PREPARE                  Prepare          (the statement's SQL is kept here by id)
     EXEC, EXEC_SQL           Execute          -> RESULT
     QUERY, QUERY_SQL         Query            -> ROWS, cut into ~4 KiB batches here
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftlite.actors.database import (
-    Dump, Dumped, Execute, ExecuteResult, Open, Opened, Prepare, Prepared, Query, QueryResult, SqlError,
+    Dump, Dumped, Execute, ExecuteResult, Prepare, Prepared, Query, QueryResult, SqlError,
 )
 from raftlite.actors.raft_node import (
     ChangeMembership, ClientError, ClusterDescription, DescribeCluster, ProposeResult, TransferLeadership,
@@ -202,9 +202,9 @@ class _Session:
                     return FailureResponse(code=ErrorCode.ERROR, message=f"invalid database name {name!r}")
                 if len(self.databases) >= DATABASES_PER_CONNECTION_MAX:
                     return FailureResponse(code=ErrorCode.ERROR, message="too many databases open on this connection")
-                reply = await self._call(Open(database=name))
-                if not isinstance(reply, Opened):
-                    return self._failure(reply)
+                # As in dqlite, OPEN only names the database for this connection: any
+                # node accepts it; the database is created by its first write (on the
+                # leader), and SQL sent to a follower fails with 10250.
                 if name in self.databases:
                     return DbResponse(db_id=self.databases.index(name))
                 self.databases.append(name)

@@ -37,11 +37,14 @@ def _load(name: str):
 
 
 dqlite_cluster = _load("dqlite_cluster")
+from raftlite_cluster import RaftliteCluster  # noqa: E402  (tests/ is on sys.path, see conftest.py)
+
+CLUSTER_KINDS = {"dqlite": dqlite_cluster.DqliteCluster, "raftlite": RaftliteCluster}
 
 
-@pytest.fixture(scope="module", params=["dqlite"])
+@pytest.fixture(scope="module", params=["dqlite", "raftlite"])
 def cluster(request, tmp_path_factory):
-    started = dqlite_cluster.DqliteCluster.start(tmp_path_factory.mktemp(f"{request.param}-cluster"))
+    started = CLUSTER_KINDS[request.param].start(tmp_path_factory.mktemp(f"{request.param}-cluster"))
     yield started
     dead = [node.address for node in started.nodes if not node.alive()]
     started.stop()

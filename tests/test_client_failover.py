@@ -34,11 +34,14 @@ def _load(name: str):
 
 
 dqlite_cluster = _load("dqlite_cluster")
+from raftlite_cluster import RaftliteCluster  # noqa: E402  (tests/ is on sys.path, see conftest.py)
+
+CLUSTER_KINDS = {"dqlite": dqlite_cluster.DqliteCluster, "raftlite": RaftliteCluster}
 
 
-@pytest.fixture(params=["dqlite"])
+@pytest.fixture(params=["dqlite", "raftlite"])
 def cluster(request, tmp_path):
-    started = dqlite_cluster.DqliteCluster.start(tmp_path / request.param)
+    started = CLUSTER_KINDS[request.param].start(tmp_path / request.param)
     yield started
     started.stop()
 

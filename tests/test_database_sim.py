@@ -553,3 +553,21 @@ def test_prepare_counts_parameters_and_names_columns():
     assert query.column_types == ("", "DATETIME")
     sim.run_for(100)
     assert rows_of(sim, leader, "SELECT count(*) FROM t") == [(0,)]        # nothing ran
+
+
+def test_a_failing_select_on_a_brand_new_database_does_not_take_the_node_down():
+    """Closing the read-only connection of a lone SELECT on a database with no table
+    yet makes SQLite's lock call fail (IOError); it wrote nothing, so the node goes on."""
+    sim = database_cluster()
+    leader = leader_of(sim)
+    (syntax,) = request(sim, leader, Query(database="fresh", sql="SELEC 1"))
+    assert syntax.code == 1
+    (missing,) = request(sim, leader, Query(database="fresh", sql="SELECT * FROM missing"))
+    assert missing == SqlError(code=1, message="no such table: missing")
+    (one,) = request(sim, leader, Query(database="fresh", sql="SELECT 1"))
+    assert one.rows == ((1,),)
+    request(sim, leader, Execute(database="fresh", sql="CREATE TABLE e (x)"))
+    request(sim, leader, Execute(database="fresh", sql="INSERT INTO e VALUES (1)"))
+    sim.run_for(200)
+    for node in sim.node_ids:
+        assert rows_of(sim, node, "SELECT x FROM e", database="fresh") == [(1,)]

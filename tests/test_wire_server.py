@@ -110,8 +110,12 @@ def test_followers_refuse_sql_with_not_leader_and_name_the_leader(cluster):
     with Connection.connect(follower_address(cluster), timeout_s=20) as connection:
         leader = connection.leader()
         assert leader.node_id == cluster.leader() and leader.address == cluster.address(leader.node_id)
+        db = connection.open("app")        # OPEN is accepted anywhere, as by dqlite
         with pytest.raises(RequestFailed) as refused:
-            connection.open("app")
+            connection.exec_sql(db, "CREATE TABLE t (k)")
+        assert refused.value.code == ErrorCode.NOT_LEADER
+        with pytest.raises(RequestFailed) as refused:
+            connection.query_sql(db, "SELECT 1")
         assert refused.value.code == ErrorCode.NOT_LEADER
 
 
