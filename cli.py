@@ -5,6 +5,7 @@
     raftlite sim demo  [--seed S]
     raftlite sim bench [--nodes N] [--duration SECONDS]
     raftlite check --model MODEL [--time-limit S] FILE   (a Jepsen history; see check --help)
+    raftlite jepsen --runtime sim --workload W --nemesis LIST --time-limit S [--seed N] --out DIR
     raftlite shell -s ADDRS [--format tabular|json] DB [SQL]   (an SQL shell on a cluster)
     raftlite node --id N --address HOST:PORT --data-dir DIR [--join ADDR,...]
     raftlite status ADDR [--json]
@@ -91,6 +92,10 @@ def _build_parser() -> argparse.ArgumentParser:
     from raftlite.jepsen_like.check_command import add_check_parser
 
     add_check_parser(commands)
+
+    from raftlite.jepsen_like.runner import add_jepsen_parser
+
+    add_jepsen_parser(commands)
 
     from raftlite.client.shell import add_shell_parser
 
@@ -191,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from raftlite.jepsen_like.check_command import run_check
 
             return run_check(args)
+        if args.command == "jepsen":
+            from raftlite.jepsen_like.runner import run_jepsen_command
+
+            return run_jepsen_command(args)
         if args.command == "bench":
             from raftlite.io.bench import run_bench_command
 
