@@ -236,13 +236,13 @@ class Connection:
 
 async def connect(addresses: str | Sequence[str], *, database: str = "main", timeout: float = TIMEOUT_S_DEFAULT,
                   autocommit: bool = False, retry_unknown_writes: bool = False,
-                  policy: RetryPolicy | None = None) -> Connection:
+                  policy: RetryPolicy | None = None, ssl_context=None) -> Connection:
     """As raftlite.client.connect, for asyncio."""
     if not isinstance(database, str) or not database:
         raise InterfaceError("database must be a non-empty name")
     if policy is None:
         policy = RetryPolicy(timeout_s=timeout, retry_unknown_writes=retry_unknown_writes)
-    session = AsyncClusterSession(addresses, database=database, policy=policy)
+    session = AsyncClusterSession(addresses, database=database, policy=policy, ssl_context=ssl_context)
 
     async def found(_connection: NodeConnection, db_id: int) -> int:
         return db_id

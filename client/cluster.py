@@ -54,6 +54,7 @@ import enum
 import os
 import random
 import re
+import ssl
 import select
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -419,8 +420,10 @@ def _peer_closed_async(connection: AsyncConnection) -> bool:
 
 
 class _SessionBase:
-    def __init__(self, addresses: str | Sequence[str], *, database: str, policy: RetryPolicy) -> None:
+    def __init__(self, addresses: str | Sequence[str], *, database: str, policy: RetryPolicy,
+                 ssl_context: "ssl.SSLContext | None" = None) -> None:
         self.nodes = KnownNodes(parse_addresses(addresses))
+        self.ssl_context = ssl_context   # TLS for every connection when set
         self.database = database
         self.policy = policy.validate()
         self.client_id = random.Random(os.urandom(8)).getrandbits(63) or 1
@@ -480,8 +483,9 @@ class ClusterSession(_SessionBase):
     """A blocking session with the cluster's leader: one reused connection, discovery
     and the retry policy around every request."""
 
-    def __init__(self, addresses: str | Sequence[str], *, database: str, policy: RetryPolicy = RetryPolicy()) -> None:
-        super().__init__(addresses, database=database, policy=policy)
+    def __init__(self, addresses: str | Sequence[str], *, database: str, policy: RetryPolicy = RetryPolicy(),
+                 ssl_context: "ssl.SSLContext | None" = None) -> None:
+        super().__init__(addresses, database=database, policy=policy, ssl_context=ssl_context)
         self._connection: Connection | None = None
         self._db_id = 0
 
@@ -501,7 +505,7 @@ class ClusterSession(_SessionBase):
 
     def _probe(self, address: str, deadline: float) -> tuple[Connection, NodeInfo | None]:
         timeout_s = max(min(self.policy.probe_timeout_s, deadline - time.monotonic()), 0.01)
-        connection = Connection.connect(address, timeout_s=timeout_s)
+        connection = Connection.connect(address, timeout_s=timeout_s, ssl_context=self.ssl_context)
         try:
             return connection, connection.leader()
         except BaseException:
@@ -605,7 +609,7 @@ class ClusterSession(_SessionBase):
         """A plain connection straight to one node (for DESCRIBE, WEIGHT, DUMP of that node)."""
         try:
             parse_address(address)
-            return Connection.connect(address, timeout_s=self.policy.timeout_s)
+            return Connection.connect(address, timeout_s=self.policy.timeout_s, ssl_context=self.ssl_context)
         except ValueError as error:
             raise InterfaceError(str(error)) from None
         except ConnectionBroken as error:
@@ -618,8 +622,9 @@ _AsyncOperation = Callable[[Any, int], Awaitable[T]]
 class AsyncClusterSession(_SessionBase):
     """The asyncio twin of ClusterSession: the same discovery and policy, awaited."""
 
-    def __init__(self, addresses: str | Sequence[str], *, database: str, policy: RetryPolicy = RetryPolicy()) -> None:
-        super().__init__(addresses, database=database, policy=policy)
+    def __init__(self, addresses: str | Sequence[str], *, database: str, policy: RetryPolicy = RetryPolicy(),
+                 ssl_context: "ssl.SSLContext | None" = None) -> None:
+        super().__init__(addresses, database=database, policy=policy, ssl_context=ssl_context)
         self._connection: AsyncConnection | None = None
         self._db_id = 0
 
@@ -638,7 +643,7 @@ class AsyncClusterSession(_SessionBase):
 
     async def _probe(self, address: str, deadline: float) -> tuple[AsyncConnection, NodeInfo | None]:
         timeout_s = max(min(self.policy.probe_timeout_s, deadline - time.monotonic()), 0.01)
-        connection = await AsyncConnection.connect(address, timeout_s=timeout_s)
+        connection = await AsyncConnection.connect(address, timeout_s=timeout_s, ssl_context=self.ssl_context)
         try:
             return connection, await connection.leader()
         except BaseException:

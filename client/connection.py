@@ -30,6 +30,7 @@ exchange, so on `AsyncConnection` every helper returns an awaitable of the same 
 import asyncio
 from dataclasses import dataclass
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -222,12 +223,21 @@ class Connection(_Helpers):
 
     @classmethod
     def connect(cls, address: str, *, timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
-                message_bytes_max: int = MESSAGE_BYTES_MAX_DEFAULT) -> "Connection":
-        """Connects and sends the handshake; ConnectionBroken when the node cannot be reached."""
+                message_bytes_max: int = MESSAGE_BYTES_MAX_DEFAULT,
+                ssl_context: ssl.SSLContext | None = None) -> "Connection":
+        """Connects and sends the handshake; ConnectionBroken when the node cannot be
+        reached. With `ssl_context`, the connection is TLS (the handshake word and every
+        message inside it), as raftlite nodes started with TLS require."""
         host, port = parse_address(address)
         try:
             sock = socket.create_connection((host, port), timeout=timeout_s)
-        except OSError as error:
+            if ssl_context is not None:
+                try:
+                    sock = ssl_context.wrap_socket(sock, server_hostname=host)
+                except BaseException:
+                    sock.close()
+                    raise
+        except (OSError, ssl.SSLError) as error:
             raise ConnectionBroken(f"cannot connect to {address}: {error}") from error
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = cls(sock, address=address, timeout_s=timeout_s, message_bytes_max=message_bytes_max)
@@ -412,17 +422,19 @@ class AsyncConnection(_Helpers):
 
     @classmethod
     async def connect(cls, address: str, *, timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
-                      message_bytes_max: int = MESSAGE_BYTES_MAX_DEFAULT) -> "AsyncConnection":
+                      message_bytes_max: int = MESSAGE_BYTES_MAX_DEFAULT,
+                      ssl_context: ssl.SSLContext | None = None) -> "AsyncConnection":
         host, port = parse_address(address)
         try:
             async with asyncio.timeout(timeout_s):
-                reader, writer = await asyncio.open_connection(host, port)
+                reader, writer = await asyncio.open_connection(
+                    host, port, ssl=ssl_context, server_hostname=host if ssl_context is not None else None)
                 sock = writer.get_extra_info("socket")
                 if sock is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 writer.write(encode_handshake())
                 await writer.drain()
-        except (OSError, TimeoutError) as error:
+        except (OSError, TimeoutError, ssl.SSLError) as error:
             raise ConnectionBroken(f"cannot connect to {address}: {error!r}") from error
         return cls(reader, writer, address=address, timeout_s=timeout_s, message_bytes_max=message_bytes_max)
 

@@ -383,17 +383,19 @@ class Connection:
 
 def connect(addresses: str | Sequence[str], *, database: str = "main", timeout: float = TIMEOUT_S_DEFAULT,
             autocommit: bool = False, retry_unknown_writes: bool = False,
-            policy: RetryPolicy | None = None) -> Connection:
+            policy: RetryPolicy | None = None, ssl_context=None) -> Connection:
     """Connects to the leader of the cluster at `addresses` ("host:port,host:port" or a
     list) and opens `database`. `timeout` (seconds) bounds each operation, leader
     discovery and retries included. `retry_unknown_writes=True` re-sends an autocommit
     write whose outcome is unknown (it may then be applied twice). NoLeaderError when
-    no leader answers within `timeout`."""
+    no leader answers within `timeout`. `ssl_context` (an ssl.SSLContext with the
+    cluster's CA, and a client certificate when the nodes require one) makes every
+    connection TLS."""
     if not isinstance(database, str) or not database:
         raise InterfaceError("database must be a non-empty name")
     if policy is None:
         policy = RetryPolicy(timeout_s=timeout, retry_unknown_writes=retry_unknown_writes)
-    session = ClusterSession(addresses, database=database, policy=policy)
+    session = ClusterSession(addresses, database=database, policy=policy, ssl_context=ssl_context)
     connection = Connection(session, autocommit=autocommit)
     try:
         session.call(RequestKind.READ, lambda _connection, db_id: db_id)   # find the leader now

@@ -214,7 +214,7 @@ class Node:
         while loop.time() < deadline:
             for address in self.join:
                 try:
-                    leader = await _leader_connection(address, AsyncConnection)
+                    leader = await _leader_connection(address, AsyncConnection, self._client_ssl())
                     if leader is None:
                         continue
                     try:
@@ -245,6 +245,10 @@ class Node:
                                      f"(tried {', '.join(self.join)})")
         self.join_failed.set()
         log.error("node %s: %s", self.node_id, self.join_error)
+
+    def _client_ssl(self):
+        """The context this node dials with (its own certificate, the cluster CA)."""
+        return self.tls.client_context if self.tls is not None else None
 
     async def _add(self, leader, request_failed) -> None:
         may_have_added = self._read_join_marker() == JOIN_MARKER_ADD_MAY_HAVE_HAPPENED
@@ -319,9 +323,9 @@ class Node:
         log.info("node %s: handed leadership over to node %s before stopping", self.node_id, target)
 
 
-async def _leader_connection(address: str, connection_class):
+async def _leader_connection(address: str, connection_class, ssl_context):
     """A connection to the leader, found through `address`; None if none is known."""
-    connection = await connection_class.connect(address, timeout_s=JOIN_REQUEST_TIMEOUT_S)
+    connection = await connection_class.connect(address, timeout_s=JOIN_REQUEST_TIMEOUT_S, ssl_context=ssl_context)
     try:
         leader = await connection.leader()
     except BaseException:
@@ -333,7 +337,7 @@ async def _leader_connection(address: str, connection_class):
     if leader.address == address:
         return connection
     connection.close()
-    return await connection_class.connect(leader.address, timeout_s=JOIN_REQUEST_TIMEOUT_S)
+    return await connection_class.connect(leader.address, timeout_s=JOIN_REQUEST_TIMEOUT_S, ssl_context=ssl_context)
 
 
 async def _tolerating_done(request, request_failed) -> None:

@@ -56,6 +56,10 @@ def add_node_parsers(commands, positive_int, positive_float) -> None:
     node.add_argument("--disk-backend", choices=("kernel-aio", "portable"), default=None,
                       help="disk I/O backend (default: kernel AIO when available)")
     node.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    node.add_argument("--tls-cert", metavar="PEM", help="this node's certificate chain: TLS on every connection "
+                      "(peers and clients must present certificates signed by --tls-ca)")
+    node.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    node.add_argument("--tls-ca", metavar="PEM", help="the cluster's CA certificate")
 
     status = commands.add_parser("status", help="a node's role, term, commit and applied index, followers' lag")
     status.add_argument("address", help="HOST:PORT of the node")
@@ -106,11 +110,23 @@ def _run_node(args: argparse.Namespace) -> int:
         for address in join:
             parse_address(address)
         config = Config(election_timeout_ms=args.election_timeout, heartbeat_interval_ms=args.heartbeat_interval).validate()
+        tls = _tls_settings(args)
     except (ValueError, ConfigError) as error:
         raise NodeCommandError(str(error)) from None
     node = Node(node_id=args.id, address=args.address, data_dir=args.data_dir, join=join, config=config,
-                disk_backend=args.disk_backend, role=Role[args.role.upper()])
+                disk_backend=args.disk_backend, role=Role[args.role.upper()], tls=tls)
     return asyncio.run(_serve(node))
+
+
+def _tls_settings(args: argparse.Namespace):
+    from raftlite.io.transport import TlsSettings
+
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+    return TlsSettings.from_files(certificate_chain_file=args.tls_cert, private_key_file=args.tls_key, ca_file=args.tls_ca)
 
 
 async def _serve(node) -> int:
