@@ -14,6 +14,7 @@ import pytest
 
 from raftlite.core.raft_log_format import segment_first_index, snapshot_index_of
 
+from cluster_drivers import ProcessDriver, SimDriver, run_scenario
 from process_cluster import (
     IN_DELETE, TABLE_SQL, ClusterError, KillOnFile, ProcessCluster, Writer, check_history, check_same_everywhere,
 )
@@ -46,6 +47,32 @@ def wait_for(predicate, timeout_s: float, what: str, cluster: ProcessCluster | N
             return value
         time.sleep(0.05)
     raise ClusterError(f"{what}: not within {timeout_s} s" + (f"\n{cluster.logs()}" if cluster else ""))
+
+
+# -- 1. one scenario, two runtimes --------------------------------------------------------------------
+
+CRASH_A_FOLLOWER = """
+start
+elect
+write 1..20
+crash follower
+write 21..40        # committed by the two others while the follower is down
+restart follower
+converge
+check 1..40         # on every node, the restarted follower included
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("runtime", ["simulator", "processes"])
+def test_crash_a_follower_scenario_under_both_runtimes(runtime, tmp_path):
+    driver = SimDriver(seed=5) if runtime == "simulator" else ProcessDriver(tmp_path / "cluster")
+    try:
+        log = run_scenario(driver, CRASH_A_FOLLOWER)
+    finally:
+        driver.close()
+    assert log[-1] == "40 rows on nodes [1, 2, 3]"
+    assert any(step.startswith("crashed follower") for step in log)
 
 
 # -- 2. kill -9 under load ---------------------------------------------------------------------------
@@ -133,3 +160,47 @@ def test_acknowledged_writes_survive_leader_kills_snapshot_kills_and_a_full_rest
              f"node {follower} alone applying up to {index}", cluster)
     assert alone.status()["role"] != "leader"
     assert cluster.dump_rows(follower) == rows
+
+
+# -- 3. a follower stopped for a minute ------------------------------------------------------------
+
+STOP_SECONDS = 60
+LEADER_EXTRA_RSS_MAX_BYTES = 64 << 20
+
+
+@pytest.mark.timeout(240)
+def test_a_follower_stopped_for_a_minute_costs_the_leader_little_memory_and_catches_up(cluster):
+    cluster.start()
+    cluster.execute(TABLE_SQL)
+    writer = Writer(cluster).start()
+    try:
+        writer.wait_acknowledged(500)          # warm: caches, buffers, a first segment
+        leader, status = cluster.wait_leader_status()
+        follower = next(n for n in cluster.running() if n != leader)
+        baseline = cluster.nodes[leader].rss_bytes()
+        stopped_at = status["commit"]
+        cluster.nodes[follower].pause()
+        peak = baseline
+        started = time.monotonic()
+        while time.monotonic() - started < STOP_SECONDS:
+            time.sleep(1.0)
+            peak = max(peak, cluster.nodes[leader].rss_bytes())
+        now_leader, status = cluster.wait_leader_status()
+        assert now_leader == leader, "the leader changed while a follower was stopped"
+        behind = status["commit"] - stopped_at
+        assert behind > 5000, f"too little load to mean anything: {behind} entries in {STOP_SECONDS} s"
+        assert peak - baseline <= LEADER_EXTRA_RSS_MAX_BYTES, (
+            f"leader RSS grew {(peak - baseline) >> 20} MiB (from {baseline >> 20} MiB) while a follower was stopped")
+
+        cluster.nodes[follower].resume()
+        target = status["commit"]
+        caught_up = wait_for(lambda: ((cluster.nodes[follower].status() or {}).get("applied_index") or 0) >= target,
+                             60, f"node {follower} applying up to {target} after SIGCONT", cluster)
+        caught_up_s = time.monotonic() - started - STOP_SECONDS
+    finally:
+        writer.stop()
+    cluster.wait_converged()
+    rows = check_same_everywhere(cluster.dumps())
+    check_history(writer, rows)
+    print(f"leader RSS {baseline >> 20} MiB -> peak {peak >> 20} MiB; follower {behind} entries behind, "
+          f"caught up in {caught_up_s:.1f} s; writes {writer.summary()}")
