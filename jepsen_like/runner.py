@@ -101,6 +101,7 @@ class RunResult:
     wall_seconds: float
     faults: dict[str, int] = field(default_factory=dict)
     status: dict[int, dict[str, Any]] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)   # paths, once written
     origin_ms: float = 0.0   # simulation time of the history's time zero (intervals are in simulation time)
 
     @property
@@ -177,7 +178,7 @@ class RunResult:
 # The run
 # --------------------------------------------------------------------------------------
 
-def _actor_factory(founders: Sequence[int], config, unsafe: UnsafeSwitches) -> Callable[[int], Any]:
+def database_actor_factory(founders: Sequence[int], config, unsafe: UnsafeSwitches) -> Callable[[int], Any]:
     from raftlite.actors.database import DatabaseNode
     from raftlite.actors.raft_node import settings_from_config
 
@@ -201,7 +202,7 @@ def run_jepsen(options: JepsenOptions, *, progress: Callable[[str], None] | None
         if "membership" in options.nemesis else []
     trace = FaultTrace()
     sim = Simulation(seed=options.seed, node_ids=founders + spares,
-                     actor_factory=_actor_factory(founders, config, options.unsafe),
+                     actor_factory=database_actor_factory(founders, config, options.unsafe),
                      config=config, trace=trace, scratch_dir=True)
     checker = None
     if options.raft_checker:
@@ -365,6 +366,7 @@ def write_outputs(result: RunResult, directory: str) -> dict[str, str]:
         handle.write("\n")
     with open(paths["report"], "w", encoding="utf-8") as handle:
         handle.write(render_report(result))
+    result.outputs = paths
     return paths
 
 

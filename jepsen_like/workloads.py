@@ -576,7 +576,8 @@ class WorkloadDriver:
                     break
                 self.sim.run_for(self.options.final_retry_ms)
             if not done or done[0].type != "ok":
-                problems.append(f"liveness: the final {f} did not succeed in {attempts} attempts")
+                why = f"in {attempts} attempts" if attempts else "(no node led)"
+                problems.append(f"liveness: the final {f} did not succeed {why} within {limit_ms:.0f} ms of the heal")
         return problems
 
     def drain(self, limit_ms: float) -> None:

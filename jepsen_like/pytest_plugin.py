@@ -1,0 +1,106 @@
+"""pytest fixtures for fault-injection suites: `sim_cluster` and `jepsen_run`.
+
+Use from a test module (or a conftest) with::
+
+    pytest_plugins = ["raftlite.jepsen_like.pytest_plugin"]
+
+    def test_register_survives_partitions(jepsen_run):
+        result = jepsen_run(workload="register", nemesis="partition,kill", seed=3, time_limit_s=5)
+        assert result.valid is True, result.summary()
+
+    def test_sql_on_a_cluster(sim_cluster):
+        cluster = sim_cluster(seed=1)
+        cluster.client.execute("CREATE TABLE t (a)")
+
+`jepsen_run(**options)` runs `raftlite.jepsen_like.runner.run_jepsen` (options as in
+`JepsenOptions`; ``nemesis`` may be a comma list) and writes history.edn, verdict.json
+and report.html under the test's temporary directory (``result.outputs``), so a red run
+leaves its evidence behind; the directory is in the failure message of `assert_valid`.
+
+`sim_cluster(seed=..., nodes=...)` starts a simulated cluster of database nodes with a
+leader and returns a `SimCluster`: the simulation and a synchronous SQL client
+(`raftlite.sim.client.SimDatabaseClient`). Clusters are closed after the test.
+
+A `real_cluster` fixture (node processes on loopback) comes with the real runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import pytest
+
+from raftlite.jepsen_like.nemesis_schedule import parse_nemesis_schedule
+from raftlite.jepsen_like.runner import JepsenOptions, RunResult, run_jepsen, write_outputs
+
+__all__ = ["SimCluster", "assert_valid", "jepsen_run", "sim_cluster"]
+
+
+@dataclass
+class SimCluster:
+    sim: Any
+    client: Any
+
+    def leader(self) -> int | None:
+        from raftlite.jepsen_like.workloads import leaders
+
+        found = leaders(self.sim)
+        return found[0] if len(found) == 1 else None
+
+
+def assert_valid(result: RunResult) -> None:
+    """Fail with the run's summary and where its report is when it is not valid."""
+    if result.valid is not True:
+        where = result.outputs.get("report", "(not written)")
+        pytest.fail(f"{result.summary()}\nreport: {where}", pytrace=False)
+
+
+@pytest.fixture
+def jepsen_run(tmp_path) -> Callable[..., RunResult]:
+    runs = 0
+
+    def run(**options: Any) -> RunResult:
+        nonlocal runs
+        runs += 1
+        nemesis = options.pop("nemesis", ())
+        if isinstance(nemesis, str):
+            nemesis = parse_nemesis_schedule(nemesis)
+        result = run_jepsen(replace(JepsenOptions(), nemesis=tuple(nemesis), **options))
+        name = f"run{runs}-{result.options.workload}-seed{result.options.seed}"
+        write_outputs(result, str(tmp_path / name))
+        return result
+
+    return run
+
+
+@pytest.fixture
+def sim_cluster() -> Callable[..., SimCluster]:
+    from raftlite.jepsen_like.runner import database_actor_factory
+    from raftlite.jepsen_like.workloads import DATABASE, leaders
+    from raftlite.core.raft import SAFE
+    from raftlite.sim.client import SimDatabaseClient
+    from raftlite.sim.run import swarm_config
+    from raftlite.sim.simulation import Simulation
+
+    clusters: list[SimCluster] = []
+
+    def start(*, seed: int = 1, nodes: int = 3, config: Any = None, unsafe=SAFE,
+              leader_timeout_ms: float = 30_000.0) -> SimCluster:
+        config = config or swarm_config(seed, small_snapshots=False)
+        founders = list(range(1, nodes + 1))
+        sim = Simulation(seed=seed, node_ids=founders, actor_factory=database_actor_factory(founders, config, unsafe),
+                         config=config, scratch_dir=True)
+        cluster = SimCluster(sim=sim, client=SimDatabaseClient(sim, database=DATABASE))
+        clusters.append(cluster)
+        sim.start()
+        deadline = sim.now_ms + leader_timeout_ms
+        while len(leaders(sim)) != 1 and sim.now_ms < deadline:
+            sim.run_for(10.0)
+        if len(leaders(sim)) != 1:
+            raise AssertionError(f"no leader within {leader_timeout_ms:.0f} simulated ms (seed {seed})")
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        cluster.sim.close()
