@@ -306,3 +306,72 @@ def test_a_corrupt_closed_segment_stops_the_node_and_the_documented_recovery_wor
     rows = check_same_everywhere(cluster.dumps(sorted(voters)))
     check_history(writer, rows)
     print(f"corrupted {damaged.name} at offset {size // 2}; writes {writer.summary()}; {len(rows)} rows")
+
+
+# -- 4. a full disk ---------------------------------------------------------------------------------
+
+FULL_DISK_BYTES = 48 << 20
+
+
+def mount_small_tmpfs(directory: Path) -> None:
+    """Mounts a FULL_DISK_BYTES tmpfs on `directory`. Needs root: without it the test fails
+    under CI (a missing check must not look green) and is skipped locally, saying why."""
+    directory.mkdir(parents=True)
+    why = None
+    if os.geteuid() != 0:
+        why = "mounting a tmpfs needs root"
+    else:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FULL_DISK_BYTES}", "tmpfs", str(directory)],
+                                 capture_output=True, text=True)
+        if mounted.returncode != 0:
+            why = f"mount -t tmpfs failed: {mounted.stderr.strip()}"
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the full-disk test cannot run: {why}")
+        pytest.skip(f"the full-disk test cannot run here: {why}")
+
+
+@pytest.mark.timeout(180)
+def test_a_full_disk_on_the_leader_fails_writes_clearly_and_it_recovers_when_space_returns(tmp_path):
+    disk = tmp_path / "cluster" / "node1"
+    mount_small_tmpfs(disk)
+    cluster = ProcessCluster(tmp_path / "cluster")
+    try:
+        cluster.start()
+        cluster.execute(TABLE_SQL)
+        leader = cluster.wait_leader()
+        if leader != 1:
+            from raftlite.client.connection import Connection
+            with Connection.connect(cluster.address(leader)) as connection:
+                connection.transfer(1)
+            wait_for(lambda: (cluster.leader() or (0,))[0] == 1, 30, "node 1 leading", cluster)
+        writer = Writer(cluster).start()
+        try:
+            writer.wait_acknowledged(200)
+            filler = disk / "filler"
+            with open(filler, "wb") as fill:
+                with pytest.raises(OSError, match="No space left"):
+                    while True:
+                        fill.write(bytes(1 << 16))
+                        fill.flush()
+            time.sleep(1.0)                       # what was in flight settles
+            acknowledged, failed = writer.count("ok"), writer.count("failed")
+            time.sleep(3.0)
+            assert cluster.nodes[1].alive and (cluster.leader() or (0,))[0] == 1, cluster.logs()
+            assert writer.count("ok") == acknowledged, "writes were acknowledged by a leader whose disk is full"
+            full_errors = {writer.errors[key] for key in sorted(writer.keys("failed"))[failed:]}
+            assert writer.count("failed") > failed and all("disk is full" in error for error in full_errors), (
+                f"no clear error while the leader's disk is full: {full_errors or writer.summary()}")
+
+            filler.unlink()
+            writer.wait_acknowledged(200, timeout_s=30)
+        finally:
+            writer.stop()
+        assert cluster.nodes[1].alive
+        cluster.wait_converged()
+        rows = check_same_everywhere(cluster.dumps())
+        check_history(writer, rows)
+        print(f"while full: {sorted(full_errors)}; writes {writer.summary()}; {len(rows)} rows")
+    finally:
+        cluster.close()
+        subprocess.run(["umount", str(disk)], check=False)
