@@ -199,3 +199,17 @@ def test_sim_cluster_fixture_serves_sql(sim_cluster):
     cluster.client.execute("CREATE TABLE t (a INTEGER)")
     cluster.client.execute("INSERT INTO t VALUES (?)", (41,))
     assert cluster.client.query("SELECT a + 1 FROM t").rows == ((42,),)
+
+
+# -- the longer campaign's script ----------------------------------------------------------
+
+@pytest.mark.timeout(60)
+def test_campaign_script_plans_every_pair_and_prints_a_summary(capsys):
+    from raftlite.jepsen_like.campaign import main as campaign_main, plan_campaign
+
+    runs = plan_campaign(WORKLOADS, ["each", "all"], [1, 2])
+    assert len(runs) == 2 * len(WORKLOADS) * (len(NEMESIS_CHOICES) + 1)
+    assert campaign_main(["--seeds", "4", "--workloads", "set", "--nemesis", "pause+clog", "--time-limit", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "[1/1] set" in out and "ETA" in out and "1 runs in" in out and "pause+clog" in out
+    assert campaign_main(["--workloads", "nosuch"]) == 2
