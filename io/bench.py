@@ -25,7 +25,7 @@ own process), the load for `duration_s`, then the processes are stopped by PID. 
 the noise of a shared machine falls on both; the summary gives medians and ratios.
 
 Resource accounting, measured the same way for both systems: a monitor thread samples
-every `SAMPLE_INTERVAL_S` each process's CPU time (/proc/PID/stat utime+stime), its
+every duration/10 (0.25 .. 1 s) each process's CPU time (/proc/PID/stat utime+stime), its
 block-device writes (/proc/PID/io write_bytes) and the bytes sent on TCP sockets between
 two cluster processes (`ss -tinp`: tcp_info bytes_sent), i.e. peer (raft) traffic, not
 client traffic. The per-operation figures use the samples that bracket the steady part
@@ -66,7 +66,8 @@ SCHEMA_SQL = "CREATE TABLE IF NOT EXISTS model (key TEXT, value TEXT, UNIQUE(key
 WRITE_SQL = "INSERT OR REPLACE INTO model(key, value) VALUES(?, ?)"
 READ_SQL = "SELECT value FROM model WHERE key = ?"
 DQLITE_BENCHMARK = "dqlite-benchmark"
-SAMPLE_INTERVAL_S = 0.5
+SAMPLE_INTERVAL_S_MIN = 0.25
+SAMPLE_INTERVAL_S_MAX = 1.0
 WINDOW_MARGIN_FRACTION = 0.1
 REQUEST_TIMEOUT_S = 10.0
 RECONNECT_PAUSE_S = 0.05
@@ -74,7 +75,7 @@ DQLITE_READY_TIMEOUT_S = 60.0
 DQLITE_EXIT_GRACE_S = 60.0
 PROCESS_STOP_GRACE_S = 10.0
 PROFILE_RATE_HZ = 100
-PROFILE_TOP = 15
+PROFILE_TOP = 20
 ERROR_TEXT_CHARS_MAX = 80
 
 _LETTERS = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -141,10 +142,11 @@ class RunResult:
     cpu_us_per_op: dict[str, float] = field(default_factory=dict)
     disk_bytes_per_op: dict[str, float] = field(default_factory=dict)
     peer_bytes_per_op: float | None = None
+    machine_cpu_us_per_op: float | None = None
     window_ops: int = 0
     window_s: float = 0.0
     client: str = ""
-    profile: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)
+    profile: dict[str, "ProfileSummary"] = field(default_factory=dict)
 
     @property
     def ops_per_s(self) -> float:
@@ -245,6 +247,18 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_busy_seconds() -> float | None:
+    """CPU time all CPUs spent not idle (/proc/stat), any process and the kernel's
+    workers (fsync writeback, network softirqs) included."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def _write_bytes(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/io", encoding="ascii") as io_file:
@@ -288,6 +302,7 @@ def _socket_bytes_sent(pids: set[int]) -> dict[tuple[str, str], tuple[int, int]]
 @dataclass(slots=True)
 class _Sample:
     time_ns: int
+    machine_busy_s: float | None
     cpu_s: dict[str, float | None]
     write_bytes: dict[str, int | None]
     sockets: dict[tuple[str, str], tuple[int, int]] | None
@@ -296,7 +311,8 @@ class _Sample:
 class _Monitor:
     """Samples CPU, disk writes and peer socket bytes of named processes in a thread."""
 
-    def __init__(self, roles: dict[str, int], cluster_pids: set[int]) -> None:
+    def __init__(self, roles: dict[str, int], cluster_pids: set[int], duration_s: float) -> None:
+        self.interval_s = min(SAMPLE_INTERVAL_S_MAX, max(SAMPLE_INTERVAL_S_MIN, duration_s / 10))
         self.roles = roles
         self.cluster_pids = cluster_pids
         self.samples: list[_Sample] = []
@@ -307,13 +323,14 @@ class _Monitor:
     def sample(self) -> None:
         self.samples.append(_Sample(
             time_ns=time.time_ns(),
+            machine_busy_s=_machine_busy_seconds(),
             cpu_s={role: _cpu_seconds(pid) for role, pid in self.roles.items()},
             write_bytes={role: _write_bytes(pid) for role, pid in self.roles.items()},
             sockets=_socket_bytes_sent(self.cluster_pids) if self.has_ss else None,
         ))
 
     def _run(self) -> None:
-        while not self._stop.wait(SAMPLE_INTERVAL_S):
+        while not self._stop.wait(self.interval_s):
             self.sample()
 
     def __enter__(self) -> "_Monitor":
@@ -350,6 +367,8 @@ class _Monitor:
             written_before, written_after = begin.write_bytes.get(role), end.write_bytes.get(role)
             if written_before is not None and written_after is not None and role != "client":
                 result.disk_bytes_per_op[role] = (written_after - written_before) / operations
+        if begin.machine_busy_s is not None and end.machine_busy_s is not None:
+            result.machine_cpu_us_per_op = (end.machine_busy_s - begin.machine_busy_s) * 1e6 / operations
         if begin.sockets is not None and end.sockets is not None:
             result.peer_bytes_per_op = _peer_bytes(begin.sockets, end.sockets) / operations
 
@@ -393,11 +412,11 @@ class _Profiler:
         for role, pid in self.targets.items():
             self.processes[role] = subprocess.Popen(
                 [executable, "record", "-p", str(pid), "-d", str(self.seconds), "-r", str(PROFILE_RATE_HZ),
-                 "--nonblocking", "--format", "raw", "-o", str(self.path(role))],
+                 "--format", "raw", "-o", str(self.path(role))],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
             )
 
-    def finish(self) -> dict[str, list[tuple[str, float, float]]]:
+    def finish(self) -> dict[str, "ProfileSummary"]:
         summaries = {}
         for role, process in self.processes.items():
             try:
@@ -424,51 +443,80 @@ def _frame_name(frame: str) -> str:
     if match is None:
         return frame.strip()
     path = match.group("file")
-    marker = path.rfind("/raftlite/") if "/raftlite/" in path else -1
-    if marker >= 0:
-        path = path[marker + 1:]
-    elif "/lib/python" in path:
+    if "/lib/python" in path:
         path = path[path.rfind("/lib/python") + len("/lib/"):]
+    else:
+        path = _package_relative(path)
     return f"{match.group('function')} ({path})"
 
 
-def summarize_profile(collapsed: str, top: int = PROFILE_TOP) -> list[tuple[str, float, float]]:
-    """[(function (file), self %, total %)] of the busiest functions in py-spy's raw
-    (collapsed) output, by self time; percentages of all samples."""
+# (function name's last part, file name) of the frames where a thread waits, not works.
+_IDLE_LEAVES = {("select", "selectors.py"), ("wait", "threading.py"), ("join", "threading.py"),
+                ("_wait_for_tstate_lock", "threading.py")}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProfileSummary:
+    """Where a process spent its busy samples: `busy_percent` of all samples were not
+    waiting in the event loop's select (or a thread wait); `by_self` and `by_total` give
+    (function (file), percent of busy samples), by self time and by inclusive time (the
+    latter only raftlite's own functions below the runtime's entry points)."""
+
+    samples: int
+    busy_percent: float
+    by_self: tuple[tuple[str, float], ...]
+    by_total: tuple[tuple[str, float], ...]
+
+
+def _is_idle(leaf: str) -> bool:
+    function, _, file = leaf.partition(" (")
+    return (function.rsplit(".", 1)[-1], file.rstrip(")").rsplit("/", 1)[-1]) in _IDLE_LEAVES
+
+
+def _package_relative(path: str) -> str:
+    """"main/io/disk.py" (py-spy names files after their sys.path entry) -> "io/disk.py"."""
+    for prefix in _OWN_PREFIXES:
+        if path.startswith(prefix):
+            return path
+        found = path.find("/" + prefix)
+        if found >= 0:
+            return path[found + 1:]
+    return path
+
+
+def summarize_profile(collapsed: str, top: int = PROFILE_TOP) -> ProfileSummary:
+    """Summarizes py-spy's raw (collapsed stacks) output."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
-    total = 0
+    samples = busy = 0
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_name(frame) for frame in stack.split(";") if frame and not frame.startswith("process ")
-                  and not frame.startswith("thread ")]
+        frames = [_frame_name(frame) for frame in stack.split(";")
+                  if frame and not frame.startswith(("process ", "thread "))]
         if not frames:
             continue
-        total += count
+        samples += count
+        if _is_idle(frames[-1]):
+            continue
+        busy += count
         own[frames[-1]] += count
         for name in set(frames):
             inclusive[name] += count
-    if total == 0:
-        return []
-    return [(name, 100.0 * count / total, 100.0 * inclusive[name] / total) for name, count in own.most_common(top)]
+    if busy == 0:
+        return ProfileSummary(samples=samples, busy_percent=0.0, by_self=(), by_total=())
+    ours = [(name, count) for name, count in inclusive.most_common()
+            if name.split(" (", 1)[-1].startswith(_OWN_PREFIXES) and count < 0.9 * busy]
+    return ProfileSummary(
+        samples=samples, busy_percent=100.0 * busy / samples,
+        by_self=tuple((name, 100.0 * count / busy) for name, count in own.most_common(top)),
+        by_total=tuple((name, 100.0 * count / busy) for name, count in ours[:top]),
+    )
 
 
-def summarize_profile_inclusive(collapsed: str, top: int = PROFILE_TOP) -> list[tuple[str, float]]:
-    """[(function (file), total %)] by inclusive time."""
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in collapsed.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        for name in {_frame_name(frame) for frame in stack.split(";") if frame}:
-            inclusive[name] += count
-    return [(name, 100.0 * count / total) for name, count in inclusive.most_common(top)] if total else []
+_OWN_PREFIXES = tuple(f"{folder}/" for folder in ("actors", "core", "io", "client", "sim", "jepsen_like"))
 
 
 # -- raftlite ---------------------------------------------------------------------------------
@@ -650,7 +698,7 @@ def run_raftlite(settings: BenchSettings, directory: Path, report: Report, *, ru
                 targets[followers[0]] = roles[followers[0]]
             profiler = _Profiler(settings.profile_dir / f"{run_label}-w{settings.workers}", targets,
                                  settings.duration_s - 2 * margin)
-        with _Monitor(roles, set(pids.values())) as monitor:
+        with _Monitor(roles, set(pids.values()), settings.duration_s) as monitor:
             if profiler is not None:
                 threading.Timer(settings.duration_s * WINDOW_MARGIN_FRACTION, profiler.start).start()
             if settings.client == "asyncio":
@@ -743,19 +791,22 @@ def run_dqlite(settings: BenchSettings, directory: Path, report: Report, *, run_
                             "--key-size", str(settings.key_size), "--value-size", str(settings.value_size)])
         for index in range(1, settings.nodes):
             launch(index, ["--join", addresses[0]])
-        started = time.monotonic()
-        while not all("ready" in logs[index].read_text(errors="replace") for index in range(1, settings.nodes)):
-            if driver.poll() is not None or any(process.poll() is not None for process in processes[1:]):
-                raise BenchError(f"a dqlite-benchmark process exited during start-up; logs in {directory}")
-            if time.monotonic() - started > DQLITE_READY_TIMEOUT_S:
-                raise BenchError(f"the dqlite cluster did not form within {DQLITE_READY_TIMEOUT_S:.0f} s; logs in {directory}")
-            time.sleep(0.05)
-        report(f"  [{run_label}] cluster of {settings.nodes} up in {time.monotonic() - started:.1f} s; "
-               f"driver (leader + {settings.workers} workers) at {addresses[0]} for {settings.duration_s} s")
         roles = {"leader+client": driver.pid}
         roles.update({f"follower {index + 1}": process.pid for index, process in enumerate(processes[1:], start=1)})
-        progress = _Progress(run_label, settings, report)
-        with _Monitor(roles, {process.pid for process in processes}) as monitor:
+        # The driver starts its workers as soon as it sees every node in the cluster,
+        # which may be before the joiners say they are ready: sample from the start.
+        with _Monitor(roles, {process.pid for process in processes}, settings.duration_s) as monitor:
+            started = time.monotonic()
+            while not all("ready" in logs[index].read_text(errors="replace") for index in range(1, settings.nodes)):
+                if any(process.poll() is not None for process in processes):
+                    raise BenchError(f"a dqlite-benchmark process exited during start-up; logs in {directory}")
+                if time.monotonic() - started > DQLITE_READY_TIMEOUT_S:
+                    raise BenchError(f"the dqlite cluster did not form within {DQLITE_READY_TIMEOUT_S:.0f} s; "
+                                     f"logs in {directory}")
+                time.sleep(0.05)
+            report(f"  [{run_label}] cluster of {settings.nodes} up in {time.monotonic() - started:.1f} s; "
+                   f"driver (leader + {settings.workers} workers) at {addresses[0]} for {settings.duration_s} s")
+            progress = _Progress(run_label, settings, report)
             deadline = time.monotonic() + settings.duration_s + DQLITE_EXIT_GRACE_S
             while driver.poll() is None:
                 if time.monotonic() > deadline:
@@ -765,8 +816,7 @@ def run_dqlite(settings: BenchSettings, directory: Path, report: Report, *, run_
                 except subprocess.TimeoutExpired:
                     progress.report(f"  [{run_label}] {time.monotonic() - progress.started:5.1f} s: running "
                                     f"(dqlite-benchmark reports at the end)")
-            monitor.samples = [sample for sample in monitor.samples
-                               if sample.cpu_s.get("leader+client") is not None]
+        monitor.samples = [sample for sample in monitor.samples if sample.cpu_s.get("leader+client") is not None]
         if driver.returncode != 0:
             raise BenchError(f"dqlite-benchmark failed (exit {driver.returncode}); see {logs[0]}")
         results_dir = directory / "dir1" / addresses[0] / "results"
@@ -800,6 +850,7 @@ class Summary:
     peer_bytes_per_op: float | None
     disk_bytes_per_op: dict[str, float]
     errors: dict[str, int]
+    machine_cpu_us_per_op: float | None = None
 
     @property
     def cpu_us_per_op_total(self) -> float | None:
@@ -816,6 +867,7 @@ def summarize(results: Sequence[RunResult]) -> Summary:
     for result in results:
         errors.update(result.errors)
     peers = [result.peer_bytes_per_op for result in results if result.peer_bytes_per_op is not None]
+    machine = [result.machine_cpu_us_per_op for result in results if result.machine_cpu_us_per_op is not None]
     return Summary(
         system=results[0].system, runs=len(results),
         ops_per_s=statistics.median(result.ops_per_s for result in results),
@@ -825,6 +877,7 @@ def summarize(results: Sequence[RunResult]) -> Summary:
         peer_bytes_per_op=statistics.median(peers) if peers else None,
         disk_bytes_per_op=_median_of([result.disk_bytes_per_op for result in results if result.disk_bytes_per_op]),
         errors=dict(errors),
+        machine_cpu_us_per_op=statistics.median(machine) if machine else None,
     )
 
 
@@ -849,13 +902,20 @@ def render_run(result: RunResult) -> str:
         lines.append("  cpu µs/op    " + "  ".join(f"{role} {value:,.0f}" for role, value in result.cpu_us_per_op.items())
                      + f"  total {result.cpu_us_per_op_total:,.0f}"
                      + f"   (window {result.window_s:.1f} s, {result.window_ops:,} ops)")
+    if result.machine_cpu_us_per_op is not None:
+        lines.append(f"  machine cpu  {result.machine_cpu_us_per_op:,.0f} µs/op (every process and kernel worker "
+                     f"on the machine, {os.cpu_count()} CPUs)")
     if result.peer_bytes_per_op is not None:
         lines.append(f"  peer bytes/op {result.peer_bytes_per_op:,.0f}")
     if result.disk_bytes_per_op:
         lines.append("  disk bytes/op " + "  ".join(f"{role} {value:,.0f}" for role, value in result.disk_bytes_per_op.items()))
-    for role, rows in result.profile.items():
-        lines.append(f"  profile of the {role} (py-spy, % of samples; self / total):")
-        lines.extend(f"    {own:5.1f}% {total:5.1f}%  {name}" for name, own, total in rows)
+    for role, profile in result.profile.items():
+        lines.append(f"  profile of the {role} (py-spy, {profile.samples} samples, busy {profile.busy_percent:.0f}%; "
+                     f"% of busy samples)")
+        lines.append("    by self time:")
+        lines.extend(f"      {percent:5.1f}%  {name}" for name, percent in profile.by_self)
+        lines.append("    by total time (raftlite's functions):")
+        lines.extend(f"      {percent:5.1f}%  {name}" for name, percent in profile.by_total)
     return "\n".join(lines)
 
 
@@ -881,6 +941,7 @@ def render_comparison(raftlite: Summary, dqlite: Summary | None) -> str:
     rows.append(("cpu µs/op, all", raftlite.cpu_us_per_op_total, dqlite and dqlite.cpu_us_per_op_total, 0))
     rows.append(("cpu µs/op, followers", _role_total(raftlite.cpu_us_per_op, "follower"),
                  dqlite and _role_total(dqlite.cpu_us_per_op, "follower"), 0))
+    rows.append(("cpu µs/op, machine", raftlite.machine_cpu_us_per_op, dqlite and dqlite.machine_cpu_us_per_op, 0))
     rows.append(("peer bytes/op", raftlite.peer_bytes_per_op, dqlite and dqlite.peer_bytes_per_op, 0))
     rows.append(("disk bytes/op, all", sum(raftlite.disk_bytes_per_op.values()) or None,
                  dqlite and (sum(dqlite.disk_bytes_per_op.values()) or None), 0))
