@@ -38,11 +38,14 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
 
+# Simulator speed, native I/O, then raftlite beside dqlite-benchmark (kvwrite at 1, 4,
+# 16, 64 workers): table, JSON and plot in bench/results/.
 bench: $(STAMP)
 	$(PY) -m raftlite sim bench --nodes 5 --duration 60
 	$(PY) -m raftlite sim bench --actor raft --nodes 5 --duration 60 --rate 100
 	$(PY) -m raftlite sim bench --actor raft --nodes 5 --duration 60 --rate 100 --faults
 	$(PY) bench/native_io_bench.py
+	$(PY) bench/kv_matrix.py --workers 1,4,16,64 --duration 10 --runs 2
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache io/native/_aio*.so io/native/_aio.c
