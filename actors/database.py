@@ -524,7 +524,10 @@ class DatabaseNode(RaftNode):
         raft = self.raft
         if not self.serving and raft.term_at(raft.commit) == raft.term and self.applied_index >= raft.commit:
             self.serving = True
-        return self.serving
+        # While leadership is being handed over, raft drops proposals: a transaction
+        # run now could not be proposed, yet would sit in this node's WAL. Requests
+        # wait; they fail with 10250 if the transfer succeeds, run if it gives up.
+        return self.serving and raft.transfer_target is None
 
     def _enqueue(self, client: Client, message: Any) -> None:
         if len(self.write_queue) >= self.write_queue_max:

@@ -20,12 +20,7 @@ WORKLOADS = ("register", "bank", "set", "append")
 # -- the short campaign: every nemesis kind (each with one workload, in turn), and every
 # workload under all of them at once ----------------------------------------------------
 
-CAMPAIGN = [(WORKLOADS[index % len(WORKLOADS)], (kind,), 1) for index, kind in enumerate(NEMESIS_CHOICES)
-            if kind != "transfer"]
-# Seed 1 of set/transfer and seed 2 of register/all hit the known leadership-transfer
-# crash (test_transfer_during_a_write_does_not_crash_the_leader below); seed 2 of
-# set/transfer and seed 1 of register/all transfer too, without a write in the window.
-CAMPAIGN += [("set", ("transfer",), 2)]
+CAMPAIGN = [(WORKLOADS[index % len(WORKLOADS)], (kind,), 1) for index, kind in enumerate(NEMESIS_CHOICES)]
 CAMPAIGN += [(workload, NEMESIS_CHOICES, 1) for workload in WORKLOADS]
 
 
@@ -44,12 +39,12 @@ def test_campaign_run_is_valid(jepsen_run, workload, nemesis, seed):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="known bug: DatabaseNode lets ProposalDropped ('leadership transfer in "
-                                       "progress') escape from _propose_entries when a write arrives during a "
-                                       "leadership transfer; the node's handler raises")
-def test_transfer_during_a_write_does_not_crash_the_leader():
-    result = run_jepsen(JepsenOptions(workload="set", nemesis=("transfer",), seed=1, time_limit_s=5.0))
+@pytest.mark.parametrize("workload, nemesis, seed", [("set", ("transfer",), 1), ("register", ("transfer",), 2)])
+def test_transfer_during_a_write_does_not_crash_the_leader(workload, nemesis, seed):
+    # Writes arriving while leadership is handed over wait for the transfer's end.
+    result = run_jepsen(JepsenOptions(workload=workload, nemesis=nemesis, seed=seed, time_limit_s=5.0))
     assert not any(problem.startswith("crash:") for problem in result.problems), result.problems
+    assert result.valid is True, result.summary()
 
 
 # -- teeth: each unsafe switch is found; the safe build passes the same seeds -----------
