@@ -7,12 +7,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.raftlite-installed
 TEST_TIME_LIMIT := 18m
 
-.PHONY: install demo sim-demo test test-slow bench clean
+.PHONY: install demo sim-demo test test-slow jepsen-campaign bench clean
 
 $(STAMP): pyproject.toml setup.py io/native/_aio_build.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=68" wheel
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,plots]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -40,6 +40,11 @@ test-slow: $(STAMP)
 
 # Simulator speed, native I/O, then raftlite beside dqlite-benchmark (kvwrite at 1, 4,
 # 16, 64 workers): table, JSON and plot in bench/results/.
+# A longer jepsen_like campaign in the simulator: every workload under every nemesis
+# kind, alone and all together, over 20 seeds (progress, then a summary table).
+jepsen-campaign: $(STAMP)
+	$(PY) -m raftlite.jepsen_like.campaign --seeds 1..20 --nemesis each,all --time-limit 10
+
 bench: $(STAMP)
 	$(PY) -m raftlite sim bench --nodes 5 --duration 60
 	$(PY) -m raftlite sim bench --actor raft --nodes 5 --duration 60 --rate 100
