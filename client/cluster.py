@@ -55,7 +55,6 @@ import os
 import random
 import re
 import ssl
-import select
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -395,30 +394,6 @@ class _Unreachable(Exception):
     """Discovery found no leader this round; the message says why, per address."""
 
 
-def _peer_closed_sync(connection: Connection) -> bool:
-    """Whether a reused connection's peer already closed it (EOF or reset waiting to be
-    read), checked without blocking before a request goes out.
-    (Reads Connection's private socket: the low-level class has no public probe yet.)"""
-    sock = getattr(connection, "_socket", None)
-    if sock is None:
-        return True
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    # Readable while idle: end of stream, a reset, or bytes nobody asked for. Each one
-    # means the connection cannot carry the next request.
-    return bool(readable)
-
-
-def _peer_closed_async(connection: AsyncConnection) -> bool:
-    """The asyncio variant: the stream reader has seen EOF or an error."""
-    if connection.closed:
-        return True
-    reader = getattr(connection, "_stream_reader", None)
-    return reader is None or reader.at_eof() or reader.exception() is not None
-
-
 class _SessionBase:
     def __init__(self, addresses: str | Sequence[str], *, database: str, policy: RetryPolicy,
                  ssl_context: "ssl.SSLContext | None" = None) -> None:
@@ -568,7 +543,7 @@ class ClusterSession(_SessionBase):
             sent = False
             address = self.connected_to or "?"
             try:
-                if self._connection is not None and _peer_closed_sync(self._connection):
+                if self._connection is not None and self._connection.peer_closed():
                     self.drop()
                 if self._connection is None:
                     if in_transaction:
@@ -705,7 +680,7 @@ class AsyncClusterSession(_SessionBase):
             sent = False
             address = self.connected_to or "?"
             try:
-                if self._connection is not None and _peer_closed_async(self._connection):
+                if self._connection is not None and self._connection.peer_closed():
                     await self.drop()
                 if self._connection is None:
                     if in_transaction:

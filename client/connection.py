@@ -29,6 +29,7 @@ exchange, so on `AsyncConnection` every helper returns an awaitable of the same 
 
 import asyncio
 from dataclasses import dataclass
+import select
 import socket
 import ssl
 import threading
@@ -249,6 +250,32 @@ class Connection(_Helpers):
     def closed(self) -> bool:
         return self._socket is None
 
+    def peer_closed(self) -> bool:
+        """Whether the node already closed this idle connection (end of stream, a reset,
+        or bytes nobody asked for are waiting), checked without blocking: a reused
+        connection that cannot carry the next request is replaced before it is sent."""
+        sock = self._socket
+        if sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        if not readable:
+            return False
+        if isinstance(sock, ssl.SSLSocket):
+            # TLS records that carry no data (a session ticket) also make it readable.
+            sock.setblocking(False)
+            try:
+                sock.recv(1)
+            except ssl.SSLWantReadError:
+                return False
+            except OSError:
+                return True
+            finally:
+                sock.settimeout(self.timeout_s)
+        return True
+
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close()
@@ -441,6 +468,14 @@ class AsyncConnection(_Helpers):
     @property
     def closed(self) -> bool:
         return self._writer is None
+
+    def peer_closed(self) -> bool:
+        """Whether the node already closed this idle connection (the stream reader saw
+        end of stream or an error)."""
+        if self.closed:
+            return True
+        reader = self._stream_reader
+        return reader.at_eof() or reader.exception() is not None
 
     def close(self) -> None:
         """Closes the transport; `await wait_closed()` to let it finish."""
