@@ -304,11 +304,11 @@ class RaftNode:
             if self.storage.failed:
                 self.storage.retry()
             self._process()
+            self._write_commit_hint()   # once a tick at most: it is only a hint
 
     def on_io_done(self, token: Hashable, result: IoResult) -> None:
         if token == self.COMMIT_HINT_WRITTEN:
             self.commit_hint_in_flight = False   # a failed hint write is simply retried later
-            self._write_commit_hint()
             return
         completed = self.storage.on_io_done(token, result)
         if not result.ok and self.storage.failed:
@@ -454,7 +454,6 @@ class RaftNode:
         self._apply_some()
         self._answer_reads()
         self._maybe_snapshot()
-        self._write_commit_hint()
 
     def _write_commit_hint(self) -> None:
         """Record the commit index for the next start (one write in flight, no fsync).

@@ -28,7 +28,7 @@ import simpy
 
 from raftlite.actors.config import Config
 from raftlite.actors.contract import (
-    CancelTimer, Client, Context, DISK_COMMAND_TYPES, Halt, IoResult, Reply, Send, SetTimer,
+    CancelTimer, Client, Context, DISK_COMMAND_TYPES, Halt, IoResult, Reply, Send, SetTimer, Write,
 )
 from raftlite.core.invariant import InvariantViolation
 from raftlite.sim.clock import NodeClock
@@ -67,6 +67,14 @@ def message_size(message: Any) -> int:
     if size is not None:
         return size() if callable(size) else int(size)
     return 64
+
+
+def _describe_disk_command(command: Any) -> str:
+    """A disk command in the trace: what, where and how much, never the bytes (their
+    repr() would cost more than the rest of the step)."""
+    if type(command) is Write:
+        return f"Write({command.token!r}, {command.file!r}, @{command.offset}, {len(command.data)} bytes{', durable' if command.durable else ''})"
+    return _describe(command, 120)
 
 
 def _describe(value: Any, limit: int = 240) -> str:
@@ -200,7 +208,7 @@ class SimNode:
                 self.timers.pop(command.timer, None)
             elif command_type in DISK_COMMAND_TYPES:
                 done_at = self.disk.completion_time(command, env.now)
-                trace.record(env.now, self.node_id, "disk-submit", {"op": _describe(command, 120)})
+                trace.record(env.now, self.node_id, "disk-submit", {"op": _describe_disk_command(command)})
                 sim.call_later(done_at - env.now, self._complete_disk, command, self.incarnation)
             elif command_type is Reply:
                 sim.deliver_reply(self.node_id, command.client, command.response)
