@@ -31,6 +31,7 @@ of after an election timeout; then everything is closed.
 """
 
 import asyncio
+import json
 import logging
 import os
 from typing import Any, Sequence
@@ -56,6 +57,10 @@ JOIN_REQUEST_TIMEOUT_S = 10.0
 # A promotion waits for the node to catch up; generous, a big database takes a while.
 JOIN_PROMOTION_TIMEOUT_S = 120.0
 TRANSFER_WAIT_S = 5.0
+# TEST-ONLY hook (jepsen_like's real runtime, which cuts links with a fault-injecting TCP
+# proxy per directed link): JSON {peer id: "host:port"}; the node dials that address for
+# that peer instead of the peer's configured one. Never set it in production.
+TEST_DIAL_VIA_ENVIRONMENT = "RAFTLITE_TEST_DIAL_VIA"
 # In the data directory while a join is under way (RESERVED_PREFIX keeps it out of
 # raft storage): FRESH before any ADD was sent; ADD_MAY_HAVE_HAPPENED once one was.
 JOIN_MARKER_FILE = RESERVED_PREFIX + "join-in-progress"
@@ -189,12 +194,14 @@ class Node:
     async def _watch_peers(self) -> None:
         """Keep the transport dialling every member of the configuration."""
         known: dict[int, str] | None = None
+        dial_via = _test_dial_via()
         while True:
             raft = getattr(self.actor, "raft", None)
             if raft is not None:
                 peers = dict(self.learned_peers)
                 peers.update(raft.configuration.addresses)
                 peers.pop(self.node_id, None)
+                peers.update({peer: address for peer, address in dial_via.items() if peer in peers})
                 if peers != known:
                     known = peers
                     self.runtime.set_peers(peers)
@@ -321,6 +328,16 @@ class Node:
         finally:
             self.runtime.close_client(client)
         log.info("node %s: handed leadership over to node %s before stopping", self.node_id, target)
+
+
+def _test_dial_via() -> dict[int, str]:
+    """The TEST-ONLY peer address overrides of TEST_DIAL_VIA_ENVIRONMENT (empty when unset)."""
+    text = os.environ.get(TEST_DIAL_VIA_ENVIRONMENT)
+    if not text:
+        return {}
+    overrides = {int(peer): str(address) for peer, address in json.loads(text).items()}
+    log.warning("TEST ONLY: dialling peers via %s (%s)", overrides, TEST_DIAL_VIA_ENVIRONMENT)
+    return overrides
 
 
 async def _leader_connection(address: str, connection_class, ssl_context):

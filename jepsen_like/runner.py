@@ -103,6 +103,7 @@ class RunResult:
     status: dict[int, dict[str, Any]] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)   # paths, once written
     origin_ms: float = 0.0   # simulation time of the history's time zero (intervals are in simulation time)
+    runtime: str = "sim"     # "real": node processes (jepsen_like/real_runtime.py), wall-clock time
 
     @property
     def valid(self) -> bool | str:
@@ -133,9 +134,10 @@ class RunResult:
         options, counts = self.options, self.counts()
         nemesis = ",".join(options.nemesis) or "none"
         verdict = self.verdict.valid if self.verdict is not None else "not checked"
+        clock = "simulated s" if self.runtime == "sim" else f"s of history on {options.nodes} node processes,"
         lines = [
             f"jepsen {options.workload} seed {options.seed} nemesis {nemesis}: {self.simulated_ms / 1000:.1f} "
-            f"simulated s in {self.wall_seconds:.1f} wall s",
+            f"{clock} in {self.wall_seconds:.1f} wall s",
             f"operations {counts['invoke']}: ok {counts['ok']}, fail {counts['fail']}, info {counts['info']}; "
             f"faults " + (", ".join(f"{kind}={count}" for kind, count in sorted(self.faults.items())) or "none"),
             f"checker: {verdict}",
@@ -153,7 +155,7 @@ class RunResult:
         return {
             "valid": self.valid,
             "workload": options.workload,
-            "runtime": "sim",
+            "runtime": self.runtime,
             "seed": options.seed,
             "nemesis": list(options.nemesis),
             "time_limit_s": options.time_limit_s,
@@ -382,6 +384,11 @@ convergence check. Writes history.edn, verdict.json and report.html into --out.
 workloads: register (linearizable read/write/cas per key), bank (transfers; totals hold),
 set (unique inserts; nothing lost), append (Elle list-append; strict serializability).
 
+--runtime real starts node processes on 127.0.0.1 (partitions through a TCP proxy per
+directed link; kill -9, SIGSTOP, damaged files that a node must refuse to start on) and
+also checks that no node process died unexpectedly and that a DUMP of every node holds
+the same rows. Wall-clock time: a seed fixes the choices, not the history.
+
 exit status: 0 valid, 1 invalid, 3 unknown (the checker ran out of time), 2 usage error."""
 
 
@@ -412,11 +419,13 @@ def add_jepsen_parser(commands: Any) -> argparse.ArgumentParser:
     parser = commands.add_parser("jepsen", help="Jepsen-style test: workload, nemesis, checkers, report",
                                  description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runtime", choices=("sim", "real"), default="sim",
-                        help="sim (deterministic simulator; default) or real (node processes; not available yet)")
+                        help="sim (deterministic simulator; default) or real (node processes on 127.0.0.1; their "
+                             "data and logs go under OUT/cluster)")
     parser.add_argument("--workload", required=True, choices=tuple(WORKLOADS), metavar="WORKLOAD",
                         help="one of: " + ", ".join(WORKLOADS))
     parser.add_argument("--nemesis", default="none", metavar="LIST",
-                        help="comma list of: " + ", ".join(NEMESIS_CHOICES) + "; or 'all' or 'none' (default)")
+                        help="comma list of: " + ", ".join(NEMESIS_CHOICES) + "; or 'all' or 'none' (default). "
+                        "--runtime real: partition, leader-partition, kill, pause, corrupt")
     parser.add_argument("--time-limit", type=_positive_float, default=10.0, metavar="S",
                         help="seconds of workload and faults (simulated seconds under sim); default 10")
     parser.add_argument("--seed", type=_int_at_least(0), default=1, help="the run's seed (default 1)")
@@ -439,11 +448,13 @@ def run_jepsen_command(args: argparse.Namespace, *, stdout: TextIO | None = None
         print(f"raftlite: error: {message}", file=stderr)
         return EXIT_USAGE
 
-    if args.runtime == "real":
-        return usage("--runtime real is not available yet: it needs the real node processes "
-                     "(use --runtime sim for now)")
     try:
-        kinds = parse_nemesis_schedule(args.nemesis)
+        if args.runtime == "real":
+            from raftlite.jepsen_like.real_runtime import parse_real_nemesis
+
+            kinds = parse_real_nemesis(args.nemesis)
+        else:
+            kinds = parse_nemesis_schedule(args.nemesis)
     except NemesisError as error:
         return usage(str(error))
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -459,9 +470,17 @@ def run_jepsen_command(args: argparse.Namespace, *, stdout: TextIO | None = None
     options = JepsenOptions(workload=args.workload, nemesis=kinds, time_limit_s=args.time_limit, seed=args.seed,
                             nodes=args.nodes, concurrency=args.concurrency, rate_per_s=args.rate,
                             checker_time_limit_s=args.checker_time_limit)
-    print(f"jepsen: {options.workload} on {options.nodes} simulated nodes, seed {options.seed}, "
-          f"nemesis {','.join(kinds) or 'none'}, {options.time_limit_s:g} s", file=stderr)
-    result = run_jepsen(options, progress=lambda line: print(line, file=stderr, flush=True))
+    progress = lambda line: print(line, file=stderr, flush=True)  # noqa: E731
+    if args.runtime == "real":
+        from raftlite.jepsen_like.real_runtime import run_jepsen_real
+
+        print(f"jepsen: {options.workload} on {options.nodes} node processes on 127.0.0.1, seed {options.seed}, "
+              f"nemesis {','.join(kinds) or 'none'}, {options.time_limit_s:g} s", file=stderr)
+        result = run_jepsen_real(options, os.path.join(args.out, "cluster"), progress=progress)
+    else:
+        print(f"jepsen: {options.workload} on {options.nodes} simulated nodes, seed {options.seed}, "
+              f"nemesis {','.join(kinds) or 'none'}, {options.time_limit_s:g} s", file=stderr)
+        result = run_jepsen(options, progress=progress)
     paths = write_outputs(result, args.out)
     print(result.summary(), file=stdout)
     print(f"wrote {paths['history']}, {paths['verdict']}, {paths['report']}", file=stdout)

@@ -148,7 +148,7 @@ def test_command_writes_history_verdict_and_report(tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["--workload", "nosuch"], "invalid choice"),
     (["--workload", "set", "--nemesis", "partition,earthquake"], "unknown nemesis earthquake"),
-    (["--workload", "set", "--runtime", "real"], "not available yet"),
+    (["--workload", "set", "--runtime", "real", "--nemesis", "clock"], "unknown nemesis clock for --runtime real"),
     (["--workload", "set", "--time-limit", "-1"], "positive"),
 ])
 def test_command_usage_errors_are_one_clear_line(tmp_path, capsys, argv, message):
