@@ -31,6 +31,10 @@ class Config:
     # the last one, keeping this many entries before it for lagging followers.
     snapshot_threshold_entries: int = 1024
     snapshot_trailing_entries: int = 128
+    # ... and only once the entries applied since the last snapshot hold at least as many
+    # bytes as that snapshot, or this many, whichever is smaller: snapshot cost stays
+    # proportional to the writes, and the log kept in memory stays bounded.
+    snapshot_log_bytes_max: int = 64 << 20
     snapshot_chunk_bytes: int = 256 << 10
     # Durable raft log segments roll over at this size.
     segment_bytes_max: int = 8 << 20

@@ -787,7 +787,7 @@ class DatabaseNode(RaftNode):
 
     def _maybe_checkpoint(self) -> None:
         machine = self.database_machine
-        snapshot_due = self.applied_since_snapshot >= self.ctx.config.snapshot_threshold_entries
+        snapshot_due = self._snapshot_due()
         if not machine.only_in_wal or not self._quiet() or self.snapshot_in_progress is not None:
             return   # (a snapshot being read needs the main files as they are)
         if len(machine.only_in_wal) < self.CHECKPOINT_ENTRIES and not snapshot_due:

@@ -243,6 +243,8 @@ class RaftNode:
         self.reads: dict[Client, list] = {}
         self.read_contexts = 0
         self.applied_since_snapshot = 0
+        self.applied_bytes_since_snapshot = 0
+        self.last_snapshot_bytes = 0
         self.apply_queue: deque = deque()          # committed entries (and snapshots) to apply
         # A big entry, snapshot or restore under way: (step generator, what to do
         # with its result when it ends).
@@ -264,6 +266,7 @@ class RaftNode:
         if recovered.snapshot is not None:
             self.state_machine.restore(recovered.snapshot.data)
             self.applied_index = recovered.snapshot.meta.index
+            self.last_snapshot_bytes = len(recovered.snapshot.data)
         self.raft = Raft(
             ctx.node_id,
             settings=self.settings_override or settings_from_config(ctx.config),
@@ -508,11 +511,13 @@ class RaftNode:
 
     def _restored(self, snapshot: Snapshot) -> None:
         self.applied_index = snapshot.meta.index
+        self.last_snapshot_bytes = len(snapshot.data)
         self._fail_proposals_up_to(snapshot.meta.index)
 
     def _applied(self, entry: Entry, result: Any) -> None:
         self.applied_index = entry.index
         self.applied_since_snapshot += 1
+        self.applied_bytes_since_snapshot += len(entry.data)
         if self.on_apply is not None:
             self.on_apply(self.ctx.node_id, entry)
         proposal = self.proposals.pop(entry.index, None)
@@ -587,7 +592,7 @@ class RaftNode:
 
     def _maybe_snapshot(self) -> None:
         config = self.ctx.config
-        if self.applied_since_snapshot < config.snapshot_threshold_entries or self.snapshot_in_progress is not None:
+        if not self._snapshot_due() or self.snapshot_in_progress is not None:
             return
         can_snapshot = getattr(self.state_machine, "can_snapshot", None)
         if can_snapshot is not None and not can_snapshot():
@@ -603,9 +608,21 @@ class RaftNode:
         self.step_in_progress = (snapshot_steps(self.APPLY_STEP_BYTES), lambda data: self._snapshot_taken(index, data))
         self._apply_some()
 
+    def _snapshot_due(self) -> bool:
+        """Enough entries, and a log since the last snapshot at least as big as that
+        snapshot (or `snapshot_log_bytes_max`, whichever is smaller): taking a snapshot
+        reads the whole state, so its cost stays proportional to what was written
+        since, however big the database grows, while the log held in memory stays
+        bounded."""
+        config = self.ctx.config
+        return (self.applied_since_snapshot >= config.snapshot_threshold_entries
+                and self.applied_bytes_since_snapshot >= min(self.last_snapshot_bytes, config.snapshot_log_bytes_max))
+
     def _snapshot_taken(self, index: int, data: bytes) -> None:
         self.snapshot_in_progress = None
         self.applied_since_snapshot = 0
+        self.applied_bytes_since_snapshot = 0
+        self.last_snapshot_bytes = len(data)
         snapshot = self.raft.compact(index, data, self.ctx.config.snapshot_trailing_entries)
         if snapshot is not None:
             batch = _Batch(_EMPTY_READY, own_snapshot=snapshot)

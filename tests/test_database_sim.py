@@ -571,3 +571,32 @@ def test_a_failing_select_on_a_brand_new_database_does_not_take_the_node_down():
     sim.run_for(200)
     for node in sim.node_ids:
         assert rows_of(sim, node, "SELECT x FROM e", database="fresh") == [(1,)]
+
+
+def test_snapshots_wait_until_the_log_since_the_last_one_is_as_big_as_it():
+    """Taking a snapshot reads the whole database: with a 2 MB database, 40 small writes
+    do not trigger another one (their log is far smaller); another 2 MB does."""
+    from raftlite.actors.config import Config
+
+    config = Config(snapshot_threshold_entries=16, snapshot_trailing_entries=2)
+    sim = Simulation(seed=6, node_ids=[1, 2, 3], actor_factory=ACTORS["database"]([1, 2, 3]), scratch_dir=True,
+                     trace=Trace(keep=False), config=config)
+    sim.start()
+    sim.run_for(3000)
+    leader = leader_of(sim)
+    bulk = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000) "
+            "INSERT INTO t SELECT NULL, randomblob(1000) FROM n")
+
+    def small_writes(count):
+        for _ in range(count):
+            request(sim, leader, Execute(database="app", sql="INSERT INTO t VALUES (NULL, 'small')"), wait=5)
+        sim.run_for(500)
+        return sim.actor(leader).raft.snapshot
+
+    request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k INTEGER PRIMARY KEY, v)"))
+    request(sim, leader, Execute(database="app", sql=bulk), wait=2000)
+    first = small_writes(20)
+    assert first is not None and len(first.data) > 2_000_000        # the first snapshot: 2 MB
+    assert small_writes(40).meta.index == first.meta.index            # 40 small entries: not yet
+    request(sim, leader, Execute(database="app", sql=bulk), wait=2000)
+    assert small_writes(20).meta.index > first.meta.index             # 2 MB more: now
