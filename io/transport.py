@@ -212,13 +212,17 @@ class _PeerLink:
             if reader.at_eof() or writer.is_closing():
                 raise ConnectionResetError("the peer closed the connection")
             if self.small:
-                batch = 0
+                # Everything waiting goes out in one write (one send system call): a
+                # handler often emits several messages to a peer at once.
+                batch, parts = 0, []
                 while self.small and batch < fragment_bytes:
                     payload = self.small.popleft()
                     self._dequeued(len(payload))
-                    writer.write(_FRAME_HEADER.pack(len(payload), _WHOLE) + payload)
+                    parts.append(_FRAME_HEADER.pack(len(payload), _WHOLE))
+                    parts.append(payload)
                     batch += len(payload)
                     stats["messages_sent"] += 1
+                writer.write(b"".join(parts))
                 await writer.drain()
             elif self.current is not None or self.large:
                 if self.current is None:
