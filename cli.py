@@ -20,6 +20,8 @@ import argparse
 import sys
 from typing import Sequence
 
+from raftlite.argument_types import non_negative_int, positive_float, positive_int
+
 __all__ = ["main"]
 
 
@@ -27,31 +29,9 @@ class UsageError(Exception):
     pass
 
 
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            what = "a positive number" if minimum == 1 else f"at least {minimum}"
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
-        return value
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+_positive_int = positive_int
+_non_negative_int = non_negative_int
+_positive_float = positive_float
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,7 @@ from typing import Any, TextIO
 
 import apsw
 
+from raftlite.argument_types import positive_seconds as _positive_seconds
 from raftlite.client.cluster import RequestKind
 from raftlite.client.connection import Connection as NodeConnection, ConnectionBroken, RequestFailed
 from raftlite.client.dbapi import Connection, connect
@@ -73,16 +74,6 @@ Enter SQL statements terminated with ';' (they may span lines), or a dot-command
 
 class ShellError(Exception):
     """A dot-command used wrongly; printed as one line."""
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
 
 
 def add_shell_parser(commands: Any) -> argparse.ArgumentParser:

@@ -20,6 +20,8 @@ import json
 import sys
 from typing import Any, TextIO
 
+from raftlite.argument_types import positive_seconds as _positive_seconds
+
 __all__ = ["EXIT_INVALID", "EXIT_UNKNOWN", "EXIT_USAGE", "EXIT_VALID", "MODEL_CHOICES", "add_check_parser",
            "run_check"]
 
@@ -46,16 +48,6 @@ per key (see --independent).
 
 exit status: 0 valid, 1 invalid, 3 unknown (time limit reached, or nothing to judge),
 2 usage error (missing file, unparsable history)."""
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
 
 
 def add_check_parser(commands: Any) -> argparse.ArgumentParser:
