@@ -100,7 +100,7 @@ def test_wheel_from_git_archive_holds_every_subpackage_and_nothing_else(tmp_path
     top_level_files = sorted(
         name for name in code_files if name.count("/") == 1 and name.startswith("raftlite/")
     )
-    assert top_level_files == ["raftlite/__init__.py", "raftlite/__main__.py", "raftlite/cli.py"]
+    assert top_level_files == ["raftlite/__init__.py", "raftlite/__main__.py", "raftlite/argument_types.py", "raftlite/cli.py"]
     assert all(name.startswith(("raftlite/", "raftlite-")) for name in names), "stray files outside the package"
 
     # The built wheel works when installed: import every sub-package from it.
