@@ -375,3 +375,35 @@ def test_a_full_disk_on_the_leader_fails_writes_clearly_and_it_recovers_when_spa
     finally:
         cluster.close()
         subprocess.run(["umount", str(disk)], check=False)
+
+
+# -- log compaction on every node ----------------------------------------------------------------------
+
+SNAPSHOT_TRAILING_ENTRIES = 128   # raftlite.actors.config.Config default
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.xfail(strict=True, reason="RaftStorage.compact is never called (actors/): a node whose snapshot "
+                   "index is below its last log index (every follower) keeps every closed segment, and every "
+                   "entry in RaftStorage._entries, forever")
+def test_every_node_deletes_the_segments_its_snapshot_covers(cluster):
+    cluster.start()
+    cluster.execute(TABLE_SQL)
+    writer = Writer(cluster).start()
+    try:
+        wait_for(lambda: (cluster.leader() or (0, {"commit": 0}))[1]["commit"] >= 4000, 90,
+                 "4000 entries committed", cluster)
+    finally:
+        writer.stop()
+    cluster.wait_converged()
+    time.sleep(1.0)
+    kept = {}
+    for node_id, node in cluster.nodes.items():
+        snapshots = snapshot_indexes(node.data_dir)
+        firsts = segment_firsts(node.data_dir)
+        assert snapshots, f"node {node_id} took no snapshot in 4000 entries"
+        covered = [first for first, following in zip(firsts, firsts[1:])
+                   if following - 1 <= snapshots[-1] - SNAPSHOT_TRAILING_ENTRIES]
+        if covered:
+            kept[node_id] = (snapshots[-1], firsts)
+    assert not kept, f"closed segments entirely covered by the snapshot are kept (node: snapshot, segments): {kept}"
