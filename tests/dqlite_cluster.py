@@ -16,7 +16,6 @@ after ~3 s. SIGTERM makes dqlite-demo try a graceful hand-over that can take man
 seconds without a quorum, which is why the helper kills with SIGKILL.
 """
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -25,20 +24,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dqlite_debian  # tests/ is on sys.path (conftest.py)
+
 __all__ = ["DqliteCluster", "DqliteProcess"]
 
 _START_TIMEOUT_S = 30.0
 _KILL_WAIT_S = 10.0
-
-
-def _debian_helper():
-    name = "raftlite_tests_dqlite_debian"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("dqlite_debian.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @dataclass
@@ -50,7 +41,7 @@ class DqliteProcess:
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        executable = _debian_helper().ensure_dqlite_demo()
+        executable = dqlite_debian.ensure_dqlite_demo()
         self.directory.mkdir(parents=True, exist_ok=True)
         arguments = [executable, "--api", self.api_address, "--db", self.address,
                      "--dir", str(self.directory / "data")]
@@ -87,7 +78,7 @@ class DqliteCluster:
 
     @classmethod
     def start(cls, directory: Path, size: int = 3) -> "DqliteCluster":
-        free_port = _debian_helper()._free_port
+        free_port = dqlite_debian._free_port
         cluster = cls()
         try:
             first = f"127.0.0.1:{free_port()}"

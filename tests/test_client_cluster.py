@@ -8,7 +8,6 @@ parameter; tests that rely on a dqlite 1.11 quirk say so.
 
 import asyncio
 import datetime
-import importlib.util
 import json
 import os
 import sqlite3
@@ -26,18 +25,8 @@ from raftlite.core.wire import ErrorCode
 pytestmark = pytest.mark.timeout(120)
 
 
-def _load(name: str):
-    module_name = f"raftlite_tests_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
-dqlite_cluster = _load("dqlite_cluster")
-from raftlite_cluster import RaftliteCluster  # noqa: E402  (tests/ is on sys.path, see conftest.py)
+import dqlite_cluster  # noqa: E402  (tests/ is on sys.path, see conftest.py)
+from raftlite_cluster import RaftliteCluster  # noqa: E402
 
 CLUSTER_KINDS = {"dqlite": dqlite_cluster.DqliteCluster, "raftlite": RaftliteCluster}
 

@@ -9,7 +9,6 @@ the `cluster` fixture takes more server kinds later, see tests/dqlite_cluster.py
   and once a quorum is back the write is not there.
 """
 
-import importlib.util
 import sys
 import threading
 import time
@@ -23,18 +22,8 @@ import raftlite.client as client
 pytestmark = pytest.mark.timeout(90)
 
 
-def _load(name: str):
-    module_name = f"raftlite_tests_{name}"
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
-
-
-dqlite_cluster = _load("dqlite_cluster")
-from raftlite_cluster import RaftliteCluster  # noqa: E402  (tests/ is on sys.path, see conftest.py)
+import dqlite_cluster  # noqa: E402  (tests/ is on sys.path, see conftest.py)
+from raftlite_cluster import RaftliteCluster  # noqa: E402
 
 CLUSTER_KINDS = {"dqlite": dqlite_cluster.DqliteCluster, "raftlite": RaftliteCluster}
 

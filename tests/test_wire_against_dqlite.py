@@ -35,7 +35,6 @@ asserted below unless said otherwise:
 """
 
 import asyncio
-import importlib.util
 import socket
 import struct
 import sys
@@ -52,18 +51,7 @@ from raftlite.core.wire import (
 )
 
 
-def _load_helper():
-    """tests/ is not a package (pytest's importlib mode): load the helper by path."""
-    name = "raftlite_tests_dqlite_debian"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("dqlite_debian.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-dqlite_debian = _load_helper()
+import dqlite_debian  # noqa: E402  (tests/ is on sys.path, see conftest.py)
 pytestmark = pytest.mark.timeout(120)
 
 
