@@ -75,6 +75,9 @@ class JepsenOptions:
     setup_timeout_s: float = 30.0
     unsafe: UnsafeSwitches = SAFE   # test-only deliberate bugs (core/raft.py)
     raft_checker: bool = True       # the raft safety checkers after every step
+    # Simulator only: crash a node right after it grants a vote (jepsen_like/targeted_nemesis.py),
+    # the teeth of the vote_before_persist switch.
+    crash_after_vote: bool = False
 
     def validate(self) -> "JepsenOptions":
         if self.workload not in WORKLOADS:
@@ -214,6 +217,11 @@ def run_jepsen(options: JepsenOptions, *, progress: Callable[[str], None] | None
     recorder = HistoryRecorder(sim)
     nemesis = NemesisSchedule(sim, options.nemesis, founders=founders, spares=spares,
                               interval_ms=options.nemesis_interval_ms, duration_ms=options.nemesis_duration_ms)
+    crasher = None
+    if options.crash_after_vote:
+        from raftlite.jepsen_like.targeted_nemesis import CrashAfterVote
+
+        crasher = CrashAfterVote(sim, from_ms=float("inf"))   # armed when the workload starts
     driver = WorkloadDriver(sim, workload, recorder, WorkloadOptions(
         concurrency=options.concurrency, rate_per_s=options.rate_per_s,
         operation_timeout_ms=options.operation_timeout_ms))
@@ -232,6 +240,10 @@ def run_jepsen(options: JepsenOptions, *, progress: Callable[[str], None] | None
         recorder.time_origin_ms = origin
         end = origin + options.time_limit_s * 1000.0
         nemesis.observers.append(recorder.nemesis)   # Jepsen's :nemesis info events
+        if crasher is not None:
+            crasher.until_ms = end
+            crasher.start(origin + config.election_timeout_ms)
+            crasher.observers.append(recorder.nemesis)
         nemesis.start(heal_at_ms=end)
         driver.start(stop_at_ms=end)
         if progress is not None:
@@ -255,10 +267,15 @@ def run_jepsen(options: JepsenOptions, *, progress: Callable[[str], None] | None
         verdict = workload.check(events, time_limit_s=options.checker_time_limit_s)
     except HistoryError as error:
         problems.append(f"the history could not be checked: {error}")
+    intervals, faults = list(nemesis.intervals), dict(nemesis.injected)
+    if crasher is not None:
+        intervals = sorted(intervals + crasher.intervals, key=lambda interval: interval.start_ms)
+        for interval in crasher.intervals:
+            faults[interval.kind] = faults.get(interval.kind, 0) + 1
     result = RunResult(
-        options=options, events=events, verdict=verdict, problems=problems, intervals=list(nemesis.intervals),
+        options=options, events=events, verdict=verdict, problems=problems, intervals=intervals,
         heal_ms=(nemesis.heal_time_ms - recorder.time_origin_ms) if nemesis.heal_time_ms is not None else None,
-        simulated_ms=sim.now_ms, wall_seconds=time.perf_counter() - started, faults=dict(nemesis.injected),
+        simulated_ms=sim.now_ms, wall_seconds=time.perf_counter() - started, faults=faults,
         status=sim.status(), origin_ms=recorder.time_origin_ms,
     )
     sim.close()

@@ -69,6 +69,28 @@ def test_unsafe_switch_is_caught_and_safe_build_passes(switch, workload, nemesis
         assert safe.valid is True, f"safe build, seed {seed}:\n{safe.summary()}"
 
 
+@pytest.mark.timeout(90)
+def test_vote_before_persist_is_caught_by_crashing_voters_and_safe_build_passes():
+    # The targeted nemesis (jepsen_like/targeted_nemesis.py): isolate the leader, crash each
+    # voter right after it grants a vote (unsynced writes lost) and restart it, isolate the
+    # winner. With the switch on a voter forgets its vote and term T gets a second leader.
+    for seed in (1, 3, 4):
+        options = JepsenOptions(workload="register", seed=seed, time_limit_s=10.0, crash_after_vote=True)
+        unsafe = run_jepsen(JepsenOptions(**{**_fields(options),
+                                             "unsafe": UnsafeSwitches(vote_before_persist=True)}))
+        assert unsafe.valid is False, f"vote_before_persist, seed {seed}: not caught\n{unsafe.summary()}"
+        assert any(problem.startswith("invariant:") and ("election safety" in problem
+                                                         or "leader completeness" in problem)
+                   for problem in unsafe.problems), unsafe.summary()
+        assert unsafe.faults["crash-after-vote"] >= 1 and unsafe.faults["isolate-new-leader"] >= 1
+        safe = run_jepsen(options)
+        assert safe.valid is True, f"safe build, seed {seed}:\n{safe.summary()}"
+        assert safe.faults["crash-after-vote"] >= 1 and safe.faults["isolate-new-leader"] >= 1
+        assert safe.counts()["ok"] > 100
+        assert {e.f for e in safe.events if not isinstance(e.process, int)} >= {
+            "start-isolate-leader", "start-crash-after-vote", "start-isolate-new-leader"}
+
+
 def _fields(options: JepsenOptions) -> dict:
     return {name: getattr(options, name) for name in options.__slots__}
 
