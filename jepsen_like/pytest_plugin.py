@@ -21,7 +21,15 @@ leaves its evidence behind; the directory is in the failure message of `assert_v
 leader and returns a `SimCluster`: the simulation and a synchronous SQL client
 (`raftlite.sim.client.SimDatabaseClient`). Clusters are closed after the test.
 
-A `real_cluster` fixture (node processes on loopback) comes with the real runtime.
+`jepsen_run(runtime="real", **options)` runs the same against `raftlite node` processes
+on 127.0.0.1 (`raftlite.jepsen_like.real_runtime.run_jepsen_real`; nemesis kinds
+partition, leader-partition, kill, pause, corrupt); the nodes' data and logs stay under
+the run's directory (``cluster/``).
+
+`real_cluster(nodes=3)` starts node processes on loopback, each dialling its peers
+through a fault-injecting proxy, and returns a started `RealCluster` (`leader()`,
+`partition(pairs)`, `heal()`, `nodes[i].kill() / start() / pause() / resume()`,
+`dump_rows(i)`, `wait_converged()`); every process is killed by PID after the test.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import pytest
 from raftlite.jepsen_like.nemesis_schedule import parse_nemesis_schedule
 from raftlite.jepsen_like.runner import JepsenOptions, RunResult, run_jepsen, write_outputs
 
-__all__ = ["SimCluster", "assert_valid", "jepsen_run", "sim_cluster"]
+__all__ = ["SimCluster", "assert_valid", "jepsen_run", "real_cluster", "sim_cluster"]
 
 
 @dataclass
@@ -60,14 +68,23 @@ def assert_valid(result: RunResult) -> None:
 def jepsen_run(tmp_path) -> Callable[..., RunResult]:
     runs = 0
 
-    def run(**options: Any) -> RunResult:
+    def run(*, runtime: str = "sim", **options: Any) -> RunResult:
         nonlocal runs
         runs += 1
         nemesis = options.pop("nemesis", ())
-        if isinstance(nemesis, str):
-            nemesis = parse_nemesis_schedule(nemesis)
-        result = run_jepsen(replace(JepsenOptions(), nemesis=tuple(nemesis), **options))
-        name = f"run{runs}-{result.options.workload}-seed{result.options.seed}"
+        if runtime == "real":
+            from raftlite.jepsen_like.real_runtime import parse_real_nemesis, run_jepsen_real
+
+            if isinstance(nemesis, str):
+                nemesis = parse_real_nemesis(nemesis)
+            options = replace(JepsenOptions(), nemesis=tuple(nemesis), **options)
+            name = f"run{runs}-real-{options.workload}-seed{options.seed}"
+            result = run_jepsen_real(options, tmp_path / name / "cluster")
+        else:
+            if isinstance(nemesis, str):
+                nemesis = parse_nemesis_schedule(nemesis)
+            result = run_jepsen(replace(JepsenOptions(), nemesis=tuple(nemesis), **options))
+            name = f"run{runs}-{result.options.workload}-seed{result.options.seed}"
         write_outputs(result, str(tmp_path / name))
         return result
 
@@ -104,3 +121,20 @@ def sim_cluster() -> Callable[..., SimCluster]:
     yield start
     for cluster in clusters:
         cluster.sim.close()
+
+
+@pytest.fixture
+def real_cluster(tmp_path) -> Callable[..., Any]:
+    from raftlite.jepsen_like.real_runtime import RealCluster
+
+    clusters: list[Any] = []
+
+    def start(*, nodes: int = 3, election_timeout_ms: float = 1000.0) -> RealCluster:
+        cluster = RealCluster(tmp_path / f"real-cluster{len(clusters) + 1}", nodes,
+                              election_timeout_ms=election_timeout_ms)
+        clusters.append(cluster)
+        return cluster.start()
+
+    yield start
+    for cluster in clusters:
+        cluster.close()
