@@ -48,7 +48,7 @@ from raftlite.actors.contract import Client, Context
 from raftlite.actors.raft_node import RaftNode, _PendingProposal
 from raftlite.actors.sqlite_capture import CaptureVfs, open_leader_connection
 from raftlite.core.errors import LeadershipLost, NotLeader, RaftError
-from raftlite.core.frames import CommittedTransaction, CreateDatabase, decode_database_entry, encode_database_entry
+from raftlite.core.frames import CreateDatabase, decode_database_entry, encode_database_entry
 from raftlite.core.raft import State
 from raftlite.core.raft_types import Entry, EntryKind
 

@@ -28,7 +28,7 @@ unknown); if it never entered the log, with `NotLeader`.
 """
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Mapping, Protocol
 
 from raftlite.actors.contract import Client, Context, IoResult, NodeId, StatusRequest, StatusResponse
@@ -591,7 +591,6 @@ class RaftNode:
             self.ctx.reply(client, response)
 
     def _maybe_snapshot(self) -> None:
-        config = self.ctx.config
         if not self._snapshot_due() or self.snapshot_in_progress is not None:
             return
         can_snapshot = getattr(self.state_machine, "can_snapshot", None)

@@ -28,7 +28,7 @@ import simpy
 
 from raftlite.actors.config import Config
 from raftlite.actors.contract import (
-    CancelTimer, Client, Context, DISK_COMMAND_TYPES, Halt, IoResult, Reply, Send, SetTimer, Write,
+    CancelTimer, Client, Context, DISK_COMMAND_TYPES, Halt, Reply, Send, SetTimer, Write,
 )
 from raftlite.core.invariant import InvariantViolation
 from raftlite.sim.clock import NodeClock

@@ -19,7 +19,6 @@ seconds without a quorum, which is why the helper kills with SIGKILL.
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -9,11 +9,9 @@ the `cluster` fixture takes more server kinds later, see tests/dqlite_cluster.py
   and once a quorum is back the write is not there.
 """
 
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 

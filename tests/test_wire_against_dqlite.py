@@ -37,9 +37,7 @@ asserted below unless said otherwise:
 import asyncio
 import socket
 import struct
-import sys
 import time
-from pathlib import Path
 
 import apsw
 import pytest
