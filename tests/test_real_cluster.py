@@ -194,7 +194,7 @@ def test_a_follower_stopped_for_a_minute_costs_the_leader_little_memory_and_catc
 
         cluster.nodes[follower].resume()
         target = status["commit"]
-        caught_up = wait_for(lambda: ((cluster.nodes[follower].status() or {}).get("applied_index") or 0) >= target,
+        wait_for(lambda: ((cluster.nodes[follower].status() or {}).get("applied_index") or 0) >= target,
                              60, f"node {follower} applying up to {target} after SIGCONT", cluster)
         caught_up_s = time.monotonic() - started - STOP_SECONDS
     finally:
