@@ -349,6 +349,7 @@ class RaftNode:
         for batch in merged:
             batch.group = group
         self.group_in_flight = group
+        snapshot = merged[0].own_snapshot or merged[0].ready.snapshot
         if merged[0].own_snapshot is not None:
             done = self.storage.persist(group, snapshot=merged[0].own_snapshot)
         else:
@@ -357,6 +358,10 @@ class RaftNode:
                 group, hard_state=hard_state, entries=entries, truncate_after=truncate_after,
                 snapshot=merged[0].ready.snapshot,
             )
+        if snapshot is not None:
+            # Segments the snapshot covers, beyond the trailing entries the core keeps for
+            # slow followers, go once the snapshot is durable (the deletes queue behind it).
+            self.storage.compact(min(self.raft.log_base_index, snapshot.meta.index))
         self._groups_completed(done)
 
     # -- clients -------------------------------------------------------------------------

@@ -383,9 +383,6 @@ SNAPSHOT_TRAILING_ENTRIES = 128   # raftlite.actors.config.Config default
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.xfail(strict=True, reason="RaftStorage.compact is never called (actors/): a node whose snapshot "
-                   "index is below its last log index (every follower) keeps every closed segment, and every "
-                   "entry in RaftStorage._entries, forever")
 def test_every_node_deletes_the_segments_its_snapshot_covers(cluster):
     cluster.start()
     cluster.execute(TABLE_SQL)
