@@ -69,16 +69,17 @@ def render_report(result: "RunResult", *, plots: bool | None = None) -> str:
         f"<h1>raftlite jepsen: {_e(options.workload)}</h1>",
         f"<p class='{verdict_class}'><b>valid: {_e(json.dumps(valid))}</b></p>",
         "<table>",
-        _row("runtime", "sim (deterministic)"),
+        _row("runtime", "sim (deterministic)" if _simulated(result) else "real (node processes)"),
         _row("seed", options.seed),
         _row("nemesis", ", ".join(options.nemesis) or "none"),
-        _row("time limit", f"{options.time_limit_s:g} simulated s"),
+        _row("time limit", f"{options.time_limit_s:g} {_seconds(result)}"),
         _row("nodes / processes", f"{options.nodes} / {options.concurrency}"),
         _row("unsafe switches", ", ".join(options.unsafe.enabled()) or "none (the safe build)"),
         _row("operations", f"{counts['invoke']} (ok {counts['ok']}, fail {counts['fail']}, info {counts['info']})"),
         _row("faults", ", ".join(f"{kind} {count}" for kind, count in sorted(result.faults.items())) or "none"),
         _row("final heal", f"{result.heal_ms / 1000:.2f} s" if result.heal_ms is not None else "-"),
-        _row("simulated / wall", f"{result.simulated_ms / 1000:.1f} s / {result.wall_seconds:.1f} s"),
+        _row("simulated / wall" if _simulated(result) else "run time / wall",
+             f"{result.simulated_ms / 1000:.1f} s / {result.wall_seconds:.1f} s"),
         "</table>",
     ]
     parts.append("<h2>Checker</h2>")
@@ -249,6 +250,15 @@ def _image(figure) -> str:
     return f"<img alt='plot' src='data:image/png;base64,{encoded}'>"
 
 
+def _simulated(result: "RunResult") -> bool:
+    return getattr(result, "runtime", "sim") == "sim"
+
+
+def _seconds(result: "RunResult") -> str:
+    """The unit of the run's clock: the simulator's time, or the wall clock."""
+    return "simulated s" if _simulated(result) else "s"
+
+
 def _latency_figure(result: "RunResult", operations: list):
     pyplot = _pyplot()
     figure, axes = pyplot.subplots(figsize=(11, 4))
@@ -258,7 +268,7 @@ def _latency_figure(result: "RunResult", operations: list):
         if points:
             axes.scatter([p[0] for p in points], [p[1] for p in points], s=6, color=colour, label=kind, alpha=0.7)
     axes.set_yscale("log")
-    axes.set_xlabel("time (simulated s)")
+    axes.set_xlabel(f"time ({_seconds(result)})")
     axes.set_ylabel("latency (ms)")
     axes.legend(loc="upper right", fontsize="small", ncol=4)
     return figure
@@ -278,7 +288,7 @@ def _throughput_figure(result: "RunResult", operations: list):
                 counts[min(bins - 1, int((start + latency / 1000) // width))] += 1
         axes.plot([(index + 0.5) * width for index in range(bins)], [count / width for count in counts],
                   color=colour, label=kind, marker=".")
-    axes.set_xlabel("time (simulated s)")
+    axes.set_xlabel(f"time ({_seconds(result)})")
     axes.set_ylabel("completions per s")
     axes.legend(loc="upper right", fontsize="small", ncol=4)
     return figure
@@ -300,6 +310,6 @@ def _timeline_figure(result: "RunResult", operations: list):
     axes.set_yticks(range(len(processes)))
     axes.set_yticklabels([str(process) for process in processes], fontsize="small")
     axes.set_ylabel("process")
-    axes.set_xlabel("time (simulated s)")
+    axes.set_xlabel(f"time ({_seconds(result)})")
     axes.set_xlim(0, end)
     return figure
