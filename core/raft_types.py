@@ -1,6 +1,6 @@
 """Values shared by the raft core, its durable storage and the node actor."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 __all__ = ["Configuration", "Entry", "EntryKind", "HardState", "Role", "Snapshot", "SnapshotMeta"]
@@ -47,6 +47,15 @@ class Configuration:
 
     members: tuple[tuple[int, Role], ...] = ()
     addresses: tuple[tuple[int, str], ...] = ()
+    # Derived once (raft asks for them on every step): the voters, and the replicas
+    # (nodes that receive the log: voters and standbys).
+    voters: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    replicas: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "voters", tuple(node for node, role in self.members if role == Role.VOTER))
+        object.__setattr__(self, "replicas", tuple(
+            node for node, role in self.members if role in (Role.VOTER, Role.STANDBY)))
 
     @classmethod
     def of(cls, roles: dict[int, Role], addresses: dict[int, str] | None = None) -> "Configuration":
@@ -78,15 +87,6 @@ class Configuration:
         if address is not None:
             addresses[node] = address
         return Configuration.of(roles, addresses)
-
-    @property
-    def voters(self) -> tuple[int, ...]:
-        return tuple(node for node, role in self.members if role == Role.VOTER)
-
-    @property
-    def replicas(self) -> tuple[int, ...]:
-        """Nodes that receive the log: voters and standbys."""
-        return tuple(node for node, role in self.members if role in (Role.VOTER, Role.STANDBY))
 
     @property
     def nodes(self) -> tuple[int, ...]:
