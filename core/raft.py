@@ -988,7 +988,7 @@ class Raft:
             self.messages or self.messages_after_persist or self.read_states
             or self.last_index > self.persist_requested_index or self.truncate_after is not None
             or self.snapshot_to_persist is not None
-            or HardState(self.term, self.vote) != self.persisted_hard_state
+            or self.term != self.persisted_hard_state.term or self.vote != self.persisted_hard_state.vote
             or min(self.commit, self.stable_index) > self.apply_requested_index
         )
 

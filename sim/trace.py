@@ -35,7 +35,7 @@ class Trace:
         # The hash reads repr() of the event (C-fast, deterministic for these values),
         # fed to SHA-256 in blocks; JSON is produced only when someone keeps or writes
         # the lines.
-        self._unhashed.append(f"{time_ms!r}|{node!r}|{kind}|{fields!r}\n")
+        self._unhashed.append(repr((time_ms, node, kind, fields)))
         if len(self._unhashed) >= 4096:
             self._flush_hash()
         self.count += 1
@@ -50,7 +50,7 @@ class Trace:
                 self.sink.write(line + "\n")
 
     def _flush_hash(self) -> None:
-        self._hash.update("".join(self._unhashed).encode())
+        self._hash.update("\n".join(self._unhashed).encode())
         self._unhashed.clear()
 
     def hexdigest(self) -> str:
