@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence, TextIO
 
+from raftlite.argument_types import non_negative_int, positive_float, positive_int
 from raftlite.core.raft import SAFE, UnsafeSwitches
 from raftlite.core.raft_types import Configuration, Role
 from raftlite.jepsen_like.history import Event, HistoryError, Verdict, to_json_value, write_edn_history
@@ -409,28 +410,6 @@ the same rows. Wall-clock time: a seed fixes the choices, not the history.
 exit status: 0 valid, 1 invalid, 3 unknown (the checker ran out of time), 2 usage error."""
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected at least {minimum}, got {value}")
-        return value
-    return parse
-
-
 def add_jepsen_parser(commands: Any) -> argparse.ArgumentParser:
     """Register ``jepsen`` on an argparse sub-command set."""
     parser = commands.add_parser("jepsen", help="Jepsen-style test: workload, nemesis, checkers, report",
@@ -443,13 +422,13 @@ def add_jepsen_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument("--nemesis", default="none", metavar="LIST",
                         help="comma list of: " + ", ".join(NEMESIS_CHOICES) + "; or 'all' or 'none' (default). "
                         "--runtime real: partition, leader-partition, kill, pause, corrupt")
-    parser.add_argument("--time-limit", type=_positive_float, default=10.0, metavar="S",
+    parser.add_argument("--time-limit", type=positive_float, default=10.0, metavar="S",
                         help="seconds of workload and faults (simulated seconds under sim); default 10")
-    parser.add_argument("--seed", type=_int_at_least(0), default=1, help="the run's seed (default 1)")
-    parser.add_argument("--nodes", type=_int_at_least(1), default=3, help="founding voters (default 3)")
-    parser.add_argument("--concurrency", type=_int_at_least(1), default=5, help="client processes (default 5)")
-    parser.add_argument("--rate", type=_positive_float, default=100.0, help="operations per second (default 100)")
-    parser.add_argument("--checker-time-limit", type=_positive_float, default=30.0, metavar="S",
+    parser.add_argument("--seed", type=non_negative_int, default=1, help="the run's seed (default 1)")
+    parser.add_argument("--nodes", type=positive_int, default=3, help="founding voters (default 3)")
+    parser.add_argument("--concurrency", type=positive_int, default=5, help="client processes (default 5)")
+    parser.add_argument("--rate", type=positive_float, default=100.0, help="operations per second (default 100)")
+    parser.add_argument("--checker-time-limit", type=positive_float, default=30.0, metavar="S",
                         help="wall seconds the checker may search before answering unknown (default 30)")
     parser.add_argument("--out", required=True, metavar="DIR", help="directory for history.edn, verdict.json, report.html")
     return parser

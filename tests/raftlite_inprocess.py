@@ -3,25 +3,14 @@ for tests that talk to it over TCP with blocking clients. Loaded by file path (t
 is not a package): see `load_helper` in the test modules."""
 
 import asyncio
-import socket
 import threading
 
 from raftlite.actors.config import Config
 from raftlite.io.node import Node
+from raftlite.jepsen_like.real_runtime import free_ports  # noqa: F401  (re-exported for the tests)
 
 # Generous: a shared 2-core machine must not see elections from scheduling delays.
 TEST_CONFIG = Config(election_timeout_ms=1000, heartbeat_interval_ms=100)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class InProcessCluster:
