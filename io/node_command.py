@@ -7,7 +7,8 @@
 
 `raftlite node` runs one node in the foreground until SIGTERM or SIGINT, which stop it
 gracefully (a leader first hands leadership over). Its log goes to stderr, one line per
-event as `time level logger: message` (key facts as key=value in the message). Exit
+event: `time level logger: message`, or with `--log-format json` one JSON object (time,
+level, logger, node, message). Exit
 status: 0 after a graceful stop, 1 when the node halted (e.g. corrupt storage: the
 message names the file), 2 for a user mistake (bad flag, address in use, directory
 already used by a running node).
@@ -56,6 +57,8 @@ def add_node_parsers(commands, positive_int, positive_float) -> None:
     node.add_argument("--disk-backend", choices=("kernel-aio", "portable"), default=None,
                       help="disk I/O backend (default: kernel AIO when available)")
     node.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    node.add_argument("--log-format", choices=("text", "json"), default="text",
+                      help="text lines (default) or one JSON object per line (time, level, logger, node, message)")
     node.add_argument("--tls-cert", metavar="PEM", help="this node's certificate chain: TLS on every connection "
                       "(peers and clients must present certificates signed by --tls-ca)")
     node.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
@@ -100,10 +103,10 @@ def _run_node(args: argparse.Namespace) -> int:
     from raftlite.io.admin import parse_address
     from raftlite.io.node import Node
 
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLogFormatter(args.id) if args.log_format == "json"
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
     join = tuple(address.strip() for address in args.join.split(",") if address.strip())
     try:
         parse_address(args.address)
@@ -116,6 +119,21 @@ def _run_node(args: argparse.Namespace) -> int:
     node = Node(node_id=args.id, address=args.address, data_dir=args.data_dir, join=join, config=config,
                 disk_backend=args.disk_backend, role=Role[args.role.upper()], tls=tls)
     return asyncio.run(_serve(node))
+
+
+class _JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def __init__(self, node_id: int) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = {"time": record.created, "level": record.levelname.lower(), "logger": record.name,
+                 "node": self.node_id, "message": record.getMessage()}
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event)
 
 
 def _tls_settings(args: argparse.Namespace):

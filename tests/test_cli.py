@@ -53,3 +53,32 @@ def test_sim_demo_survives_a_leader_kill():
     assert result.returncode == 0, result.stdout + result.stderr
     assert "killed the leader" in result.stdout
     assert "all three replicas hold the same 8 rows" in result.stdout
+
+
+@pytest.mark.timeout(60)
+def test_a_node_logs_json_lines_and_stops_gracefully_on_sigterm(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from raftlite_inprocess import free_ports
+
+    (port,) = free_ports(1)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "raftlite", "node", "--id", "1", "--address", f"127.0.0.1:{port}",
+         "--data-dir", str(tmp_path / "data"), "--log-format", "json"],
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        first = json.loads(process.stderr.readline())
+        assert first["level"] == "info" and first["node"] == 1 and "bootstrapping" in first["message"]
+        time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+        rest = [json.loads(line) for line in process.stderr.read().splitlines() if line.strip()]
+        assert any("stopping" in event["message"] for event in rest)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
