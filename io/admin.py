@@ -44,7 +44,7 @@ from raftlite.core.peer_codec import RAFT_CODEC, CodecError
 
 __all__ = [
     "ADMIN_CODEC", "ADMIN_MAGIC", "AdminClient", "AdminError", "AdminFailure", "ClientGateway",
-    "admin_request", "parse_address", "serve_admin_connection",
+    "admin_request", "node_status", "parse_address", "serve_admin_connection",
 ]
 
 log = logging.getLogger("raftlite.io.admin")
@@ -259,3 +259,13 @@ async def admin_request(address: str, message: Any, **options) -> Any:
     """One request on a fresh connection."""
     async with AdminClient(address, **options) as client:
         return await client.request(message)
+
+
+def node_status(address: str, *, timeout_seconds: float = 5.0) -> dict[str, Any]:
+    """A node's status (what `raftlite status` prints), from a thread with no running
+    event loop; AdminError when the node does not answer in time."""
+    try:
+        response = asyncio.run(admin_request(address, StatusRequest(), timeout_seconds=timeout_seconds))
+    except (OSError, asyncio.TimeoutError, EOFError) as error:
+        raise AdminError(f"no answer from {address}: {error}") from None
+    return {"node_id": response.node_id, **response.status}

@@ -64,7 +64,7 @@ import errno as errno_codes
 import logging
 import os
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Generator, Hashable
 
 from raftlite.actors.contract import Delete, DiskCommand, IoResult, Read, Rename, Sync, Truncate, Write

@@ -189,18 +189,13 @@ async def _serve(node) -> int:
 
 
 def _status_of(address: str) -> dict:
-    from raftlite.actors.contract import StatusRequest
-    from raftlite.io.admin import AdminError, admin_request, parse_address
+    from raftlite.io.admin import AdminError, node_status, parse_address
 
     try:
         parse_address(address)
-    except ValueError as error:
+        return node_status(address, timeout_seconds=STATUS_TIMEOUT_S)
+    except (ValueError, AdminError) as error:
         raise NodeCommandError(str(error)) from None
-    try:
-        response = asyncio.run(admin_request(address, StatusRequest(), timeout_seconds=STATUS_TIMEOUT_S))
-    except (AdminError, OSError, asyncio.TimeoutError) as error:
-        raise NodeCommandError(f"no answer from {address}: {error}") from None
-    return {"node_id": response.node_id, **response.status}
 
 
 def _show_status(args: argparse.Namespace) -> int:

@@ -350,14 +350,12 @@ class RealNode:
 
 def status_of(address: str, timeout_s: float = STATUS_TIMEOUT_S) -> dict | None:
     """A node's admin status, or None when it does not answer in time."""
-    from raftlite.actors.contract import StatusRequest
-    from raftlite.io.admin import AdminError, admin_request
+    from raftlite.io.admin import AdminError, node_status
 
     try:
-        response = asyncio.run(admin_request(address, StatusRequest(), timeout_seconds=timeout_s))
-    except (AdminError, OSError, asyncio.TimeoutError, EOFError):
+        return node_status(address, timeout_seconds=timeout_s)
+    except AdminError:
         return None
-    return {"node_id": response.node_id, **response.status}
 
 
 class RealCluster:

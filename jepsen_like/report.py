@@ -164,7 +164,7 @@ def _throughput_table(result: "RunResult", operations: list) -> str:
         index = min(bins - 1, int((start + latency / 1000) // width))
         table[index][("ok", "fail", "info").index(kind)] += 1
     origin = _origin_ms(result)
-    rows = [f"<table><tr><th>from (s)</th><th>ok/s</th><th>fail/s</th><th>info/s</th><th>faults active</th></tr>"]
+    rows = ["<table><tr><th>from (s)</th><th>ok/s</th><th>fail/s</th><th>info/s</th><th>faults active</th></tr>"]
     for index, (ok, fail, info) in enumerate(table):
         low, high = index * width, (index + 1) * width
         active = sorted({interval.kind for interval in result.intervals

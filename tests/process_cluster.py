@@ -13,7 +13,6 @@ Outcomes of a write, as Jepsen records them:
   it may or may not be present.
 """
 
-import asyncio
 import ctypes
 import ctypes.util
 import os
@@ -29,10 +28,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raftlite.actors.contract import StatusRequest
 from raftlite.client.connection import Connection, ConnectionBroken, RequestFailed
 from raftlite.core.wire import WireProtocolError
-from raftlite.io.admin import AdminError, admin_request
+from raftlite.io.admin import AdminError, node_status
 
 from raftlite_inprocess import free_ports
 
@@ -50,12 +48,11 @@ class ClusterError(AssertionError):
 
 
 def status_of(address: str, timeout_s: float = STATUS_TIMEOUT_S) -> dict | None:
-    """`raftlite status --json` of one node, or None if it does not answer in time."""
+    """A node's admin status, or None when it does not answer in time."""
     try:
-        response = asyncio.run(admin_request(address, StatusRequest(), timeout_seconds=timeout_s))
-    except (AdminError, OSError, asyncio.TimeoutError, EOFError):
+        return node_status(address, timeout_seconds=timeout_s)
+    except AdminError:
         return None
-    return {"node_id": response.node_id, **response.status}
 
 
 # -- one node process --------------------------------------------------------------------
