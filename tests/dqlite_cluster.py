@@ -25,28 +25,30 @@ from pathlib import Path
 
 import dqlite_debian  # tests/ is on sys.path (conftest.py)
 
-__all__ = ["DqliteCluster", "DqliteProcess"]
+__all__ = ["DqliteCluster", "DqliteProcess", "ServerProcess"]
 
 _START_TIMEOUT_S = 30.0
 _KILL_WAIT_S = 10.0
 
 
-@dataclass
-class DqliteProcess:
+@dataclass(kw_only=True)
+class ServerProcess:
+    """One server process in its own session, its output in DIRECTORY/LOG_NAME; the
+    subclasses say which command runs it."""
+
     address: str
-    api_address: str
     directory: Path
     join: list[str]
     process: subprocess.Popen | None = None
+    log_name = "server.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
 
     def start(self) -> None:
-        executable = dqlite_debian.ensure_dqlite_demo()
         self.directory.mkdir(parents=True, exist_ok=True)
-        arguments = [executable, "--api", self.api_address, "--db", self.address,
-                     "--dir", str(self.directory / "data")]
-        for address in self.join:
-            arguments += ["--join", address]
-        with open(self.directory / "dqlite-demo.log", "ab") as log:
+        arguments = self.command()
+        with open(self.directory / self.log_name, "ab") as log:
             self.process = subprocess.Popen(arguments, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -61,9 +63,22 @@ class DqliteProcess:
 
     def log(self) -> str:
         try:
-            return (self.directory / "dqlite-demo.log").read_text(errors="replace")[-2000:]
+            return (self.directory / self.log_name).read_text(errors="replace")[-2000:]
         except OSError:
             return ""
+
+
+@dataclass(kw_only=True)
+class DqliteProcess(ServerProcess):
+    api_address: str
+    log_name = "dqlite-demo.log"
+
+    def command(self) -> list[str]:
+        arguments = [dqlite_debian.ensure_dqlite_demo(), "--api", self.api_address, "--db", self.address,
+                     "--dir", str(self.directory / "data")]
+        for address in self.join:
+            arguments += ["--join", address]
+        return arguments
 
 
 @dataclass
