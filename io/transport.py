@@ -23,6 +23,13 @@ whole append. A receiver reassembles at most one large message per connection, a
 refuses (closes the connection) when a frame or the reassembled message would exceed
 `Config.message_bytes_max`, checked from the header before the body is read.
 
+No task wakes up per message. The receiver reads whatever the socket holds, up to
+256 KiB, and parses every complete frame in it synchronously. A sender's small messages
+are written by one callback per event-loop iteration (`loop.call_soon`) that puts every
+small message queued meanwhile into one write; the link's task dials, fragments large
+messages, and takes over the small ones while the connection's write buffer is above
+its limit (asyncio's high-water mark) or the connection has ended.
+
 Each peer's outbound queue is bounded (`Config.outbound_queue_messages_max` messages
 and `TransportSettings.outbound_queue_bytes_max` bytes; one message is always accepted
 into an empty queue). When full, new messages are dropped: raft retransmits, and a
@@ -73,6 +80,9 @@ _DQLITE_WORDS = {
 _NODE_ID = struct.Struct("<Q")
 _FRAME_HEADER = struct.Struct(">IB")
 _WHOLE, _FRAGMENT, _LAST = 1, 2, 3
+# How much a peer connection reads at once (asyncio's StreamReader holds up to about
+# 128 KiB, so this takes everything it has).
+_READ_CHUNK_BYTES = 256 << 10
 
 ClientProtocolHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
@@ -140,7 +150,12 @@ class _PeerLink:
         self.wake = asyncio.Event()
         self.connected = False
         self.closing = False
-        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"peer-link-{peer_id}")
+        # While connected (the magic sent): the connection, for `_flush`.
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.flush_scheduled = False
+        self.loop = asyncio.get_running_loop()
+        self.task = self.loop.create_task(self._run(), name=f"peer-link-{peer_id}")
 
     def enqueue(self, payload: bytes) -> bool:
         transport = self.transport
@@ -149,15 +164,59 @@ class _PeerLink:
             or self.queued_bytes + len(payload) > transport.settings.outbound_queue_bytes_max
         ):
             return False
-        (self.small if len(payload) <= transport.settings.fragment_bytes else self.large).append(payload)
         self.queued_messages += 1
         self.queued_bytes += len(payload)
-        self.wake.set()
+        if len(payload) > transport.settings.fragment_bytes:
+            self.large.append(payload)
+            self.wake.set()
+        else:
+            self.small.append(payload)
+            if self.writer is None:
+                self.wake.set()   # the task sends the queue once it has connected
+            elif not self.flush_scheduled:
+                # Not written here: what the caller sends next in this loop iteration
+                # joins the same write.
+                self.flush_scheduled = True
+                self.loop.call_soon(self._flush)
         return True
 
     def _dequeued(self, payload_bytes: int) -> None:
         self.queued_messages -= 1
         self.queued_bytes -= payload_bytes
+
+    def _flush(self) -> None:
+        """Write the waiting small messages (a call_soon callback). Frames are written
+        whole and never across an await, so the stream is always between two frames
+        here, also between two fragments of a large message."""
+        self.flush_scheduled = False
+        reader, writer = self.reader, self.writer
+        if writer is None or not self.small:
+            return   # disconnected meanwhile: the task sends the queue after reconnecting
+        transport = writer.transport
+        high_water_bytes = transport.get_write_buffer_limits()[1]
+        while self.small:
+            if reader.at_eof() or writer.is_closing() or transport.get_write_buffer_size() >= high_water_bytes:
+                # The task notices the closed connection, or waits in drain() for the
+                # peer to read, and writes the rest.
+                self.wake.set()
+                return
+            self._write_small(writer)
+
+    def _write_small(self, writer: asyncio.StreamWriter) -> None:
+        """Everything waiting, up to about fragment_bytes, in one write (one send system
+        call): a handler often emits several messages to a peer at once."""
+        fragment_bytes = self.transport.settings.fragment_bytes
+        small = self.small
+        batch, parts = 0, []
+        while small and batch < fragment_bytes:
+            payload = small.popleft()
+            parts.append(_FRAME_HEADER.pack(len(payload), _WHOLE))
+            parts.append(payload)
+            batch += len(payload)
+        self.queued_messages -= len(parts) // 2
+        self.queued_bytes -= batch
+        self.transport.stats["messages_sent"] += len(parts) // 2
+        writer.write(b"".join(parts))
 
     async def _run(self) -> None:
         settings = self.transport.settings
@@ -179,6 +238,7 @@ class _PeerLink:
             self.transport.stats["connections_dialled"] += 1
             try:
                 writer.write(PEER_MAGIC + _NODE_ID.pack(self.transport.node_id))
+                self.reader, self.writer = reader, writer
                 await self._pump(reader, writer)
             except (OSError, ssl.SSLError, ConnectionError) as error:
                 log.info("node %s: connection to peer %s lost (%s)", self.transport.node_id, self.peer_id, error or type(error).__name__)
@@ -186,6 +246,7 @@ class _PeerLink:
                 log.exception("node %s: the link to peer %s failed; reconnecting", self.transport.node_id, self.peer_id)
             finally:
                 self.connected = False
+                self.reader = self.writer = None
                 writer.close()
                 if self.current is not None:
                     self._dequeued(len(self.current))
@@ -212,17 +273,9 @@ class _PeerLink:
             if reader.at_eof() or writer.is_closing():
                 raise ConnectionResetError("the peer closed the connection")
             if self.small:
-                # Everything waiting goes out in one write (one send system call): a
-                # handler often emits several messages to a peer at once.
-                batch, parts = 0, []
-                while self.small and batch < fragment_bytes:
-                    payload = self.small.popleft()
-                    self._dequeued(len(payload))
-                    parts.append(_FRAME_HEADER.pack(len(payload), _WHOLE))
-                    parts.append(payload)
-                    batch += len(payload)
-                    stats["messages_sent"] += 1
-                writer.write(b"".join(parts))
+                # Usually `_flush` has written them; these waited for the write buffer
+                # to drain, or for this connection.
+                self._write_small(writer)
                 await writer.drain()
             elif self.current is not None or self.large:
                 if self.current is None:
@@ -257,6 +310,92 @@ class _PeerLink:
             await asyncio.wait({self.task}, timeout=0.1)
         if not self.task.cancelled() and self.task.exception() is not None:
             log.error("node %s: the link to peer %s ended with %r", self.transport.node_id, self.peer_id, self.task.exception())
+
+
+class _InboundFrames:
+    """One peer connection's byte stream, cut into frames and reassembled into messages
+    that are delivered in order. Each byte is copied once after the read: a frame
+    complete within a chunk is decoded from a view of the chunk, a body that goes on in
+    later chunks is appended to its message buffer as it arrives."""
+
+    def __init__(self, transport: "Transport", peer: int) -> None:
+        self.transport = transport
+        self.peer = peer
+        self.limit = transport.config.message_bytes_max
+        self.partial: bytearray | None = None   # the fragments of a large message so far
+        # A frame body that continues in the next chunk: where it goes (`partial`, or a
+        # buffer of its own for a WHOLE frame), how many bytes are missing, its kind.
+        self.body: bytearray | None = None
+        self.body_missing_bytes = 0
+        self.body_kind = 0
+        self.header_start = b""   # the first bytes of a header cut by the chunk's end
+
+    def feed(self, chunk: bytes) -> bool:
+        """Deliver every message `chunk` completes; False when the peer broke the
+        framing or a limit (the connection is then closed)."""
+        position = 0
+        if self.body is not None:
+            body = self.body
+            taken = min(self.body_missing_bytes, len(chunk))
+            body += memoryview(chunk)[:taken]
+            self.body_missing_bytes -= taken
+            if self.body_missing_bytes:
+                return True
+            self.body = None
+            if self.body_kind == _WHOLE:
+                self.transport._deliver(self.peer, body)
+            elif self.body_kind == _LAST:
+                self.partial = None
+                self.transport._deliver(self.peer, body)
+            position = taken
+        elif self.header_start:
+            chunk, self.header_start = self.header_start + chunk, b""   # rare: at most once per read
+        return self._parse(chunk, position)
+
+    def _parse(self, chunk: bytes, position: int) -> bool:
+        transport, peer, limit = self.transport, self.peer, self.limit
+        deliver, unpack_from = transport._deliver, _FRAME_HEADER.unpack_from
+        header_bytes = _FRAME_HEADER.size
+        end = len(chunk)
+        with memoryview(chunk) as view:   # bytes: views of it may outlive this call
+            while end - position >= header_bytes:
+                length, kind = unpack_from(chunk, position)
+                body_start = position + header_bytes
+                if kind == _WHOLE:
+                    if length > limit:
+                        log.warning("node %s: peer %s sent a %d-byte message (limit %d); closing", transport.node_id, peer, length, limit)
+                        return False
+                    if end - body_start < length:
+                        self.body = bytearray(view[body_start:])
+                        break
+                    position = body_start + length
+                    deliver(peer, view[body_start:position])
+                elif kind == _FRAGMENT or kind == _LAST:
+                    partial = self.partial
+                    if partial is None:
+                        partial = self.partial = bytearray()
+                    if len(partial) + length > limit:
+                        log.warning("node %s: peer %s sent a message above %d bytes; closing", transport.node_id, peer, limit)
+                        return False
+                    if end - body_start < length:
+                        partial += view[body_start:]
+                        self.body = partial
+                        break
+                    position = body_start + length
+                    partial += view[body_start:position]
+                    if kind == _LAST:
+                        self.partial = None
+                        deliver(peer, partial)
+                else:
+                    log.warning("node %s: peer %s sent a frame of unknown kind %d; closing", transport.node_id, peer, kind)
+                    return False
+            else:
+                if position < end:
+                    self.header_start = chunk[position:]
+                return True
+        self.body_missing_bytes = length - (end - body_start)
+        self.body_kind = kind
+        return True
 
 
 class Transport:
@@ -396,31 +535,13 @@ class Transport:
         if peer == self.node_id:
             log.warning("node %s: a peer connection claims this node's own id; closing it", self.node_id)
             return
-        limit = self.config.message_bytes_max
-        partial: bytearray | None = None
+        frames = _InboundFrames(self, peer)
         while True:
-            length, kind = _FRAME_HEADER.unpack(await reader.readexactly(_FRAME_HEADER.size))
-            if kind == _WHOLE:
-                if length > limit:
-                    log.warning("node %s: peer %s sent a %d-byte message (limit %d); closing", self.node_id, peer, length, limit)
-                    return
-                self._deliver(peer, await reader.readexactly(length))
-            elif kind in (_FRAGMENT, _LAST):
-                held = len(partial) if partial is not None else 0
-                if held + length > limit:
-                    log.warning("node %s: peer %s sent a message above %d bytes; closing", self.node_id, peer, limit)
-                    return
-                if partial is None:
-                    partial = bytearray()
-                partial += await reader.readexactly(length)
-                if kind == _LAST:
-                    message_bytes, partial = partial, None
-                    self._deliver(peer, message_bytes)
-            else:
-                log.warning("node %s: peer %s sent a frame of unknown kind %d; closing", self.node_id, peer, kind)
+            chunk = await reader.read(_READ_CHUNK_BYTES)
+            if not chunk or not frames.feed(chunk):
                 return
 
-    def _deliver(self, peer: int, payload: bytes | bytearray) -> None:
+    def _deliver(self, peer: int, payload: bytes | bytearray | memoryview) -> None:
         try:
             message = self.codec.decode(payload)
         except CodecError as error:
