@@ -31,9 +31,13 @@ class Config:
     # the last one, keeping this many entries before it for lagging followers.
     snapshot_threshold_entries: int = 1024
     snapshot_trailing_entries: int = 128
-    # ... and only once the entries applied since the last snapshot hold at least as many
-    # bytes as that snapshot, or this many, whichever is smaller: snapshot cost stays
-    # proportional to the writes, and the log kept in memory stays bounded.
+    # ... and only once the entries applied since the last snapshot hold at least
+    # snapshot_log_ratio times as many bytes as that snapshot, or snapshot_log_bytes_max,
+    # whichever is smaller: snapshot cost stays a fraction of the writes, and the log
+    # kept in memory stays bounded. (A kvwrite logs ~9x the bytes it adds to the
+    # database, so with a ratio of 1 a growing database was snapshotted every few
+    # hundred milliseconds under load; measured: p99 41 ms at 16 clients, 17 ms with 8.)
+    snapshot_log_ratio: int = 4
     snapshot_log_bytes_max: int = 64 << 20
     snapshot_chunk_bytes: int = 256 << 10
     # Durable raft log segments roll over at this size.

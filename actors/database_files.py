@@ -172,7 +172,7 @@ def committed_image(path: str, entries) -> bytes:
 
 def snapshot_database_steps(path: str, step_bytes: int):
     """`snapshot_database` in bounded steps: a generator reading `step_bytes` per step
-    and yielding the bytes read; returns the image. Nothing may write the main file
+    and yielding the bytes read; returns the image as a list of pieces. Nothing may write the main file
     until it is done (the caller holds applies and checkpoints back)."""
     _require_no_wal_content(path)
     chunks = []
@@ -180,7 +180,7 @@ def snapshot_database_steps(path: str, step_bytes: int):
         while chunk := file.read(step_bytes):
             chunks.append(chunk)
             yield len(chunk)
-    return b"".join(chunks)
+    return chunks   # the image in pieces: the caller joins them once, with its own framing
 
 
 def restore_database_steps(path: str, image: bytes, step_bytes: int):

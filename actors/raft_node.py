@@ -186,7 +186,6 @@ class _Batch:
     ready: Ready
     group: int | None = None   # storage persist group, once submitted
     durable: bool = False      # persisted (or nothing to persist)
-    own_snapshot: Any = None   # a snapshot this node took itself, to persist alone
 
 
 @dataclass(slots=True)
@@ -236,6 +235,10 @@ class RaftNode:
         self.unsubmitted: list[_Batch] = []   # batches waiting for the next persist group
         self.group_in_flight: int | None = None
         self.next_group = 0
+        # Snapshots this node took itself are persisted beside the log, not in line with
+        # it (see RaftStorage.persist_own_snapshot): one at a time, the newest waiting.
+        self.own_snapshot_in_flight: tuple[Hashable, Snapshot] | None = None
+        self.own_snapshot_waiting: Snapshot | None = None
         self.proposals: dict[int, _PendingProposal] = {}   # log index -> waiting client
         self.pending_membership: dict[int, Client] = {}     # CONFIG index -> client
         # Linearizable reads waiting: client -> [read index once known, minimum applied
@@ -323,6 +326,9 @@ class RaftNode:
 
     def _groups_completed(self, groups) -> None:
         for group in groups:
+            if self.own_snapshot_in_flight is not None and group == self.own_snapshot_in_flight[0]:
+                self._own_snapshot_durable()
+                continue
             if group == self.group_in_flight:
                 self.group_in_flight = None
             for batch in self.batches:
@@ -335,12 +341,12 @@ class RaftNode:
         if self.group_in_flight is not None or not self.unsubmitted:
             return
         first = self.unsubmitted[0]
-        if first.own_snapshot is not None or first.ready.snapshot is not None:
+        if first.ready.snapshot is not None:
             merged = [first]   # snapshots go alone
         else:
             merged = []
             for batch in self.unsubmitted:
-                if batch.own_snapshot is not None or batch.ready.snapshot is not None:
+                if batch.ready.snapshot is not None:
                     break
                 merged.append(batch)
         del self.unsubmitted[: len(merged)]
@@ -349,15 +355,11 @@ class RaftNode:
         for batch in merged:
             batch.group = group
         self.group_in_flight = group
-        snapshot = merged[0].own_snapshot or merged[0].ready.snapshot
-        if merged[0].own_snapshot is not None:
-            done = self.storage.persist(group, snapshot=merged[0].own_snapshot)
-        else:
-            hard_state, truncate_after, entries = _merge_persistence([batch.ready for batch in merged])
-            done = self.storage.persist(
-                group, hard_state=hard_state, entries=entries, truncate_after=truncate_after,
-                snapshot=merged[0].ready.snapshot,
-            )
+        snapshot = merged[0].ready.snapshot
+        hard_state, truncate_after, entries = _merge_persistence([batch.ready for batch in merged])
+        done = self.storage.persist(
+            group, hard_state=hard_state, entries=entries, truncate_after=truncate_after, snapshot=snapshot,
+        )
         if snapshot is not None:
             # Segments the snapshot covers, beyond the trailing entries the core keeps for
             # slow followers, go once the snapshot is durable (the deletes queue behind it).
@@ -613,14 +615,14 @@ class RaftNode:
         self._apply_some()
 
     def _snapshot_due(self) -> bool:
-        """Enough entries, and a log since the last snapshot at least as big as that
-        snapshot (or `snapshot_log_bytes_max`, whichever is smaller): taking a snapshot
-        reads the whole state, so its cost stays proportional to what was written
-        since, however big the database grows, while the log held in memory stays
-        bounded."""
+        """Enough entries, and a log since the last snapshot at least
+        `snapshot_log_ratio` times as big as that snapshot (or `snapshot_log_bytes_max`,
+        whichever is smaller): taking a snapshot reads and writes the whole state, so
+        its cost stays a fixed fraction of what was written since, however big the
+        database grows, while the log held in memory stays bounded."""
         config = self.ctx.config
-        return (self.applied_since_snapshot >= config.snapshot_threshold_entries
-                and self.applied_bytes_since_snapshot >= min(self.last_snapshot_bytes, config.snapshot_log_bytes_max))
+        wanted = min(config.snapshot_log_ratio * self.last_snapshot_bytes, config.snapshot_log_bytes_max)
+        return self.applied_since_snapshot >= config.snapshot_threshold_entries and self.applied_bytes_since_snapshot >= wanted
 
     def _snapshot_taken(self, index: int, data: bytes) -> None:
         self.snapshot_in_progress = None
@@ -629,10 +631,25 @@ class RaftNode:
         self.last_snapshot_bytes = len(data)
         snapshot = self.raft.compact(index, data, self.ctx.config.snapshot_trailing_entries)
         if snapshot is not None:
-            batch = _Batch(_EMPTY_READY, own_snapshot=snapshot)
-            self.batches.append(batch)
-            self.unsubmitted.append(batch)
-            self._submit_persist()
+            self.own_snapshot_waiting = snapshot   # replaces an older one still waiting
+            self._persist_own_snapshot()
+
+    def _persist_own_snapshot(self) -> None:
+        if self.own_snapshot_in_flight is not None or self.own_snapshot_waiting is None:
+            return
+        snapshot, self.own_snapshot_waiting = self.own_snapshot_waiting, None
+        group = self.next_group
+        self.next_group += 1
+        self.own_snapshot_in_flight = (group, snapshot)
+        self._groups_completed(self.storage.persist_own_snapshot(group, snapshot))
+
+    def _own_snapshot_durable(self) -> None:
+        """The snapshot is durable under its final name: the segments it covers (beyond
+        the trailing entries the core keeps for slow followers) may go."""
+        _, snapshot = self.own_snapshot_in_flight
+        self.own_snapshot_in_flight = None
+        self.storage.compact(min(self.raft.log_base_index, snapshot.meta.index))
+        self._persist_own_snapshot()
 
     def _abandon_snapshot(self) -> None:
         """Drop a snapshot being taken (its files are about to change under it)."""
@@ -689,9 +706,3 @@ def _merge_persistence(readys: list[Ready]) -> tuple[Any, int | None, tuple[Entr
                 truncate_after = cut if truncate_after is None else min(truncate_after, cut)
         entries.extend(ready.entries)
     return hard_state, truncate_after, tuple(entries)
-
-
-_EMPTY_READY = Ready(
-    hard_state=None, truncate_after=None, entries=(), snapshot=None, messages=(), messages_after_persist=(),
-    committed_entries=(), read_states=(),
-)

@@ -34,13 +34,14 @@ overlap.
 """
 
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import msgpack
 
 from raftlite.core.raft_types import Configuration, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
-from raftlite.core.records import RECORD_HEADER_BYTES, encode_record, scan_records
+from raftlite.core.records import RECORD_HEADER_BYTES, encode_record, record_header, scan_records
 
 __all__ = [
     "FORMAT_VERSION",
@@ -64,6 +65,8 @@ __all__ = [
     "encode_metadata",
     "encode_segment_header",
     "encode_snapshot",
+    "encode_snapshot_pieces",
+    "msgpack_bin_header",
     "metadata_file_name",
     "recover",
     "segment_file_name",
@@ -241,11 +244,37 @@ def encode_metadata(version: int, hard_state: HardState) -> bytes:
 
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
+    return b"".join(encode_snapshot_pieces(snapshot, len(snapshot.data) + 1))
+
+
+def msgpack_bin_header(length: int) -> bytes:
+    """msgpack's header for a bin of this length (the Packer has none for bin)."""
+    if length < 1 << 8:
+        return b"\xc4" + length.to_bytes(1, "big")
+    if length < 1 << 16:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
+def encode_snapshot_pieces(snapshot: Snapshot, piece_bytes_max: int) -> list[bytes | memoryview]:
+    """The snapshot file's bytes (one record holding the msgpack array [version, index,
+    term, configuration index, configuration, data]) as pieces of at most
+    `piece_bytes_max` bytes after the first, which holds the headers. The data is not
+    copied: the pieces are views of it, and the checksum is computed over them in turn."""
     meta = snapshot.meta
-    return encode_record(msgpack.packb(
-        [FORMAT_VERSION, meta.index, meta.term, meta.configuration_index, meta.configuration.encode(), bytes(snapshot.data)],
-        use_bin_type=True,
-    ))
+    packer = msgpack.Packer(use_bin_type=True)
+    data = memoryview(snapshot.data).cast("B")
+    prefix = (
+        packer.pack_array_header(6)
+        + packer.pack(FORMAT_VERSION) + packer.pack(meta.index) + packer.pack(meta.term)
+        + packer.pack(meta.configuration_index) + packer.pack(meta.configuration.encode())
+        + msgpack_bin_header(len(data))
+    )
+    length = len(prefix) + len(data)
+    checksum = zlib.crc32(data, zlib.crc32(prefix, zlib.crc32(length.to_bytes(4, "little"))))
+    pieces: list[bytes | memoryview] = [record_header(length, checksum) + prefix]
+    pieces.extend(data[start : start + piece_bytes_max] for start in range(0, len(data), piece_bytes_max))
+    return pieces
 
 
 # --- decoding -----------------------------------------------------------------------------
@@ -396,6 +425,10 @@ def _recover_metadata(files: Mapping[str, bytes]) -> tuple[HardState, int]:
         if best is None or version > best[0]:
             best = (version, hard_state)
     if best is None:
+        if unreadable == [metadata_file_name(1)] and metadata_file_name(2) not in files:
+            # Version 1 torn in flight: the very first hard state never became durable,
+            # so nothing that depends on it (a vote, an acknowledgement) was ever sent.
+            return HardState(), 0
         if unreadable:
             # One bad copy is the newest version torn in flight; with no good copy beside
             # it the vote and term are lost, and a node that forgets its vote can vote twice.

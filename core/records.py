@@ -11,7 +11,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["RECORD_MAGIC", "RECORD_HEADER_BYTES", "RecordScan", "encode_record", "scan_records"]
+__all__ = ["RECORD_MAGIC", "RECORD_HEADER_BYTES", "RecordScan", "encode_record", "record_header", "scan_records"]
 
 RECORD_MAGIC = b"RLr1"
 _HEADER = struct.Struct("<4sII")
@@ -23,7 +23,13 @@ def _checksum(length: int, payload: bytes) -> int:
 
 
 def encode_record(payload: bytes) -> bytes:
-    return _HEADER.pack(RECORD_MAGIC, len(payload), _checksum(len(payload), payload)) + payload
+    return record_header(len(payload), _checksum(len(payload), payload)) + payload
+
+
+def record_header(length: int, checksum: int) -> bytes:
+    """The header of a record whose payload (written separately) has this length and
+    crc32(length | payload)."""
+    return _HEADER.pack(RECORD_MAGIC, length, checksum)
 
 
 @dataclass(frozen=True, slots=True)

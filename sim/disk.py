@@ -3,13 +3,15 @@
 Model (FoundationDB's AsyncFileNonDurable and TigerBeetle's testing storage in spirit):
 
 - Operations complete in submission order after a latency drawn from the profile; the
-  effect of an operation happens at its completion, so a crash between "submitted" and
-  "done" means it never happened.
+  effect of an operation happens at its completion. A crash between "submitted" and
+  "done" means a truncate, rename or delete never happened, while a write in flight
+  meets the same fates as an unsynced one (below).
 - Each file has a *volatile* view (what reads see: every completed write) and a *durable*
   image (what survives a crash). A completed `Sync` makes every completed write durable;
   a `durable=True` write is durable when it completes; truncate/rename/delete are durable
   when they complete.
-- On a crash each completed-but-unsynced write independently survives, is lost, is torn
+- On a crash each completed-but-unsynced write, and each write still in flight (durable
+  or not: the kernel may have written any part of it), independently survives, is lost, is torn
   at 512-byte sector granularity (some of its sectors reach the platter, others do not),
   or is replaced by garbage, with the profile's weights (or one forced mode).
 - Faults on demand: EIO on the next N operations or with a probability, a capacity that
@@ -65,6 +67,7 @@ class SimDisk:
         self.profile = profile
         self.files: dict[str, SimFile] = {}
         self.busy_until_ms = 0.0
+        self.in_flight: dict[int, Write] = {}   # id -> submitted write not yet performed, in order
         self.eio_next_ops = 0
         self.operations = 0
         self.syncs = 0
@@ -92,7 +95,17 @@ class SimDisk:
     def used_bytes(self) -> int:
         return sum(len(f.data) for f in self.files.values())
 
+    def submitted(self, command: DiskCommand) -> None:
+        """Note a submission: a write in flight is at the crash's mercy until performed."""
+        if type(command) is Write:
+            self.in_flight[id(command)] = command
+
+    def forget_in_flight(self) -> None:
+        """The process stopped without a crash: its in-flight operations never complete."""
+        self.in_flight.clear()
+
     def perform(self, command: DiskCommand) -> IoResult:
+        self.in_flight.pop(id(command), None)
         self.operations += 1
         if self.eio_next_ops > 0:
             self.eio_next_ops -= 1
@@ -161,6 +174,9 @@ class SimDisk:
     def crash(self, mode: str | None = None) -> list[dict]:
         """Lose volatile state. Returns what happened to each unsynced write (for the trace)."""
         effects = []
+        for write in self.in_flight.values():
+            self.files.setdefault(write.file, SimFile()).pending.append((write.offset, write.data, False))
+        self.in_flight.clear()
         for name in sorted(self.files):
             file = self.files[name]
             for offset, data, already_durable in file.pending:

@@ -208,6 +208,7 @@ class SimNode:
                 self.timers.pop(command.timer, None)
             elif command_type in DISK_COMMAND_TYPES:
                 done_at = self.disk.completion_time(command, env.now)
+                self.disk.submitted(command)
                 trace.record(env.now, self.node_id, "disk-submit", {"op": _describe_disk_command(command)})
                 sim.call_later(done_at - env.now, self._complete_disk, command, self.incarnation)
             elif command_type is Reply:
@@ -221,6 +222,7 @@ class SimNode:
                 self.actor = None
                 self.timers.clear()
                 self.incarnation += 1
+                self.disk.forget_in_flight()
                 trace.record(env.now, self.node_id, "halt", {"reason": command.reason})
             else:
                 raise TypeError(f"node {self.node_id} emitted a non-command: {command!r}")

@@ -573,12 +573,13 @@ def test_a_failing_select_on_a_brand_new_database_does_not_take_the_node_down():
         assert rows_of(sim, node, "SELECT x FROM e", database="fresh") == [(1,)]
 
 
-def test_snapshots_wait_until_the_log_since_the_last_one_is_as_big_as_it():
-    """Taking a snapshot reads the whole database: with a 2 MB database, 40 small writes
-    do not trigger another one (their log is far smaller); another 2 MB does."""
+def test_snapshots_wait_until_the_log_since_the_last_one_is_ratio_times_as_big():
+    """Taking a snapshot reads and writes the whole database: with a 2 MB database and
+    snapshot_log_ratio 2, 40 small writes do not trigger another one (their log is far
+    smaller), nor does another 2 MB; 4 MB more does."""
     from raftlite.actors.config import Config
 
-    config = Config(snapshot_threshold_entries=16, snapshot_trailing_entries=2)
+    config = Config(snapshot_threshold_entries=16, snapshot_trailing_entries=2, snapshot_log_ratio=2)
     sim = Simulation(seed=6, node_ids=[1, 2, 3], actor_factory=ACTORS["database"]([1, 2, 3]), scratch_dir=True,
                      trace=Trace(keep=False), config=config)
     sim.start()
@@ -599,4 +600,6 @@ def test_snapshots_wait_until_the_log_since_the_last_one_is_as_big_as_it():
     assert first is not None and len(first.data) > 2_000_000        # the first snapshot: 2 MB
     assert small_writes(40).meta.index == first.meta.index            # 40 small entries: not yet
     request(sim, leader, Execute(database="app", sql=bulk), wait=2000)
-    assert small_writes(20).meta.index > first.meta.index             # 2 MB more: now
+    assert small_writes(20).meta.index == first.meta.index            # 2 MB more: not yet
+    request(sim, leader, Execute(database="app", sql=bulk), wait=2000)
+    assert small_writes(20).meta.index > first.meta.index             # 4 MB more: now

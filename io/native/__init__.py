@@ -424,6 +424,10 @@ class PortableIo(_BackendBase):
         self._reserve()
         self._complete_now(token, _fdatasync_result(fd))
 
+    def submit_write_fsync(self, fd, offset, buffer, token):
+        """A write, then fdatasync: the bytes written, or the first error."""
+        self.submit_write(fd, offset, buffer, token, durable=True)
+
     def _collect(self):
         self._signal.drain()
         completions, self._ready = self._ready, []
@@ -435,6 +439,19 @@ class PortableIo(_BackendBase):
             self._signal.close()
             self._signal = None
             self._ready = []
+
+
+@dataclasses.dataclass(slots=True)
+class _Pair:
+    """A write+fsync submitted together: one completion once both halves are back."""
+    token: object
+    results: list = dataclasses.field(default_factory=lambda: [None, None])   # write, fsync
+
+    def combined(self):
+        written, synced = self.results
+        if written < 0:
+            return written
+        return synced if synced < 0 else written
 
 
 @dataclasses.dataclass(slots=True)
@@ -461,7 +478,10 @@ class KernelAio(_BackendBase):
         ffi, lib = _native_ffi, _native_lib
         self._ffi, self._lib = ffi, lib
         context = ffi.new("uint64_t *")
-        status = lib.raftlite_io_setup(queue_depth, context)
+        # Twice the bound: a write+fsync pair (submit_write_fsync) is one operation here
+        # but two requests for the kernel.
+        kernel_depth = 2 * queue_depth
+        status = lib.raftlite_io_setup(kernel_depth, context)
         if status < 0:
             raise OSError(-status, f"io_setup({queue_depth}): {os.strerror(-status)}")
         self._context = context[0]
@@ -474,10 +494,12 @@ class KernelAio(_BackendBase):
         self._in_flight = {}  # aio_data -> _InFlight
         self._user_data = itertools.count(1)
         # Reused arrays for io_getevents, sized to the queue bound.
-        self._events = ffi.new("struct io_event[]", queue_depth)
-        self._event_user_data = ffi.new("uint64_t[]", queue_depth)
-        self._event_results = ffi.new("int64_t[]", queue_depth)
+        self._kernel_depth = kernel_depth
+        self._events = ffi.new("struct io_event[]", kernel_depth)
+        self._event_user_data = ffi.new("uint64_t[]", kernel_depth)
+        self._event_results = ffi.new("int64_t[]", kernel_depth)
         self._iocb_pointer = ffi.new("struct iocb *[1]")
+        self._iocb_pair = ffi.new("struct iocb *[2]")
         # Kernels before 4.18 reject IOCB_CMD_FDSYNC with EINVAL; after the first such
         # refusal, fsync runs synchronously in submit_fsync.
         self._fdsync_supported = True
@@ -494,6 +516,44 @@ class KernelAio(_BackendBase):
         view = _as_memoryview(buffer)
         _check_request(fd, offset, view, writable=True)
         self._submit(self._lib.IOCB_CMD_PREAD, fd, offset, view, token, 0)
+
+    def submit_write_fsync(self, fd, offset, buffer, token):
+        """A buffered write and then fdatasync of the file, in one io_submit.
+
+        io_submit takes the requests in array order, and a buffered write is done (copied
+        into the page cache) inside the call, before the FDSYNC request is even queued:
+        so the fsync covers the write. One completion: the bytes written once both are
+        done, or the first error. The point is one system call and one completion per
+        durable append instead of two round trips through the loop."""
+        view = _as_memoryview(buffer)
+        _check_request(fd, offset, view, writable=False)
+        if not self._fdsync_supported or not len(view):
+            self._submit(self._lib.IOCB_CMD_PWRITE, fd, offset, view, token, self._lib.RWF_DSYNC)
+            return
+        ffi, lib = self._ffi, self._lib
+        keepalive = ffi.from_buffer("char[]", view)
+        self._reserve()
+        pair = _Pair(token)
+        write_data, sync_data = next(self._user_data), next(self._user_data)
+        write_iocb, sync_iocb = ffi.new("struct iocb *"), ffi.new("struct iocb *")
+        lib.raftlite_iocb_prepare(write_iocb, lib.IOCB_CMD_PWRITE, fd, keepalive, len(view), offset, write_data, self._signal.fd, 0)
+        lib.raftlite_iocb_prepare(sync_iocb, lib.IOCB_CMD_FDSYNC, fd, ffi.NULL, 0, 0, sync_data, self._signal.fd, 0)
+        self._iocb_pair[0], self._iocb_pair[1] = write_iocb, sync_iocb
+        while True:
+            submitted = lib.raftlite_io_submit(self._context, 2, self._iocb_pair)
+            if submitted != -errno_codes.EINTR:
+                break
+        if submitted < 1:
+            # Nothing was taken: report it as the write's failure.
+            self._complete_now(token, submitted if submitted < 0 else -errno_codes.EAGAIN)
+            return
+        self._in_flight[write_data] = _InFlight(pair, write_iocb, keepalive)
+        if submitted == 2:
+            self._in_flight[sync_data] = _InFlight(pair, sync_iocb, None)
+            return
+        # Only the write was taken (the kernel refused the fsync request): a synchronous
+        # fdatasync stands in; it runs after the buffered write, which is already done.
+        pair.results[1] = _fdatasync_result(fd)
 
     def submit_fsync(self, fd, token):
         """fdatasync(fd) as IOCB_CMD_FDSYNC: every write completed before this submit becomes durable."""
@@ -550,8 +610,15 @@ class KernelAio(_BackendBase):
                 in_flight = self._in_flight.pop(self._event_user_data[index], None)
                 if in_flight is None:
                     raise RuntimeError(f"kernel completed unknown request {self._event_user_data[index]}")
-                completions.append(Completion(in_flight.token, int(self._event_results[index])))
-            if count < self.queue_depth:
+                result = int(self._event_results[index])
+                token = in_flight.token
+                if type(token) is _Pair:
+                    token.results[0 if in_flight.keepalive is not None else 1] = result
+                    if None in token.results:
+                        continue   # the other half is still out
+                    token, result = token.token, token.combined()
+                completions.append(Completion(token, result))
+            if count < self._kernel_depth:
                 break
         return completions
 
