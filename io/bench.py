@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from raftlite.io import event_loop
+
 __all__ = [
     "BenchError", "BenchSettings", "RunResult", "Summary", "add_bench_parser", "compare", "render_comparison",
     "render_run", "run_bench_command", "run_dqlite", "run_raftlite", "summarize",
@@ -702,7 +704,7 @@ def run_raftlite(settings: BenchSettings, directory: Path, report: Report, *, ru
             if profiler is not None:
                 threading.Timer(settings.duration_s * WINDOW_MARGIN_FRACTION, profiler.start).start()
             if settings.client == "asyncio":
-                asyncio.run(_async_load(leader_address, settings, recorder, progress))
+                event_loop.run(_async_load(leader_address, settings, recorder, progress))
             else:
                 _threaded_load(leader_address, settings, recorder, progress)
         result = RunResult(

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from raftlite.io.event_loop import EVENT_LOOP_CHOICES, loop_factory
+
 __all__ = ["NodeCommandError", "add_node_parsers", "run_node_command", "start_cluster", "start_node_process", "stop_cluster"]
 
 CLUSTER_START_TIMEOUT_S = 60.0
@@ -56,6 +58,8 @@ def add_node_parsers(commands, positive_int, positive_float) -> None:
                       help="heartbeat interval in milliseconds (default 100)")
     node.add_argument("--disk-backend", choices=("kernel-aio", "portable"), default=None,
                       help="disk I/O backend (default: kernel AIO when available)")
+    node.add_argument("--event-loop", choices=EVENT_LOOP_CHOICES, default="auto",
+                      help="asyncio event loop (default auto: uvloop when installed)")
     node.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     node.add_argument("--log-format", choices=("text", "json"), default="text",
                       help="text lines (default) or one JSON object per line (time, level, logger, node, message)")
@@ -114,11 +118,13 @@ def _run_node(args: argparse.Namespace) -> int:
             parse_address(address)
         config = Config(election_timeout_ms=args.election_timeout, heartbeat_interval_ms=args.heartbeat_interval).validate()
         tls = _tls_settings(args)
+        factory = loop_factory(args.event_loop)
     except (ValueError, ConfigError) as error:
         raise NodeCommandError(str(error)) from None
     node = Node(node_id=args.id, address=args.address, data_dir=args.data_dir, join=join, config=config,
                 disk_backend=args.disk_backend, role=Role[args.role.upper()], tls=tls)
-    return asyncio.run(_serve(node))
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_serve(node))
 
 
 class _JsonLogFormatter(logging.Formatter):

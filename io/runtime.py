@@ -169,7 +169,8 @@ class NodeRuntime:
             scratch_dir=self.scratch_dir,
         )
         self.state = RuntimeState.RUNNING
-        log.info("node %s: listening on %s, data in %s, disk backend %s", self.node_id, self.address, self.data_dir, self.disk.backend_name)
+        log.info("node %s: listening on %s, data in %s, disk backend %s, event loop %s", self.node_id, self.address,
+                 self.data_dir, self.disk.backend_name, type(loop).__module__.split(".")[0])
         self.inputs.insert(self.input_position, ("on_start", (self.context,)))
         self._drain_inputs()
 
