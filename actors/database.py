@@ -48,7 +48,7 @@ from raftlite.actors.contract import Client, Context
 from raftlite.actors.raft_node import RaftNode, _PendingProposal
 from raftlite.actors.sqlite_capture import CaptureVfs, open_leader_connection
 from raftlite.core.errors import LeadershipLost, NotLeader, RaftError
-from raftlite.core.frames import CreateDatabase, decode_database_entry, encode_database_entry
+from raftlite.core.frames import CommittedTransaction, CreateDatabase, decode_database_entry, encode_database_entry
 from raftlite.core.raft import State
 from raftlite.core.raft_log_format import msgpack_bin_header
 from raftlite.core.raft_types import Entry, EntryKind
@@ -235,6 +235,10 @@ class DatabaseStateMachine:
         # Committed entries that are only in the WAL (not in the main files).
         self.only_in_wal: list[Entry] = []
         self.leader_is_quiet: Any = lambda: True  # set by the node: may we snapshot now?
+        # Transactions applied but not yet written, per database: written together by
+        # `flush` (the raft node calls it at the end of each apply step), before
+        # anything else touches the files.
+        self.unwritten: dict[str, list[CommittedTransaction]] = {}
 
     def path(self, database: str) -> str:
         return f"{self.directory}/{database}.sqlite"
@@ -248,13 +252,24 @@ class DatabaseStateMachine:
             if isinstance(decoded, CreateDatabase):
                 self.databases[decoded.database] = decoded.page_size
             return None
-        self._write(decode_database_entry(entry.data))
+        decoded = decode_database_entry(entry.data)
+        if isinstance(decoded, CreateDatabase):
+            self._write(decoded)
+        else:
+            self.unwritten.setdefault(decoded.database, []).append(decoded)
         return None
+
+    def flush(self) -> None:
+        """Write what `apply` held back (see database_files.apply_transactions)."""
+        unwritten, self.unwritten = self.unwritten, {}
+        for database, transactions in unwritten.items():
+            database_files.apply_transactions(self.path(database), transactions)
 
     def apply_steps(self, entry: Entry, step_bytes: int):
         """`apply` of a big entry, as a generator yielding the bytes written per step."""
         if entry.kind != EntryKind.NORMAL or self.executed_here.get(entry.index) == entry.term:
             return self.apply(entry)
+        self.flush()
         decoded = decode_database_entry(entry.data)
         if isinstance(decoded, CreateDatabase):
             self._write(decoded)
@@ -264,6 +279,7 @@ class DatabaseStateMachine:
         return None
 
     def _write(self, decoded) -> None:
+        self.flush()
         if isinstance(decoded, CreateDatabase):
             database_files.create_database(self.path(decoded.database), decoded)
             self.databases[decoded.database] = decoded.page_size
@@ -272,6 +288,7 @@ class DatabaseStateMachine:
 
     def rewrite_wal_only_entries(self) -> None:
         """After the WAL was dropped: put the committed entries it held into the files."""
+        self.flush()
         for entry in self.only_in_wal:
             self._write(decode_database_entry(entry.data))
         self.only_in_wal.clear()
@@ -295,6 +312,7 @@ class DatabaseStateMachine:
         # The msgpack map {name: [page size, image]}, framed by hand around the image's
         # pieces so that the database is copied once (a packb of the joined image would
         # copy it twice more).
+        self.flush()
         packer = msgpack.Packer(use_bin_type=True)
         parts = [packer.pack_map_header(len(self.databases))]
         for name, page_size in sorted(self.databases.items()):
@@ -309,6 +327,7 @@ class DatabaseStateMachine:
 
     def restore_steps(self, data: bytes, step_bytes: int):
         """Replace every database by the snapshot's images, in bounded steps."""
+        self.unwritten = {}   # replaced wholesale: what was held back is covered
         images = msgpack.unpackb(data, raw=False)
         for name in list(self.databases):
             if name not in images:

@@ -26,6 +26,7 @@ leader: after a full checkpoint); restoring writes those bytes back and removes 
 """
 
 import os
+from typing import Sequence
 
 from raftlite.core.frames import CommittedTransaction, CreateDatabase
 from raftlite.core.invariant import InvariantViolation
@@ -33,6 +34,7 @@ from raftlite.core.invariant import InvariantViolation
 __all__ = [
     "apply_transaction",
     "apply_transaction_steps",
+    "apply_transactions",
     "clear_directory",
     "committed_image",
     "create_database",
@@ -117,6 +119,39 @@ def apply_transaction(path: str, transaction: CommittedTransaction) -> None:
         for page_number, image in transaction.pages.items():
             _write_all(descriptor, image, (page_number - 1) * page_size)
         os.ftruncate(descriptor, transaction.size_after_commit_pages * page_size)
+    finally:
+        os.close(descriptor)
+
+
+def apply_transactions(path: str, transactions: Sequence[CommittedTransaction]) -> None:
+    """`apply_transaction` of several transactions, in order, at once: each page is
+    written once (its last image) and the file opened and cut once. A follower applies
+    a batch of small transactions per step, and most of them rewrite the same few pages
+    (page 1, the root and inner pages of a b-tree): measured on kvwrite, 15 page writes
+    become 7 for a batch of 5. A page beyond a later transaction's end is dropped, and the
+    file is first cut to the smallest size any of them had, so a shrink followed by a
+    growth leaves the zeros it would have left one transaction at a time."""
+    if not transactions:
+        return
+    _require_no_wal_content(path)
+    page_size = transactions[0].page_size
+    pages: dict[int, bytes] = {}
+    smallest = None
+    for transaction in transactions:
+        size = transaction.size_after_commit_pages
+        smallest = size if smallest is None else min(smallest, size)
+        for page_number in [number for number in pages if number > size]:
+            del pages[page_number]   # cut off by this transaction
+        pages.update(transaction.pages)
+    final_size = transactions[-1].size_after_commit_pages * page_size
+    descriptor = os.open(path, os.O_RDWR)   # no O_CREAT: see apply_transaction
+    try:
+        if smallest * page_size < os.fstat(descriptor).st_size:
+            os.ftruncate(descriptor, smallest * page_size)
+        for page_number, image in sorted(pages.items()):
+            _write_all(descriptor, image, (page_number - 1) * page_size)
+        if final_size != os.fstat(descriptor).st_size:
+            os.ftruncate(descriptor, final_size)
     finally:
         os.close(descriptor)
 

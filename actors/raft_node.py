@@ -513,6 +513,9 @@ class RaftNode:
             result = self.state_machine.apply(item)
             budget -= max(1, len(item.data))
             self._applied(item, result)
+        flush = getattr(self.state_machine, "flush", None)
+        if flush is not None:
+            flush()   # a state machine may batch the writes of one step (the database does)
         if self.step_in_progress is not None or (self.apply_queue and self.snapshot_in_progress is None):
             self.ctx.set_timer(self.APPLY, 0.0)
 

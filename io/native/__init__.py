@@ -536,7 +536,14 @@ class KernelAio(_BackendBase):
         pair = _Pair(token)
         write_data, sync_data = next(self._user_data), next(self._user_data)
         write_iocb, sync_iocb = ffi.new("struct iocb *"), ffi.new("struct iocb *")
-        lib.raftlite_iocb_prepare(write_iocb, lib.IOCB_CMD_PWRITE, fd, keepalive, len(view), offset, write_data, self._signal.fd, 0)
+        # A buffered write is complete when io_submit returns, so its completion needs no
+        # wake-up of its own: it is collected with the fsync's (saves a loop iteration).
+        # An O_DIRECT write may finish after the fsync, so it does signal.
+        try:
+            write_signal = self._signal.fd if is_direct(fd) else -1
+        except OSError:
+            write_signal = self._signal.fd
+        lib.raftlite_iocb_prepare(write_iocb, lib.IOCB_CMD_PWRITE, fd, keepalive, len(view), offset, write_data, write_signal, 0)
         lib.raftlite_iocb_prepare(sync_iocb, lib.IOCB_CMD_FDSYNC, fd, ffi.NULL, 0, 0, sync_data, self._signal.fd, 0)
         self._iocb_pair[0], self._iocb_pair[1] = write_iocb, sync_iocb
         while True:
