@@ -77,7 +77,7 @@ from typing import Any, Callable, Generator, Hashable
 from raftlite.actors.contract import Delete, DiskCommand, IoResult, Read, Rename, Sync, Truncate, Write
 from raftlite.io import native
 
-__all__ = ["DiskExecutor", "RESERVED_PREFIX", "read_durable_files", "valid_file_name"]
+__all__ = ["DiskExecutor", "RESERVED_PREFIX", "ZeroFilledFiles", "read_durable_files", "valid_file_name"]
 
 log = logging.getLogger("raftlite.io.disk")
 
@@ -154,36 +154,88 @@ class _OpenFile:
     owned: bool = True       # False for the directory's fd (closed by the executor)
 
 
-class _BackgroundCloser:
-    """Closes descriptors of unlinked files on a thread of its own.
+@dataclass(frozen=True, slots=True)
+class ZeroFilledFiles:
+    """New files whose name `applies_to` are created from a spare file of `size` zero
+    bytes, written and synced ahead of need (see _DiskHelper). For append-only files
+    whose readers take trailing zeros as the end (raft log segments)."""
 
-    The last close of an unlinked file frees its blocks, which takes the filesystem tens
-    of milliseconds for a big segment or snapshot (measured: 7 to 28 ms for 8 MiB
-    segments and 15 MB snapshots on ext4): long enough to stall heartbeats if it ran on
-    the loop. Nothing waits for these closes: the name is already gone (and its removal
-    synced) before the descriptor is handed over."""
+    applies_to: Callable[[str], bool]
+    size: int
+
+
+SPARE_PREFIX = RESERVED_PREFIX + "spare-"
+
+
+class _DiskHelper:
+    """A thread for the slow file work the loop must not wait for.
+
+    - Closing unlinked files: the last close of an unlinked file frees its blocks, which
+      took the filesystem 7 to 28 ms for 8 MiB segments and 15 MB snapshots here (ext4
+      mounted with `discard`): long enough to stall heartbeats on the loop. Nothing waits
+      for these closes: the name is already gone, and its removal synced.
+    - Spare files: a file of zeros, written and synced, for the next new segment. An
+      append that overwrites zeros within the file's size changes no metadata, so its
+      fdatasync commits no journal transaction: measured for 13 KiB appends, write+fsync
+      155 us into zeros against 332 us into fallocated space (p50, idle machine); with 3
+      node processes, `raftlite bench --workers 1` went from 641-666 to 667-737 ops/s.
+      A spare only ever holds zeros, so a crash while it is made leaves nothing wrong.
+    """
 
     def __init__(self) -> None:
-        self.queue: "queue.SimpleQueue[int | None]" = queue.SimpleQueue()
+        self.jobs: "queue.SimpleQueue[tuple | None]" = queue.SimpleQueue()
         self.thread: threading.Thread | None = None
+        self.spares: deque[str] = deque()   # paths of finished spares (appended by the thread)
+        self.spares_failed = 0
+
+    def _submit(self, job: tuple) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="raftlite-disk-helper", daemon=True)
+            self.thread.start()
+        self.jobs.put(job)
 
     def close(self, fd: int) -> None:
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._run, name="raftlite-disk-closer", daemon=True)
-            self.thread.start()
-        self.queue.put(fd)
+        self._submit(("close", fd))
+
+    def make_spare(self, path: str, size: int) -> None:
+        self._submit(("spare", path, size))
 
     def _run(self) -> None:
-        while (fd := self.queue.get()) is not None:
+        while (job := self.jobs.get()) is not None:
+            if job[0] == "close":
+                try:
+                    os.close(job[1])
+                except OSError as error:
+                    log.warning("closing a deleted file failed: %s", error)
+            else:
+                self._make_spare(job[1], job[2])
+
+    def _make_spare(self, path: str, size: int) -> None:
+        zeros = bytes(min(size, 1 << 20))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
+                for offset in range(0, size, len(zeros)):
+                    os.pwrite(fd, zeros[: size - offset], offset)
+                    # Synced a MiB at a time: the appends' fsyncs never queue behind a
+                    # whole segment's worth of writeback.
+                    os.fdatasync(fd)
+            finally:
                 os.close(fd)
-            except OSError as error:
-                log.warning("closing a deleted file failed: %s", error)
+        except OSError as error:   # a full disk, say: new segments are simply made as before
+            log.info("no spare segment file (%s)", error)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            self.spares_failed += 1
+            return
+        self.spares.append(path)
 
     def stop(self) -> None:
-        """Close what is still queued, then end the thread (waits for it)."""
+        """Finish what is queued, then end the thread (waits for it)."""
         if self.thread is not None:
-            self.queue.put(None)
+            self.jobs.put(None)
             self.thread.join()
             self.thread = None
 
@@ -200,6 +252,7 @@ class DiskExecutor:
         queue_depth: int = native.QUEUE_DEPTH_DEFAULT,
         open_files_max: int = OPEN_FILES_MAX_DEFAULT,
         preallocate: bool = True,
+        zero_filled: ZeroFilledFiles | None = None,
     ) -> None:
         self.directory = os.path.abspath(directory)
         self.deliver = deliver
@@ -218,7 +271,13 @@ class DiskExecutor:
         self.unsynced_names: set[str] = set()         # created since the directory was synced
         self.delivery_scheduled = False
         self.closed = False
-        self.closer = _BackgroundCloser()
+        self.helper = _DiskHelper()
+        self.zero_filled = zero_filled
+        self.spares_requested = 0
+        self.spares_used = 0
+        for leftover in os.listdir(self.directory):
+            if leftover.startswith(SPARE_PREFIX):   # from an earlier run: it may be unfinished
+                os.unlink(os.path.join(self.directory, leftover))
         # Counters for status and tests.
         self.operations = 0
         self.syncs = 0
@@ -235,6 +294,7 @@ class DiskExecutor:
         """Start watching completions on `loop` (call once, from the loop's thread)."""
         self.loop = loop
         loop.add_reader(self.backend.fileno(), self._on_completions)
+        self._request_spare()
 
     # -- submission ----------------------------------------------------------------------
 
@@ -502,7 +562,7 @@ class DiskExecutor:
             try:
                 fd = os.open(self._path(name), flags)
             except FileNotFoundError:
-                fd = os.open(self._path(name), flags | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = self._create(name, flags)
                 self.unsynced_names.add(name)
         else:
             fd = os.open(self._path(name), flags)
@@ -510,6 +570,30 @@ class DiskExecutor:
         self.files[name] = open_file
         self._evict()
         return open_file
+
+    def _create(self, name: str, flags: int) -> int:
+        """A new file: a zero-filled spare renamed into place when one is ready and the
+        name calls for it, else an empty file. (The caller syncs the directory.)"""
+        if self.zero_filled is not None and self.zero_filled.applies_to(name):
+            spare = self.helper.spares.popleft() if self.helper.spares else None
+            if spare is not None:
+                self.spares_used += 1
+            self._request_spare()
+            if spare is not None:
+                os.rename(spare, self._path(name))
+                return os.open(self._path(name), flags)
+        return os.open(self._path(name), flags | os.O_CREAT | os.O_EXCL, 0o644)
+
+    def _request_spare(self) -> None:
+        """Keep one spare made or in the making."""
+        if self.zero_filled is None or self.closed:
+            return
+        helper = self.helper
+        in_making = self.spares_requested - self.spares_used - len(helper.spares) - helper.spares_failed
+        if in_making or helper.spares:
+            return
+        self.spares_requested += 1
+        helper.make_spare(self._path(f"{SPARE_PREFIX}{self.spares_requested}"), self.zero_filled.size)
 
     def _evict(self) -> None:
         """Keep at most open_files_max descriptors, closing idle ones, oldest first."""
@@ -527,7 +611,7 @@ class DiskExecutor:
             open_file.detached = True   # a submission is in flight on it: closed on its completion
             return
         if open_file.release_in_background:
-            self.closer.close(open_file.fd)
+            self.helper.close(open_file.fd)
         else:
             os.close(open_file.fd)
 
@@ -564,7 +648,9 @@ class DiskExecutor:
         for open_file in [*self.files.values(), *detached]:
             os.close(open_file.fd)
         self.files.clear()
-        self.closer.stop()
+        self.helper.stop()
+        while self.helper.spares:
+            os.unlink(self.helper.spares.popleft())
         os.close(self.directory_fd)
         self.waiting.clear()
         self.order.clear()

@@ -47,8 +47,9 @@ from raftlite.actors.contract import (
     CancelTimer, Client, Context, Delete, Halt, IoResult, Read, Rename, Reply, Send, SetTimer, Sync, Truncate, Write,
 )
 from raftlite.core.peer_codec import RAFT_CODEC, Codec
+from raftlite.core.raft_log_format import segment_first_index
 from raftlite.io.admin import parse_address, serve_admin_connection
-from raftlite.io.disk import RESERVED_PREFIX, DiskExecutor
+from raftlite.io.disk import RESERVED_PREFIX, DiskExecutor, ZeroFilledFiles
 from raftlite.io.transport import ClientProtocolHandler, TlsSettings, Transport, TransportSettings
 
 __all__ = ["DataDirectoryInUse", "NodeRuntime", "RuntimeState", "SCRATCH_DIRECTORY_NAME"]
@@ -141,7 +142,13 @@ class NodeRuntime:
         try:
             os.makedirs(self.scratch_dir, exist_ok=True)
             self._lock_data_dir()
-            self.disk = DiskExecutor(self.data_dir, self._disk_done, backend=self.disk_backend)
+            self.disk = DiskExecutor(
+                self.data_dir, self._disk_done, backend=self.disk_backend,
+                # Raft log segments start as zero-filled spares (io/disk.py, _DiskHelper);
+                # recovery reads trailing zeros as the end of a segment.
+                zero_filled=ZeroFilledFiles(lambda name: segment_first_index(name) is not None,
+                                            self.config.segment_bytes_max),
+            )
             self.disk.attach(self.loop)
             files = self.disk.durable_files()
             self.transport = Transport(

@@ -302,3 +302,60 @@ def test_a_single_node_raft_cluster_keeps_its_log_across_restarts(tmp_path, back
     assert second[0].index > first[-1].index
     assert read.value[0] == 4
     assert _open_descriptors() == before
+
+
+# -- zero-filled spares for new segments ---------------------------------------------------
+
+
+def _wait_for(harness, predicate, timeout_s=10.0):
+    async def wait():
+        for _ in range(int(timeout_s * 1000)):
+            if predicate():
+                return
+            await asyncio.sleep(0.001)
+        raise TimeoutError("condition never became true")
+
+    harness.loop.run_until_complete(wait())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_new_segments_start_as_zero_filled_spares(tmp_path, backend):
+    from raftlite.io.disk import SPARE_PREFIX, ZeroFilledFiles
+
+    (tmp_path / f"{SPARE_PREFIX}7").write_bytes(b"left by an earlier run")
+    harness = Harness.__new__(Harness)
+    harness.loop = asyncio.new_event_loop()
+    harness.completions = []
+    harness.executor = DiskExecutor(str(tmp_path), harness.completions_append, backend=backend,
+                                    zero_filled=ZeroFilledFiles(lambda name: name.startswith("seg-"), 64 << 10))
+    assert not (tmp_path / f"{SPARE_PREFIX}7").exists()   # a leftover may be unfinished: gone
+    harness.executor.attach(harness.loop)
+    try:
+        _wait_for(harness, lambda: harness.executor.helper.spares)
+        assert harness.one(Write(token=1, file="seg-1", offset=0, data=b"header", durable=True)).ok
+        assert harness.one(Write(token=2, file="seg-1", offset=6, data=b"batch", durable=True)).ok
+        assert harness.one(Write(token=3, file="other", offset=0, data=b"meta", durable=True)).ok
+        assert (tmp_path / "seg-1").read_bytes() == b"headerbatch" + bytes((64 << 10) - 11)
+        assert (tmp_path / "other").read_bytes() == b"meta"   # not a segment: as written
+        # The next spare is made in the background; the next segment gets it.
+        _wait_for(harness, lambda: harness.executor.helper.spares)
+        assert harness.one(Write(token=4, file="seg-2", offset=0, data=b"x" * (80 << 10), durable=True)).ok
+        assert (tmp_path / "seg-2").read_bytes() == b"x" * (80 << 10)   # past the spare: extended
+        assert set(read_durable_files(str(tmp_path))) == {"seg-1", "seg-2", "other"}
+    finally:
+        harness.close()
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(SPARE_PREFIX)]
+
+
+def test_raft_storage_recovers_segments_with_a_zero_tail(tmp_path):
+    # A segment made from a spare ends in zeros: recovery reads them as its end, and the
+    # next append goes where the records stop.
+    from raftlite.core.raft_log_format import encode_batch, encode_segment_header, recover, segment_file_name
+    from raftlite.core.raft_types import Entry, EntryKind
+
+    entries = [Entry(term=1, index=index, kind=EntryKind.NORMAL, data=bytes([index]) * 50) for index in (1, 2, 3)]
+    header = encode_segment_header(1)
+    content = header + encode_batch(entries).record
+    recovered = recover({segment_file_name(1): content + bytes(4096)})
+    assert recovered.entries == entries and recovered.repairs == []
+    assert recovered.segments[0].size == len(content)
