@@ -485,7 +485,17 @@ class RaftNode:
         zero-delay timer. While a snapshot is being taken nothing is applied: the
         snapshot must show the state at exactly its index."""
         budget = self.APPLY_STEP_BYTES
+        applies_during_snapshot = getattr(self.state_machine, "applies_during_snapshot", None)
         while budget > 0 and (self.step_in_progress is not None or (self.apply_queue and self.snapshot_in_progress is None)):
+            if (self.snapshot_in_progress is not None and self.apply_queue and applies_during_snapshot is not None
+                    and isinstance(self.apply_queue[0], Entry) and applies_during_snapshot(self.apply_queue[0])):
+                # An entry that leaves what the snapshot reads untouched need not wait
+                # for it (on a leader: its own transactions, already in its WAL).
+                item = self.apply_queue.popleft()
+                result = self.state_machine.apply(item)
+                budget -= max(1, len(item.data))
+                self._applied(item, result)
+                continue
             if self.step_in_progress is not None:
                 steps, finish = self.step_in_progress
                 try:

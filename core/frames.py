@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Mapping, Union
 
 __all__ = [
+    "creates_database",
     "DATABASE_NAME_BYTES_MAX",
     "FRAME_FORMAT_VERSION",
     "PAGE_SIZE_MAX",
@@ -161,6 +162,12 @@ def _decode_name(view: memoryview, offset: int, length: int) -> str:
 def _expect_length(view: memoryview, expected: int, what: str) -> None:
     if len(view) != expected:
         raise FrameFormatError(f"{what} entry of {len(view)} bytes, expected {expected}")
+
+
+def creates_database(data: bytes | memoryview) -> bool:
+    """Whether the entry is a CreateDatabase, from its prefix alone (no decoding): the
+    leader asks this of every entry it executed itself."""
+    return len(data) >= _PREFIX.size and data[1] == _KIND_CREATE
 
 
 def decode_database_entry(data: bytes | memoryview) -> DatabaseEntry:
