@@ -425,10 +425,6 @@ def _recover_metadata(files: Mapping[str, bytes]) -> tuple[HardState, int]:
         if best is None or version > best[0]:
             best = (version, hard_state)
     if best is None:
-        if unreadable == [metadata_file_name(1)] and metadata_file_name(2) not in files:
-            # Version 1 torn in flight: the very first hard state never became durable,
-            # so nothing that depends on it (a vote, an acknowledgement) was ever sent.
-            return HardState(), 0
         if unreadable:
             # One bad copy is the newest version torn in flight; with no good copy beside
             # it the vote and term are lost, and a node that forgets its vote can vote twice.

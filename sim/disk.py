@@ -11,7 +11,8 @@ Model (FoundationDB's AsyncFileNonDurable and TigerBeetle's testing storage in s
   a `durable=True` write is durable when it completes; truncate/rename/delete are durable
   when they complete.
 - On a crash each completed-but-unsynced write, and each write still in flight (durable
-  or not: the kernel may have written any part of it), independently survives, is lost, is torn
+  or not: the device may have taken any of its sectors; garbage is not among its fates,
+  sectors being atomic), independently survives, is lost, is torn
   at 512-byte sector granularity (some of its sectors reach the platter, others do not),
   or is replaced by garbage, with the profile's weights (or one forced mode).
 - Faults on demand: EIO on the next N operations or with a probability, a capacity that
@@ -28,6 +29,7 @@ from raftlite.actors.contract import Delete, DiskCommand, IoResult, Read, Rename
 __all__ = ["CRASH_MODES", "DiskProfile", "SECTOR_BYTES", "SimDisk", "SimFile"]
 
 SECTOR_BYTES = 512
+_IN_FLIGHT = "in flight"   # marks a pending write that had not completed at the crash
 CRASH_MODES = ("keep", "lose", "tear", "garbage")
 
 
@@ -50,7 +52,7 @@ class SimFile:
     # Completed writes not yet made durable by a sync: (offset, bytes, already_durable).
     # Durable writes are kept here too while older unsynced ones exist, so that replaying
     # the list in order after a crash never puts stale bytes over newer durable ones.
-    pending: list[tuple[int, bytes, bool]] = field(default_factory=list)
+    pending: list[tuple[int, bytes, bool | str]] = field(default_factory=list)   # str: _IN_FLIGHT
     last_durable_write: tuple[int, int] = (0, 0)
 
 
@@ -175,12 +177,17 @@ class SimDisk:
         """Lose volatile state. Returns what happened to each unsynced write (for the trace)."""
         effects = []
         for write in self.in_flight.values():
-            self.files.setdefault(write.file, SimFile()).pending.append((write.offset, write.data, False))
+            self.files.setdefault(write.file, SimFile()).pending.append((write.offset, write.data, _IN_FLIGHT))
         self.in_flight.clear()
         for name in sorted(self.files):
             file = self.files[name]
             for offset, data, already_durable in file.pending:
-                fate = "keep" if already_durable else (mode or self.rng.choices(CRASH_MODES, self.profile.crash_weights)[0])
+                fate = "keep" if already_durable is True else (mode or self.rng.choices(CRASH_MODES, self.profile.crash_weights)[0])
+                if already_durable is _IN_FLIGHT and fate == "garbage":
+                    # A write the device was still taking: each sector landed whole or
+                    # not at all (sector atomicity); only bytes left unsynced in a
+                    # cache are at risk of coming back as garbage.
+                    fate = "tear"
                 if fate == "keep":
                     _put(file.durable, offset, data)
                 elif fate == "tear":
