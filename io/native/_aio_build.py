@@ -40,6 +40,8 @@ long raftlite_io_getevents(uint64_t context, long minimum, long maximum,
                            struct io_event *events, uint64_t *user_data_out,
                            int64_t *result_out, int64_t timeout_ns);
 
+int raftlite_zero_pages(int fd, int64_t start, int64_t end);
+
 int eventfd(unsigned int initial_value, int flags);
 int posix_memalign(void **memory_out, size_t alignment, size_t size);
 void free(void *memory);
@@ -101,6 +103,21 @@ static void raftlite_iocb_prepare(struct iocb *iocb, int opcode, int fd, void *b
         iocb->aio_flags = IOCB_FLAG_RESFD;
         iocb->aio_resfd = (__u32)result_fd;
     }
+}
+
+/* Writes zeros over [start, end) of `fd`, one 4 KiB page per write (the last one
+   short), then fdatasync: see preallocate_zeroed for why page by page. */
+static int raftlite_zero_pages(int fd, int64_t start, int64_t end)
+{
+    static const char zeros[4096];
+    int64_t offset;
+    for (offset = start; offset < end; offset += (int64_t)sizeof zeros) {
+        size_t length = end - offset < (int64_t)sizeof zeros ? (size_t)(end - offset) : sizeof zeros;
+        ssize_t written = pwrite(fd, zeros, length, offset);
+        if (written != (ssize_t)length)
+            return written < 0 ? -errno : -EIO;
+    }
+    return fdatasync(fd) == 0 ? 0 : -errno;
 }
 
 static long raftlite_io_submit(uint64_t context, long count, struct iocb **iocbs)
