@@ -46,7 +46,10 @@ File extension. A write past the end of what is allocated first reserves space w
 `fallocate(FALLOC_FL_KEEP_SIZE)` in chunks that grow with the file (64 KiB .. 4 MiB):
 the file's size (what `durable_files` and reads see) is unchanged, block allocation
 happens ahead of need instead of at writeback, and a full disk shows up early. Where
-fallocate is unsupported, writes simply extend the file.
+fallocate is unsupported, writes simply extend the file. Files the runtime names in
+`zero_filled` (raft log segments) are instead created from a spare file of written zeros
+that a helper thread makes ahead of need (`_DiskHelper`): appends into it change no file
+metadata, so their fsync is cheaper; readers take trailing zeros as the end.
 
 With the portable backend every operation, fdatasync included, runs synchronously in
 `submit` (see raftlite.io.native): correct, but the loop waits for the disk.
