@@ -292,6 +292,7 @@ class RaftNode:
     def on_message(self, src: NodeId | Client, message: Any) -> None:
         if self.raft is None:
             return
+        self.raft.storage_failing = self.storage.failed
         if isinstance(src, Client):
             self._handle_client(src, message)
         else:
@@ -304,6 +305,7 @@ class RaftNode:
             self._process()
             return
         if timer == self.TICK:
+            self.raft.storage_failing = self.storage.failed
             self.raft.tick()
             self._check_promotion()
             self.ctx.set_timer(self.TICK, self.ctx.config.heartbeat_interval_ms)
@@ -453,8 +455,12 @@ class RaftNode:
     def _complete_batches(self) -> None:
         while self.batches and self.batches[0].durable:
             ready = self.batches.popleft().ready
+            own_id = self.ctx.node_id
             for dst, message in ready.messages_after_persist:
-                self.ctx.send(dst, message)
+                if dst == own_id:
+                    self.raft.step(own_id, message)   # a candidate's own vote, now durable
+                else:
+                    self.ctx.send(dst, message)
             if ready.snapshot is not None:
                 self.apply_queue.append(ready.snapshot)
             self.apply_queue.extend(ready.committed_entries)

@@ -13,8 +13,10 @@ Outputs accumulate until the runtime asks for them with `ready()`, which returns
 1. persist `ready.hard_state`, `ready.snapshot` and `ready.entries` (discarding the log
    after `ready.truncate_after` first), all durably;
 2. send `ready.messages` (these may go before persisting: the leader's appends), and
-   only after step 1 completed, `ready.messages_after_persist` (votes and append
-   acknowledgements: etcd-io/raft's persist-then-send rule);
+   only after step 1 completed, `ready.messages_after_persist` (votes, append and
+   snapshot acknowledgements, and every message carrying a term this node has not yet
+   made durable: etcd-io/raft's persist-then-send rule). A message in it addressed to
+   this node itself (a candidate's own vote) is stepped back into `step`;
 3. apply `ready.committed_entries` (and install `ready.snapshot` into the state machine);
    deliver `ready.read_states`;
 4. call `advance(ready)`.
@@ -27,7 +29,10 @@ Safety rules enforced here (Raft paper §5, §6, the Raft thesis §3.10, §4, §
 - a leader commits only entries of its own term by counting replicas (Figure 8); it
   counts itself only for entries it has persisted;
 - a vote is granted at most once per term, to candidates whose log is at least as up to
-  date, and a vote is sent only once it is durable;
+  date, and a vote is sent only once it is durable; a candidate's own vote counts only
+  once durable, and no message of a term leaves before that term is durable (so a crash
+  can never make a node forget a term it acted in); a node whose storage is failing
+  neither campaigns nor grants votes;
 - pre-vote and check-quorum: a node that heard from a leader within an election timeout
   ignores (pre-)vote requests, except for campaigns started by leadership transfer;
   a leader that has not heard from a quorum within an election timeout steps down;
@@ -73,6 +78,9 @@ class UnsafeSwitches:
     skip_fsync: bool = False                  # actors/raft_storage.py: a Sync counts as done
     read_without_read_index: bool = False     # actors/raft_node.py: answer reads at once
     vote_before_persist: bool = False         # here: a vote leaves before it is durable
+    # here: a candidate counts its own vote, and a node sends messages of a new term,
+    # before that term (and the self-vote) is durable: bug 1 of the safety review
+    self_vote_before_persist: bool = False
 
     def enabled(self) -> tuple[str, ...]:
         return tuple(name for name in self.__slots__ if getattr(self, name))
@@ -226,6 +234,9 @@ class Raft:
         # forgotten entries its earlier votes and acknowledgements vouched for. The runtime
         # sets this for a node that starts empty to join, until its own join completed.
         self.voting_blocked = False
+        # Set by the runtime while durable storage is failing (EIO, ENOSPC): a node that
+        # cannot make a term or a vote durable neither campaigns nor grants votes.
+        self.storage_failing = False
         self.leader: int | None = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -244,7 +255,8 @@ class Raft:
         self.messages: list[tuple[int, Any]] = []
         self.messages_after_persist: list[tuple[int, Any]] = []
         self.read_states: list[ReadState] = []
-        self.persisted_hard_state = HardState(self.term, self.vote)
+        self.persisted_hard_state = HardState(self.term, self.vote)   # handed out to persist
+        self.durable_hard_state = HardState(self.term, self.vote)     # known to be durable
         self._reset_election_timer()
 
     # ------------------------------------------------------------------------------------
@@ -396,7 +408,7 @@ class Raft:
             self._tick_leader()
         else:
             self.election_elapsed += 1
-            if self.election_elapsed >= self.randomized_election_ticks and self.is_voter and not self.voting_blocked:
+            if self.election_elapsed >= self.randomized_election_ticks and self._may_campaign():
                 self._campaign(transfer=False)
 
     def _tick_leader(self) -> None:
@@ -430,26 +442,28 @@ class Raft:
     def campaign(self, *, force: bool = False) -> None:
         """Start an election now (etcd's MsgHup). `force` campaigns as leadership transfer
         does: no pre-vote, and voters ignore their leader lease."""
-        if self.state != State.LEADER and self.is_voter and not self.voting_blocked:
+        if self.state != State.LEADER and self._may_campaign():
             self._campaign(transfer=force)
 
+    def _may_campaign(self) -> bool:
+        return self.is_voter and not self.voting_blocked and not self.storage_failing
+
     def _campaign(self, *, transfer: bool) -> None:
-        if self.settings.pre_vote and not transfer:
-            self._become_pre_candidate()
-            term = self.term + 1
-        else:
+        if not self.settings.pre_vote or transfer:
             self._become_candidate()
-            term = self.term
-        pre_vote = self.state == State.PRE_CANDIDATE
+            self._request_votes(transfer=transfer)
+            return
+        self._become_pre_candidate()
+        # A pre-vote promises nothing and changes no durable state: counted at once.
         self.votes[self.id] = True
         if self._quorum_reached({self.id}):
-            self._win_vote(pre_vote)
+            self._campaign_after_pre_vote()
             return
         for voter in self.configuration.voters:
             if voter != self.id:
                 self._send(voter, VoteRequest(
-                    term=term, last_log_index=self.last_index, last_log_term=self.last_term,
-                    pre_vote=pre_vote, transfer=transfer,
+                    term=self.term + 1, last_log_index=self.last_index, last_log_term=self.last_term,
+                    pre_vote=True, transfer=False,
                 ))
 
     def _win_vote(self, pre_vote: bool) -> None:
@@ -460,14 +474,26 @@ class Raft:
 
     def _campaign_after_pre_vote(self) -> None:
         self._become_candidate()
-        self.votes[self.id] = True
-        if self._quorum_reached({self.id}):
-            self._become_leader()
-            return
+        self._request_votes(transfer=False)
+
+    def _request_votes(self, *, transfer: bool) -> None:
+        """A candidate's own vote counts only once its new term and vote are durable: like
+        etcd-io/raft, it sends itself a vote response after the persist (the runtime
+        steps messages addressed to this node back into it). Counted at once, a crash
+        before the write lands would let the node restart in the old term with no vote,
+        vote for another candidate of the same term, and two leaders share it. The
+        requests themselves carry the new term, so `_send` holds them until then too."""
+        if self.settings.unsafe.self_vote_before_persist:
+            self.votes[self.id] = True
+            if self._quorum_reached({self.id}):
+                self._become_leader()
+                return
+        else:
+            self.messages_after_persist.append((self.id, VoteResponse(term=self.term, granted=True)))
         for voter in self.configuration.voters:
             if voter != self.id:
                 self._send(voter, VoteRequest(
-                    term=self.term, last_log_index=self.last_index, last_log_term=self.last_term,
+                    term=self.term, last_log_index=self.last_index, last_log_term=self.last_term, transfer=transfer,
                 ))
 
     def _in_lease(self) -> bool:
@@ -479,6 +505,7 @@ class Raft:
             grant = (
                 message.term > self.term
                 and not self.voting_blocked
+                and not self.storage_failing
                 and (message.transfer or not self._in_lease())
                 and self._is_up_to_date(message.last_log_index, message.last_log_term)
             )
@@ -486,7 +513,7 @@ class Raft:
             self._send(src, VoteResponse(term=message.term if grant else self.term, granted=grant, pre_vote=True))
             return
         can_vote = self.vote == src or (self.vote is None and self.leader is None)
-        grant = can_vote and not self.voting_blocked and self._is_up_to_date(message.last_log_index, message.last_log_term)
+        grant = can_vote and not self.voting_blocked and not self.storage_failing and self._is_up_to_date(message.last_log_index, message.last_log_term)
         if grant:
             self.vote = src
             self.election_elapsed = 0
@@ -614,7 +641,8 @@ class Raft:
         if meta.index <= self.commit:
             # Nothing to learn: we already have (and committed) everything it holds.
             self._send(src, SnapshotResponse(term=self.term, index=meta.index, next_offset=message.total_bytes, done=True))
-            self.messages.append((src, AppendResponse(term=self.term, success=True, index=self.commit)))
+            # Acknowledges entries through the commit index: only once they are durable here.
+            self.messages_after_persist.append((src, AppendResponse(term=self.term, success=True, index=self.commit)))
             return
         if message.offset == 0 or self.incoming_snapshot is None or self.incoming_snapshot[0] != meta:
             if message.offset != 0:
@@ -921,6 +949,12 @@ class Raft:
         self._maybe_commit()
         return index
 
+    def step_down(self) -> None:
+        """Stop leading now, staying in the term (the state machine cannot go on leading,
+        e.g. an I/O error while it executed a write). Another node will be elected."""
+        if self.state == State.LEADER:
+            self._become_follower(self.term, None)
+
     def transfer_leadership(self, target: int) -> None:
         self._require_leader()
         if target == self.id:
@@ -981,7 +1015,15 @@ class Raft:
     # Ready / advance
 
     def _send(self, dst: int, message: Any) -> None:
-        self.messages.append((dst, message))
+        """Queue a message. One that carries a term this node has not yet made durable
+        waits for that persist (pre-vote messages excepted: they carry a future term by
+        design and promise nothing): nothing a peer learns from it may outlive a crash
+        that forgets the term."""
+        if (message.term > self.durable_hard_state.term and not getattr(message, "pre_vote", False)
+                and not self.settings.unsafe.self_vote_before_persist):
+            self.messages_after_persist.append((dst, message))
+        else:
+            self.messages.append((dst, message))
 
     def has_ready(self) -> bool:
         return bool(
@@ -1026,6 +1068,8 @@ class Raft:
 
     def advance(self, ready: Ready) -> None:
         """`ready` (and every Ready handed out before it) is persisted and applied."""
+        if ready.hard_state is not None and ready.hard_state.term >= self.durable_hard_state.term:
+            self.durable_hard_state = ready.hard_state
         stable = self.stable_index
         if ready.truncate_after is not None:
             # Entries up to the truncation point were handed out earlier and are durable
