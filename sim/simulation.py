@@ -273,6 +273,10 @@ class Simulation:
         self.checkers: list[Callable[["Simulation"], None]] = []
         # Called with (node_id, actor) whenever a node (re)starts, before on_start.
         self.actor_hooks: list[Callable[[int, Any], None]] = []
+        # Called with (src, dst, message) at every Send, before the network sees it:
+        # checkers that judge a message by the sender's durable state, fault points
+        # that act right after a send.
+        self.send_observers: list[Callable[[int, int, Any], None]] = []
         # Decides whether a bit flip at (node, file, offset) is allowed (DESIGN.md §3
         # bounds at-rest corruption); actors with entry-level knowledge install their own.
         self.corruption_guard: Callable[[int, str, int], bool] = self._default_corruption_guard
@@ -333,6 +337,8 @@ class Simulation:
 
     def transmit(self, src: int, dst: int, message: Any) -> None:
         now = self.env.now
+        for observe in self.send_observers:
+            observe(src, dst, message)
         if dst not in self.nodes:
             self.trace.record(now, src, "drop", {"dst": dst, "why": "unknown", "msg": _describe(message)})
             return
