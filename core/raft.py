@@ -179,6 +179,13 @@ class _PendingRead:
     sequence: int
 
 
+def _carries_future_term(message: Any) -> bool:
+    """A pre-vote request, or a pre-vote granted: its term is one the sender is not in."""
+    if type(message) is VoteRequest:
+        return message.pre_vote
+    return type(message) is VoteResponse and message.pre_vote and message.granted
+
+
 class Raft:
     def __init__(
         self,
@@ -639,9 +646,12 @@ class Raft:
     def _handle_snapshot_chunk(self, src: int, message: SnapshotChunk) -> None:
         meta = message.meta
         if meta.index <= self.commit:
-            # Nothing to learn: we already have (and committed) everything it holds.
-            self._send(src, SnapshotResponse(term=self.term, index=meta.index, next_offset=message.total_bytes, done=True))
-            # Acknowledges entries through the commit index: only once they are durable here.
+            # Nothing to learn: we already have (and committed) everything it holds. Both
+            # answers vouch for entries through the commit index, which may still be on
+            # their way to this node's disk: they wait for the persist.
+            self.messages_after_persist.append(
+                (src, SnapshotResponse(term=self.term, index=meta.index, next_offset=message.total_bytes, done=True))
+            )
             self.messages_after_persist.append((src, AppendResponse(term=self.term, success=True, index=self.commit)))
             return
         if message.offset == 0 or self.incoming_snapshot is None or self.incoming_snapshot[0] != meta:
@@ -1016,10 +1026,10 @@ class Raft:
 
     def _send(self, dst: int, message: Any) -> None:
         """Queue a message. One that carries a term this node has not yet made durable
-        waits for that persist (pre-vote messages excepted: they carry a future term by
-        design and promise nothing): nothing a peer learns from it may outlive a crash
-        that forgets the term."""
-        if (message.term > self.durable_hard_state.term and not getattr(message, "pre_vote", False)
+        waits for that persist (pre-vote requests and grants excepted: they carry a
+        future term by design and promise nothing): nothing a peer learns from it may
+        outlive a crash that forgets the term."""
+        if (message.term > self.durable_hard_state.term and not _carries_future_term(message)
                 and not self.settings.unsafe.self_vote_before_persist):
             self.messages_after_persist.append((dst, message))
         else:

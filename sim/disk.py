@@ -54,6 +54,13 @@ class SimFile:
     # the list in order after a crash never puts stale bytes over newer durable ones.
     pending: list[tuple[int, bytes, bool | str]] = field(default_factory=list)   # str: _IN_FLIGHT
     last_durable_write: tuple[int, int] = (0, 0)
+    # The lowest offset of the durable image changed since an observer (the durability
+    # checker) last read it, or None: lets it re-read only what changed.
+    durable_changed_from: int | None = 0
+
+    def durable_changed(self, offset: int) -> None:
+        if self.durable_changed_from is None or offset < self.durable_changed_from:
+            self.durable_changed_from = offset
 
 
 def _put(buffer: bytearray, offset: int, data: bytes) -> None:
@@ -132,6 +139,7 @@ class SimDisk:
             case Truncate(file=name, size=size):
                 file = self.files.setdefault(name, SimFile())
                 self._make_durable(file)
+                file.durable_changed(size)
                 for buffer in (file.data, file.durable):
                     if size < len(buffer):
                         del buffer[size:]
@@ -158,6 +166,7 @@ class SimDisk:
         _put(file.data, offset, data)
         if durable:
             _put(file.durable, offset, data)
+            file.durable_changed(offset)
             file.last_durable_write = (offset, offset + len(data))
             if file.pending:
                 file.pending.append((offset, data, True))
@@ -168,6 +177,7 @@ class SimDisk:
     def _make_durable(self, file: SimFile) -> None:
         for offset, data, _ in file.pending:
             _put(file.durable, offset, data)
+            file.durable_changed(offset)
             file.last_durable_write = (offset, offset + len(data))
         file.pending.clear()
 
@@ -181,6 +191,8 @@ class SimDisk:
         self.in_flight.clear()
         for name in sorted(self.files):
             file = self.files[name]
+            for offset, data, _ in file.pending:
+                file.durable_changed(offset)
             for offset, data, already_durable in file.pending:
                 fate = "keep" if already_durable is True else (mode or self.rng.choices(CRASH_MODES, self.profile.crash_weights)[0])
                 if already_durable is _IN_FLIGHT and fate == "garbage":
@@ -226,6 +238,7 @@ class SimDisk:
                 continue
             bit = self.rng.randrange(8)
             file.durable[offset] ^= 1 << bit
+            file.durable_changed(offset)
             file.data[offset] ^= 1 << bit
             return name, offset, bit
         return None

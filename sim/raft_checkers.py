@@ -5,7 +5,9 @@ properties of the Raft paper's Figure 3 are checked directly, not inferred:
 
 - election safety: at most one leader per term (ever, not just at one instant);
 - log matching: two entries with the same index and term hold the same command;
-- leader completeness: a new leader's log holds every entry committed before it;
+- leader completeness: a new leader of term T holds every entry committed in a term
+  before T (an entry committed in a *later* term may rightly be missing: a delayed vote
+  can still elect a leader of term 3 after term 4 committed something);
 - state-machine safety: every node applies the same entry at each index;
 - durability: an entry acknowledged to a client is never lost — every node that
   applies that index applies exactly it, and every later leader holds it.
@@ -34,6 +36,9 @@ class RaftChecker:
         self.leaders_announced: set[int] = set()
         self.known: dict[tuple[int, int], bytes] = {}         # (index, term) -> digest
         self.committed: dict[int, tuple[int, bytes]] = {}     # index -> (term, digest)
+        # index -> the lowest term of a node seen holding it committed: the entry was
+        # committed in that term or earlier.
+        self.committed_by_term: dict[int, int] = {}
         self.applied: dict[int, tuple[int, bytes]] = {}       # index -> (term, digest)
         self.acknowledged: dict[int, tuple[int, bytes]] = {}  # index -> (term, digest)
         self.checked_commit: dict[tuple[int, int], int] = {}  # (node, life) -> commit checked
@@ -96,7 +101,7 @@ class RaftChecker:
             return
         self.leaders_checked.add(marker)
         for index, (term, digest) in self.committed.items():
-            if index <= raft.log_base_index:
+            if index <= raft.log_base_index or self.committed_by_term[index] >= raft.term:
                 continue
             if raft.term_at(index) != term or entry_digest(raft.entry(index)) != digest:
                 self.fail(f"leader completeness: node {node_id}, leader of term {raft.term}, "
@@ -126,6 +131,9 @@ class RaftChecker:
             entry = raft.entry(index)
             record = (entry.term, entry_digest(entry))
             first = self.committed.setdefault(index, record)
+            known_by = self.committed_by_term.get(index)
+            if known_by is None or raft.term < known_by:
+                self.committed_by_term[index] = raft.term
             if first != record:
                 self.fail(f"commit safety: node {node_id} committed term {entry.term} at index {index}, "
                           f"another node committed term {first[0]}")

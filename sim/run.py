@@ -11,6 +11,7 @@ from raftlite.actors.raft_node import Propose, ProposeResult, RaftNode
 from raftlite.core.raft import State
 from raftlite.core.raft_types import Configuration, Role
 from raftlite.sim.nemesis import Nemesis
+from raftlite.sim.durability_checker import DurabilityChecker
 from raftlite.sim.raft_checkers import RaftChecker
 from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
@@ -211,6 +212,7 @@ def run_simulation(
     if actor in ("raft", "database"):
         checker = RaftChecker(sim).attach()
         sim.actor_hooks.append(checker.instrument)
+        DurabilityChecker(sim).attach()
     if actor == "raft":
         load = ProposalLoad(sim, proposal_interval_ms, stop_at_ms=duration_ms)
         load.start()

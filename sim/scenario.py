@@ -44,6 +44,7 @@ from raftlite.actors.config import Config
 from raftlite.actors.heartbeat import StatusRequest
 from raftlite.actors.raft_node import ChangeMembership, Propose, Read, TransferLeadership
 from raftlite.core.raft_types import Role
+from raftlite.sim.durability_checker import DurabilityChecker
 from raftlite.sim.raft_checkers import RaftChecker
 from raftlite.core.records import scan_records
 from raftlite.sim.network import bridge, halves, isolate, majorities_ring, one_way, symmetric_cut
@@ -141,6 +142,7 @@ class ScenarioRunner:
         if options.get("actor") == "raft":
             checker = RaftChecker(self.sim).attach()
             self.sim.actor_hooks.append(checker.instrument)
+            DurabilityChecker(self.sim).attach()
         self.sim.start()
         return self._window()
 
