@@ -33,8 +33,9 @@ sim-demo: $(STAMP)
 # that start node processes, one at a time (tests/conftest.py names them).
 test: $(STAMP)
 	@status=0; timeout --kill-after=30s $(TEST_TIME_LIMIT) sh -c '\
-	  $(PY) -m pytest -n 2 -m "not slow and not real_cluster" && \
-	  $(PY) -m pytest -m "not slow and real_cluster"' || status=$$?; \
+	  $(PY) -m pytest -n 2 -m "not slow and not real_cluster"; parallel=$$?; \
+	  $(PY) -m pytest -m "not slow and real_cluster"; serial=$$?; \
+	  [ $$parallel -ne 0 ] && exit $$parallel; exit $$serial' || status=$$?; \
 	if [ $$status -eq 124 ]; then echo "FAILED: make test ran past $(TEST_TIME_LIMIT) and was stopped" >&2; fi; \
 	exit $$status
 
