@@ -4,6 +4,7 @@
     raftlite sim check --seeds A..B --nodes N [--nemesis LIST] [--duration SECONDS]
     raftlite sim demo  [--seed S]
     raftlite sim bench [--nodes N] [--duration SECONDS]
+    raftlite sim explore [--nodes 3] [--depth D] [--max-term T] [--proposals P] [--unsafe SWITCH]   (model checking)
     raftlite check --model MODEL [--time-limit S] FILE   (a Jepsen history; see check --help)
     raftlite jepsen --runtime sim --workload W --nemesis LIST --time-limit S [--seed N] --out DIR
     raftlite shell -s ADDRS [--format tabular|json] DB [SQL]   (an SQL shell on a cluster)
@@ -68,6 +69,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--actor", choices=("heartbeat", "raft"), default="heartbeat")
     bench.add_argument("--rate", type=_positive_float, default=100.0, help="raft: client writes per simulated second")
     bench.add_argument("--faults", action="store_true", help="raft: inject every fault kind while measuring")
+
+    from raftlite.sim.explore import add_explore_parser
+
+    add_explore_parser(sim_commands, _positive_int, _non_negative_int)
 
     from raftlite.jepsen_like.check_command import add_check_parser
 
@@ -164,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_demo(seed=args.seed)
         if args.command == "sim" and args.sim_command == "bench":
             return _sim_bench(args)
+        if args.command == "sim" and args.sim_command == "explore":
+            from raftlite.sim.explore import run_explore_command
+
+            return run_explore_command(args)
         if args.command == "demo":
             from raftlite.io.demo import run_demo
 
