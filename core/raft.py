@@ -81,6 +81,19 @@ class UnsafeSwitches:
     # here: a candidate counts its own vote, and a node sends messages of a new term,
     # before that term (and the self-vote) is durable: bug 1 of the safety review
     self_vote_before_persist: bool = False
+    # The catalogue of `raftlite sim mutations` (sim/mutations.py says how each is reached):
+    append_ack_before_persist: bool = False           # here: a follower acknowledges entries not yet durable
+    commit_without_current_term: bool = False         # here: an earlier term's entry committed by counting replicas (Figure 8)
+    accept_stale_term_append: bool = False            # here: a follower appends what a deposed leader of an older term sends
+    keep_conflicting_entries: bool = False            # here: a follower keeps its own entry where the leader's conflicts
+    commit_past_quorum: bool = False                  # here: the leader commits the highest match, not the quorum's
+    concurrent_membership_changes: bool = False       # here: a second change proposed while one is pending
+    read_index_without_own_term_commit: bool = False  # here: a new leader serves reads before committing in its term
+    snapshot_ack_before_persist: bool = False         # here: InstallSnapshot acknowledged before the snapshot is durable
+    apply_past_commit: bool = False                   # here: entries applied once durable locally, committed or not
+    vote_without_log_check: bool = False              # here: a vote granted to a candidate whose log is behind
+    vote_twice_in_term: bool = False                  # here: a vote granted to a second candidate in the same term
+    deposed_leader_keeps_wal: bool = False            # actors/database.py: leadership lost, the uncommitted WAL stays
 
     def enabled(self) -> tuple[str, ...]:
         return tuple(name for name in self.__slots__ if getattr(self, name))
@@ -508,19 +521,24 @@ class Raft:
         return self.settings.check_quorum and self.leader is not None and self.election_elapsed < self.settings.election_ticks
 
     def _handle_vote_request(self, src: int, message: VoteRequest) -> None:
+        up_to_date = self._is_up_to_date(message.last_log_index, message.last_log_term)
+        if self.settings.unsafe.vote_without_log_check:
+            up_to_date = True   # a deliberate bug for tests: a candidate missing committed entries can win
         if message.pre_vote:
             grant = (
                 message.term > self.term
                 and not self.voting_blocked
                 and not self.storage_failing
                 and (message.transfer or not self._in_lease())
-                and self._is_up_to_date(message.last_log_index, message.last_log_term)
+                and up_to_date
             )
             # A granted pre-vote answers in the candidate's future term without adopting it.
             self._send(src, VoteResponse(term=message.term if grant else self.term, granted=grant, pre_vote=True))
             return
         can_vote = self.vote == src or (self.vote is None and self.leader is None)
-        grant = can_vote and not self.voting_blocked and not self.storage_failing and self._is_up_to_date(message.last_log_index, message.last_log_term)
+        if self.settings.unsafe.vote_twice_in_term:
+            can_vote = True   # a deliberate bug for tests: the vote already given this term is forgotten
+        grant = can_vote and not self.voting_blocked and not self.storage_failing and up_to_date
         if grant:
             self.vote = src
             self.election_elapsed = 0
@@ -559,6 +577,10 @@ class Raft:
                 leader = src if isinstance(message, (AppendRequest, HeartbeatRequest, SnapshotChunk, TimeoutNow)) else None
                 self._become_follower(term, leader)
         elif term < self.term:
+            if type(message) is AppendRequest and self.settings.unsafe.accept_stale_term_append:
+                # A deliberate bug for tests: a deposed leader's entries overwrite the current term's.
+                self._handle_append(src, message)
+                return
             if isinstance(message, (AppendRequest, HeartbeatRequest, SnapshotChunk)):
                 # A stale leader: tell it the current term so it steps down.
                 self._send(src, AppendResponse(term=self.term, success=False, index=self.last_index))
@@ -621,6 +643,8 @@ class Raft:
         new_entries = message.entries
         for position, entry in enumerate(message.entries):
             existing = self.term_at(entry.index)
+            if existing is not None and existing != entry.term and self.settings.unsafe.keep_conflicting_entries:
+                continue   # a deliberate bug for tests: our conflicting entry stays, yet the append is acknowledged
             if existing is None or existing != entry.term:
                 if existing is not None:
                     self._truncate_after(entry.index - 1)
@@ -632,7 +656,9 @@ class Raft:
             self._append(new_entries)
         last_new = message.prev_index + len(message.entries)
         self._commit_to(min(message.commit, last_new))
-        self.messages_after_persist.append((src, AppendResponse(term=self.term, success=True, index=last_new)))
+        # The acknowledgement vouches for durable entries (unless a test breaks that on purpose).
+        outbox = self.messages if self.settings.unsafe.append_ack_before_persist else self.messages_after_persist
+        outbox.append((src, AppendResponse(term=self.term, success=True, index=last_new)))
 
     def _handle_heartbeat(self, src: int, message: HeartbeatRequest) -> None:
         self._commit_to(min(message.commit, self.last_index))
@@ -669,9 +695,9 @@ class Raft:
             return
         self.incoming_snapshot = None
         self._restore(Snapshot(meta, bytes(buffer)))
-        self.messages_after_persist.append(
-            (src, SnapshotResponse(term=self.term, index=meta.index, next_offset=len(buffer), done=True))
-        )
+        # The snapshot is durable before the leader hears of it (unless a test breaks that on purpose).
+        outbox = self.messages if self.settings.unsafe.snapshot_ack_before_persist else self.messages_after_persist
+        outbox.append((src, SnapshotResponse(term=self.term, index=meta.index, next_offset=len(buffer), done=True)))
 
     def _restore(self, snapshot: Snapshot) -> None:
         meta = snapshot.meta
@@ -804,6 +830,8 @@ class Raft:
                 progress.state = ProgressState.PROBE
                 progress.probe_sent = False
             self._maybe_commit()
+            if self.state != State.LEADER:
+                return   # the commit removed this leader from the voters: it stepped down
             if self.transfer_target == src and progress.match == self.last_index:
                 self._send(src, TimeoutNow(term=self.term))
             self._maybe_promote()
@@ -874,7 +902,12 @@ class Raft:
         if not matches:
             return
         candidate = matches[len(matches) - self.configuration.quorum()]
-        if candidate > self.commit and self.term_at(candidate) == self.term:
+        if self.settings.unsafe.commit_past_quorum:
+            candidate = matches[-1]   # a deliberate bug for tests: the best replica's match, not a quorum's
+        own_term = self.term_at(candidate) == self.term
+        if self.settings.unsafe.commit_without_current_term:
+            own_term = True   # a deliberate bug for tests: Figure 8's unsafe commit
+        if candidate > self.commit and own_term:
             self.commit = candidate
             self._on_leader_commit()
 
@@ -917,7 +950,8 @@ class Raft:
         self._require_leader()
         if not self._committed_own_term():
             raise ProposalDropped("the leader has not yet committed an entry of its term")
-        if self.configuration_index > self.commit or self.pending_promotion is not None:
+        if ((self.configuration_index > self.commit or self.pending_promotion is not None)
+                and not self.settings.unsafe.concurrent_membership_changes):   # (a deliberate bug for tests)
             raise ProposalDropped("a membership change is already in progress")
         current = self.configuration.role(node)
         if current == role and (address is None or address == self.configuration.address(node)):
@@ -982,7 +1016,8 @@ class Raft:
         """Ask for a linearizable read point; a ReadState(context, index) comes in a later
         Ready once leadership is confirmed by a quorum."""
         self._require_leader()
-        if not self._committed_own_term():
+        # (a deliberate bug for tests skips the wait: the commit index may lag the last leader's)
+        if not self._committed_own_term() and not self.settings.unsafe.read_index_without_own_term_commit:
             self.reads_waiting_for_commit.append(context)
             return
         self._queue_read(context)
@@ -1042,6 +1077,7 @@ class Raft:
             or self.snapshot_to_persist is not None
             or self.term != self.persisted_hard_state.term or self.vote != self.persisted_hard_state.vote
             or min(self.commit, self.stable_index) > self.apply_requested_index
+            or (self.settings.unsafe.apply_past_commit and self.stable_index > self.apply_requested_index)
         )
 
     def ready(self) -> Ready:
@@ -1049,6 +1085,8 @@ class Raft:
         Several Readys may be in flight; the runtime completes them in order."""
         hard_state = HardState(self.term, self.vote)
         apply_to = min(self.commit, self.stable_index)
+        if self.settings.unsafe.apply_past_commit:
+            apply_to = self.stable_index   # a deliberate bug for tests: uncommitted entries applied
         committed = ()
         if apply_to > self.apply_requested_index:
             committed = tuple(self._entries_between(self.apply_requested_index + 1, apply_to))
