@@ -852,7 +852,8 @@ class DatabaseNode(RaftNode):
         self.serving = False
         for database in self.captures:
             self.vfs.stop_capturing(self.database_machine.path(database))
-            database_files.discard_wal(self.database_machine.path(database))
+            if not self.raft.settings.unsafe.deposed_leader_keeps_wal:   # (the bug keeps uncommitted frames)
+                database_files.discard_wal(self.database_machine.path(database))
         self.captures.clear()
         self.database_machine.rewrite_wal_only_entries()
         self.last_executed_index = 0
