@@ -2,6 +2,7 @@
 
     raftlite sim run   --seed S --nodes N --duration SECONDS [--nemesis LIST] [--trace FILE]
     raftlite sim check --seeds A..B --nodes N [--nemesis LIST] [--duration SECONDS]
+    raftlite sim mutations [--seeds A..B] [--only NAME,...] [--budget-seconds S]   (planted bugs vs checkers)
     raftlite sim demo  [--seed S]
     raftlite sim bench [--nodes N] [--duration SECONDS]
     raftlite sim explore [--nodes 3] [--depth D] [--max-term T] [--proposals P] [--unsafe SWITCH]   (model checking)
@@ -58,6 +59,10 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--duration", type=_positive_float, default=10.0, help="simulated seconds of faults per seed")
     check.add_argument("--actor", choices=("raft", "database"), default="raft",
                        help="raft (a log of opaque commands) or database (replicated SQLite)")
+
+    from raftlite.sim.mutations import add_mutations_parser
+
+    add_mutations_parser(sim_commands)
 
     demo = sim_commands.add_parser("demo", help="a 3-node replicated SQLite cluster surviving a leader kill")
     demo.add_argument("--seed", type=_non_negative_int, default=1)
@@ -163,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sim_run(args)
         if args.command == "sim" and args.sim_command == "check":
             return _sim_check(args)
+        if args.command == "sim" and args.sim_command == "mutations":
+            from raftlite.sim.mutations import run_mutations_command
+
+            return run_mutations_command(args, UsageError)
         if args.command == "sim" and args.sim_command == "demo":
             from raftlite.sim.demo import run_demo
 
