@@ -33,6 +33,11 @@ What is checked, in every state reached
   counts against a second leader of that term;
 - log matching: any two logs (in memory or durable, on any nodes) holding an entry
   with the same index and term hold the same entries up to it;
+- state machine safety and leader completeness, against a per-path record of what was
+  committed (each index's entry term, and the earliest term it was known committed in):
+  a committed entry is never replaced, and a leader of term T holds every entry
+  committed in a term before T (not those committed later: a delayed vote may elect a
+  leader of an older term after a newer one committed);
 - the core's own invariants (an `InvariantViolation` raised while stepping).
 
 Breadth first, the first violation found has a shortest path; it is printed action by
@@ -118,7 +123,7 @@ def unsafe_switch_names() -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    kind: str                          # "election safety", "log matching", "raft invariant"
+    kind: str                          # "election safety", "log matching", "state machine safety", ...
     message: str
     path: tuple[str, ...]              # the actions from the initial state, described
     final_state: tuple[str, ...]       # the cluster at the violation, one line per item
@@ -130,6 +135,8 @@ class ExploreResult:
     states: int                        # distinct global states reached (the initial one included)
     transitions: int                   # actions taken (successors generated)
     node_states: int                   # distinct single-node states
+    highest_term_led: int              # coverage: the highest term any node led (0: no leader)
+    highest_commit: int                # coverage: the highest commit index any node reached
     depth_reached: int                 # deepest level holding a new state
     exhausted: bool                    # no new state within the bounds: the bounded space is covered
     stopped_by_states_max: bool
@@ -163,6 +170,7 @@ class ExploreResult:
             f"({self.node_states:,} distinct node states, {self.transitions:,} transitions), "
             f"depth reached {self.depth_reached}, {coverage}; {self.wall_seconds:.1f} s wall, {rate:,.0f} states/s"
         )
+        lines.append(f"reached: leaders up to term {self.highest_term_led}, commit index up to {self.highest_commit}")
         return "\n".join(lines)
 
 
@@ -256,6 +264,7 @@ class _NodeModel:
     leader_term: int = 0                 # the term it leads, 0 when not leading
     term: int = 0
     logs_id: int = 0                     # interned (log in memory, durable log): what log matching reads
+    committed_terms: tuple[int, ...] = ()  # the terms of the entries it knows committed (index i at i - 1)
 
 
 def _strip_sent(ready: Ready) -> Ready:
@@ -387,6 +396,9 @@ class _Explorer:
         self.logs: list[tuple[tuple[Entry, ...], tuple[Entry, ...]]] = []
         self.logs_ids: dict[Any, int] = {}
         self.pair_checks: dict[tuple[int, int, int, int], str | None] = {}
+        # (committed record, node state id) -> (new record, violation) and -> violation
+        self.commit_merges: dict[tuple[tuple, int], tuple[tuple, str | None]] = {}
+        self.leader_checks: dict[tuple[tuple, int], str | None] = {}
 
     # -- interning ---------------------------------------------------------------------
 
@@ -417,6 +429,7 @@ class _Explorer:
             self.node_models.append(_NodeModel(
                 raft=raft, pending=tuple(pending), durable_hard_state=durable_hard_state, durable_log=durable_log,
                 leader_term=raft.term if raft.state == State.LEADER else 0, term=raft.term, logs_id=logs_id,
+                committed_terms=tuple(entry.term for entry in raft.entries[: raft.commit - raft.log_base_index]),
             ))
         return known
 
@@ -510,10 +523,74 @@ class _Explorer:
                     return violation
         return None
 
+    # -- what was committed (a per-path record) ---------------------------------------
+
+    def _merge_commits(self, record: tuple, model_id: int, node: int) -> tuple[tuple, str | None]:
+        """Merge what node `node` (in state `model_id`) knows committed into the path's
+        record of committed entries ((entry term, earliest term it was known committed)
+        per index); a committed entry is never replaced (state machine safety)."""
+        key = (record, model_id)
+        known = self.commit_merges.get(key)
+        if known is None:
+            model = self.node_models[model_id]
+            merged = list(record)
+            violation = None
+            for position, entry_term in enumerate(model.committed_terms):
+                if position >= len(merged):
+                    merged.append((entry_term, model.term))
+                elif merged[position][0] != entry_term:
+                    violation = (f"index {position + 1} was committed with term {merged[position][0]}, "
+                                 f"n{node} now holds term {entry_term} there as committed")
+                    break
+                elif model.term < merged[position][1]:
+                    merged[position] = (entry_term, model.term)
+            merged_record = tuple(merged)
+            # The very same object when nothing was learnt: callers test identity.
+            known = self.commit_merges[key] = (record if merged_record == record else merged_record, violation)
+        return known
+
+    def _check_leader_completeness(self, record: tuple, model_id: int, node: int) -> str | None:
+        """A leader of term T holds every entry committed in a term before T (not those
+        committed later: a delayed vote may elect a leader of an older term after a
+        newer one committed)."""
+        key = (record, model_id)
+        known = self.leader_checks.get(key, False)
+        if known is False:
+            known = None
+            model = self.node_models[model_id]
+            log = model.raft.entries
+            for position, (entry_term, commit_term) in enumerate(record):
+                if commit_term < model.leader_term and (position >= len(log) or log[position].term != entry_term):
+                    known = (f"n{node} leads term {model.leader_term} without the entry {position + 1}@{entry_term} "
+                             f"committed in term {commit_term}")
+                    break
+            self.leader_checks[key] = known
+        return known
+
+    def _check_commits(
+        self, record: tuple, nodes: list[int], changed_position: int,
+    ) -> tuple[tuple, str | None, str | None]:
+        """(the path's new record of committed entries, violation kind, violation) after
+        the node at `changed_position` moved to its new state in `nodes`."""
+        models = self.node_models
+        changed = models[nodes[changed_position]]
+        merged = record
+        if changed.committed_terms:
+            merged, violation = self._merge_commits(record, nodes[changed_position], changed_position + 1)
+            if violation is not None:
+                return merged, "state machine safety", violation
+        # A grown record concerns every leader; an unchanged one only a node that changed.
+        for position, model_id in enumerate(nodes):
+            if models[model_id].leader_term and (merged is not record or position == changed_position):
+                violation = self._check_leader_completeness(merged, model_id, position + 1)
+                if violation is not None:
+                    return merged, "leader completeness", violation
+        return merged, None, None
+
     # -- global states -----------------------------------------------------------------
     # A global state is the tuple (node state id per node..., messages in flight (sorted
-    # ids, one per copy), leaders record (sorted (term, node) pairs), proposals made,
-    # crashes made, heartbeats made).
+    # ids, one per copy), leaders record (sorted (term, node) pairs), committed record
+    # ((entry term, commit term) per index), proposals made, crashes made, heartbeats made).
 
     def initial_state(self) -> tuple:
         node_states = []
@@ -522,14 +599,14 @@ class _Explorer:
             model_id, sent = self._restart(node_id, HardState(term=1), self.bootstrap_log)
             node_states.append(model_id)
             in_flight.extend(sent)
-        return (*node_states, tuple(sorted(in_flight)), (), 0, 0, 0)
+        return (*node_states, tuple(sorted(in_flight)), (), (), 0, 0, 0)
 
     def actions(self, state: tuple) -> Iterator[tuple]:
         """Every action enabled in `state`, in a fixed order."""
         bounds = self.bounds
         count = bounds.nodes
         in_flight = state[count]
-        proposals, crashes, heartbeats = state[count + 2 :]
+        proposals, crashes, heartbeats = state[count + 3 :]
         distinct = sorted(set(in_flight))
         for message_id in distinct:
             yield ("deliver", message_id)
@@ -556,11 +633,12 @@ class _Explorer:
         count = self.bounds.nodes
         in_flight = list(state[count])
         leaders = state[count + 1]
-        proposals, crashes, heartbeats = state[count + 2 :]
+        committed = state[count + 2]
+        proposals, crashes, heartbeats = state[count + 3 :]
         kind = action[0]
         if kind == "lose":
             in_flight.remove(action[1])
-            return (*state[:count], tuple(in_flight), leaders, proposals, crashes, heartbeats), None, None
+            return (*state[:count], tuple(in_flight), leaders, committed, proposals, crashes, heartbeats), None, None
         if kind == "deliver":
             message_id = action[1]
             in_flight.remove(message_id)
@@ -609,7 +687,9 @@ class _Explorer:
             violation = self._check_log_matching(nodes, position)
             if violation is not None:
                 violation_kind = "log matching"
-        return (*nodes, tuple(in_flight), leaders, proposals, crashes, heartbeats), violation_kind, violation
+        if violation is None and (committed or self.node_models[new_model_id].committed_terms):
+            committed, violation_kind, violation = self._check_commits(committed, nodes, position)
+        return (*nodes, tuple(in_flight), leaders, committed, proposals, crashes, heartbeats), violation_kind, violation
 
     # -- reports -----------------------------------------------------------------------
 
@@ -652,6 +732,9 @@ class _Explorer:
         lines = [_describe_node(position + 1, self.node_models[state[position]]) for position in range(count)]
         leaders = ", ".join(f"term {term}: n{node}" for term, node in state[count + 1]) or "none"
         lines.append(f"leaders so far: {leaders}")
+        committed = " ".join(f"{index}@{entry_term}(in term {commit_term})"
+                             for index, (entry_term, commit_term) in enumerate(state[count + 2], 1)) or "none"
+        lines.append(f"committed so far: {committed}")
         lines.append(f"in flight: {len(state[count])} message(s)")
         lines += [f"  {describe_message(*self.messages[message_id])}" for message_id in state[count]]
         return tuple(lines)
@@ -734,6 +817,8 @@ def explore(
         frontier = next_frontier
     return ExploreResult(
         bounds=bounds, states=len(seen), transitions=transitions, node_states=len(explorer.node_models),
+        highest_term_led=max(model.leader_term for model in explorer.node_models),
+        highest_commit=max(model.raft.commit for model in explorer.node_models),
         depth_reached=depth_reached, exhausted=not frontier and violation is None and not stopped_by_states_max,
         stopped_by_states_max=stopped_by_states_max, violation=violation, wall_seconds=time.perf_counter() - started,
     )

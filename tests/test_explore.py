@@ -97,6 +97,27 @@ def test_log_matching_compares_prefixes_at_the_highest_index_of_equal_terms():
     assert _log_mismatch((), log(1)) is None
 
 
+def test_committed_entries_are_never_replaced_and_earlier_terms_commits_are_in_every_later_leader():
+    explorer = _Explorer(STANDARD)
+    state = explorer.initial_state()
+    # n1 wins term 2 (its own vote, then n2's, each counted once durable).
+    for action in (("timeout", 0), ("persist", 0), ("deliver", 0), ("persist", 1)):
+        state, kind, _ = explorer.successor(state, action)
+        assert kind is None
+    response = next(message_id for message_id in state[STANDARD.nodes] if explorer.messages[message_id][1] == 1)
+    state, kind, _ = explorer.successor(state, ("deliver", response))
+    assert kind is None and explorer.node_models[state[0]].leader_term == 2
+    leader = state[0]
+    # A record saying index 2 was committed in term 1 with an entry of term 1: the
+    # leader of term 2 holds 2@2 there instead.
+    nodes = list(state[: STANDARD.nodes])
+    _, kind, message = explorer._check_commits(((1, 1), (1, 1)), nodes, 0)
+    assert kind == "leader completeness" and "without the entry 2@1" in message
+    # Committed in a later term than the leader's: no claim on it.
+    assert explorer._check_commits(((1, 1), (1, 3)), nodes, 0)[1] is None
+
+
+
 def test_a_cloned_core_shares_no_mutable_state_with_its_original():
     explorer = _Explorer(STANDARD)
     state = explorer.initial_state()
