@@ -56,7 +56,9 @@ __all__ = [
 ]
 
 CLUSTER_NEMESIS_KINDS = ("leader-partition", "kill", "membership", "transfer")
-NEMESIS_CHOICES = NEMESIS_KINDS + CLUSTER_NEMESIS_KINDS
+# The simulator's kinds now include membership, transfer and leader-partition too; this schedule keeps its
+# own (cluster-aware, recorded) versions of those, in their place at the end.
+NEMESIS_CHOICES = tuple(kind for kind in NEMESIS_KINDS if kind not in CLUSTER_NEMESIS_KINDS) + CLUSTER_NEMESIS_KINDS
 MEMBERSHIP_SPARE_NODES = 2
 
 # Simulator trace events that are faults or their undoing.

@@ -124,6 +124,8 @@ def coverage_report(counts: dict[str, int], actor: str, judged: bool) -> tuple[l
         lines.append(f"COVERAGE FAILED: never reached within the standard budget: {', '.join(missing)}")
     elif missing:
         lines.append(f"coverage not judged (below the standard budget); not reached: {', '.join(missing)}")
+    elif judged:
+        lines.append("coverage judged (at least the standard budget): every required path reached")
     return lines, missing
 
 

@@ -1,8 +1,8 @@
 """Liveness after the chaos phase: the exact recovery time of a fresh write, and the
 liveness mode of `raftlite sim check --liveness` (TigerBeetle's VOPR).
 
-Recovery time, measured. After the chaos phase a probe write goes to each node of the
-judged set the moment it leads (a check after every step notices it), and the recovery
+Recovery time, measured. After the chaos phase a probe write goes to each up node the
+moment it leads (a check after every step notices it), and the recovery
 time is the simulated time from the heal to the delivery of the first successful reply:
 the very event that delivers it (`Simulation.reply_observers`), with the simulation
 stopped right there, not the next tick of a polling loop. A refused probe (a leader
@@ -19,9 +19,11 @@ takes effect, the core is a quorum of it): the links among core nodes heal (part
 clogs and message noise between them end), crashed core nodes restart, paused ones
 resume, their disks work again and their clocks run at the normal rate; fault points
 stop. Every fault on the nodes outside the core stays as it is, for good. The core must
-then commit a fresh write within `LIVENESS_BUDGET_ELECTION_TIMEOUTS` election timeouts
-(the swarm config's timeout), then settle: after a quiet period it has exactly one
-leader, and every core member's commit index reaches every acknowledged write.
+then commit a fresh write within `LIVENESS_BUDGET_ELECTION_TIMEOUTS` of the longest
+(randomized) election timeouts; the safety checkers run throughout. Convergence of every
+node is not required there: the nodes outside the core stay broken, and a core node
+that a permanent fault cuts off from a leader outside the core rightly stays behind
+(pre-vote and check-quorum keep it from deposing a leader that a quorum still hears).
 
 Why not the default of `sim check`: the full heal also judges what liveness mode cannot
 (every replica converges, a removed-then-re-added node catches up, the database actor's
@@ -38,8 +40,7 @@ from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation
 
 __all__ = [
-    "LIVENESS_BUDGET_ELECTION_TIMEOUTS", "LivenessMode", "RecoveryProbe", "check_core_convergence",
-    "choose_core", "recovery_stats",
+    "LIVENESS_BUDGET_ELECTION_TIMEOUTS", "LivenessMode", "RecoveryProbe", "choose_core", "recovery_stats",
 ]
 
 # The budget for the core's first commit after the heal (TigerBeetle's VOPR allows a
@@ -170,6 +171,11 @@ class LivenessMode:
         self.healed_at_ms: float | None = None
 
     def heal_core(self) -> None:
+        """Heal the core (once: the nemesis calls this at the end of chaos, and the
+        liveness phase calls it first in case that event, due at the very same instant,
+        has not run yet)."""
+        if self.healed_at_ms is not None:
+            return
         sim = self.sim
         self.core = core = choose_core(sim, self.core_size)
         self.healed_at_ms = sim.now_ms
@@ -198,22 +204,6 @@ class LivenessMode:
                 sim.resume(node_id)
             elif node.state == NodeState.CRASHED:
                 sim.restart(node_id)
-
-
-def check_core_convergence(sim: Simulation, checker: Any, core: Iterable[int]) -> list[str]:
-    """After the quiet period: the core has one leader, and every core member has
-    committed every acknowledged write."""
-    problems = []
-    live = [n for n in core if getattr(sim.nodes[n].actor, "raft", None) is not None]
-    leaders = [n for n in live if sim.nodes[n].actor.raft.state == State.LEADER]
-    if len(leaders) != 1:
-        problems.append(f"liveness: {len(leaders)} leaders in the core {list(core)} after the quiet period")
-    highest = max(checker.acknowledged, default=0)
-    for node_id in live:
-        raft = sim.nodes[node_id].actor.raft
-        if raft.configuration.role(node_id) is not None and raft.commit < highest:
-            problems.append(f"core node {node_id} commit {raft.commit} is behind acknowledged index {highest}")
-    return problems
 
 
 def recovery_stats(times_ms: list[float]) -> str:

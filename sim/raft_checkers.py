@@ -19,7 +19,7 @@ import hashlib
 from typing import Any
 
 from raftlite.core.raft import State
-from raftlite.core.raft_types import Entry
+from raftlite.core.raft_types import Entry, Role
 from raftlite.sim.simulation import SimulationFailure, Simulation
 
 __all__ = ["RaftChecker", "entry_digest"]
@@ -150,10 +150,14 @@ class RaftChecker:
         if len(leaders) != 1:
             problems.append(f"liveness: {len(leaders)} leaders after the quiet period")
         highest_ack = max(self.acknowledged, default=0)
+        # Who must follow the log is the leader's to say: a removed node that missed its
+        # removal still believes it is a voter. Spares receive no log at all.
+        leader_configuration = self.sim.nodes[leaders[0]].actor.raft.configuration if len(leaders) == 1 else None
         for node_id in live:
             raft = self.sim.nodes[node_id].actor.raft
-            if raft.configuration.role(node_id) is None:
-                continue  # removed members are not expected to follow the log
+            role = (leader_configuration or raft.configuration).role(node_id)
+            if role is None or role == Role.SPARE:
+                continue  # removed members and spares are not expected to follow the log
             if highest_ack and raft.commit < highest_ack:
                 problems.append(f"node {node_id} commit {raft.commit} is behind acknowledged index {highest_ack}")
         return problems
