@@ -54,13 +54,23 @@ class SimFile:
     # the list in order after a crash never puts stale bytes over newer durable ones.
     pending: list[tuple[int, bytes, bool | str]] = field(default_factory=list)   # str: _IN_FLIGHT
     last_durable_write: tuple[int, int] = (0, 0)
-    # The lowest offset of the durable image changed since an observer (the durability
-    # checker) last read it, or None: lets it re-read only what changed.
-    durable_changed_from: int | None = 0
+    # For each observer of the durable image (a durability checker, by token): the lowest
+    # offset changed since it last read the file, or None. Lets it re-read only what
+    # changed; an observer not listed yet reads the whole file.
+    durable_changed_from: dict[object, int | None] = field(default_factory=dict)
 
     def durable_changed(self, offset: int) -> None:
-        if self.durable_changed_from is None or offset < self.durable_changed_from:
-            self.durable_changed_from = offset
+        changed = self.durable_changed_from
+        for observer, low in changed.items():
+            if low is None or offset < low:
+                changed[observer] = offset
+
+    def take_durable_change(self, observer: object) -> int | None:
+        """The lowest offset changed since `observer` last asked (0 the first time), and
+        mark the file read up to now for it."""
+        low = self.durable_changed_from.get(observer, 0)
+        self.durable_changed_from[observer] = None
+        return low
 
 
 def _put(buffer: bytearray, offset: int, data: bytes) -> None:

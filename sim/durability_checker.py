@@ -62,7 +62,7 @@ def _durable_record(data: bytearray, offset: int) -> tuple[bytes, int] | None:
     return payload, end
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)   # hashed by identity: the token of its file observer
 class _Segment:
     """The durable records of one segment file, read incrementally."""
 
@@ -74,16 +74,14 @@ class _Segment:
     skipped_damage: bool = False     # a damaged record was stepped over
 
     def refresh(self) -> None:
-        file = self.file
-        changed = file.durable_changed_from
+        changed = self.file.take_durable_change(self)
         if changed is None:
             return
-        file.durable_changed_from = None
         if changed < self.parsed_end:
             # Something already read was rewritten (a truncation, a torn rewrite after a
             # crash): read the file again from the start.
             self.terms, self.parsed_end, self.skipped_damage = {}, 0, False
-        data = file.durable
+        data = self.file.durable
         offset = self.parsed_end
         while True:
             record = _durable_record(data, offset)
@@ -141,9 +139,9 @@ class DurableView:
             if file is None:
                 continue
             cached = self.metadata.get(name)
-            if cached is None or cached[0] is not file or file.durable_changed_from is not None:
+            changed = file.take_durable_change(self)
+            if cached is None or cached[0] is not file or changed is not None:
                 # Metadata files are one small record: decoded whole whenever they change.
-                file.durable_changed_from = None
                 cached = (file, decode_metadata(name, bytes(file.durable)) if file.durable.strip(b"\0") else None)
                 self.metadata[name] = cached
             decoded = cached[1]
@@ -168,7 +166,6 @@ class DurableView:
         damaged = self.damaged_at_rest(name)
         if segment is None or segment.file is not file or segment.damaged_at_rest != damaged:
             segment = self.segments[name] = _Segment(file, first, damaged)
-            file.durable_changed_from = 0
         segment.refresh()
         return segment.term_at(index)
 
