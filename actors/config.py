@@ -47,6 +47,13 @@ class Config:
     # An interactive transaction with no request for this long is rolled back (it may
     # hold the write lock, and its client may be gone).
     transaction_idle_timeout_ms: float = 30_000.0
+    # SQLite connections the leader opens for clients (one per client and database, as
+    # dqlite does: each client's pragmas and temp tables are its own). Each costs two
+    # file descriptors and up to its page cache (2 MiB by default). At the limit, the
+    # longest-idle client outside a transaction gives its connections up (its next
+    # request is refused with 10250, so it reconnects); when none is idle, a new one is
+    # refused with a clear error.
+    client_connections_max: int = 256
 
     def validate(self) -> "Config":
         """Raise ConfigError naming the first bad field; return self for chaining."""

@@ -23,12 +23,36 @@ Followers write each committed entry's pages straight into their main files, wit
 connection open (`raftlite.actors.database_files`). On the leader, the entries it ran
 itself are already in its WAL and are not written again.
 
+Each client (a `Client` session: one dqlite connection) has its own SQLite connection
+per database on the leader, as in dqlite, so what SQLite keeps per connection
+(PRAGMA foreign_keys, recursive_triggers, case_sensitive_like, temp tables,
+last_insert_rowid()) is that client's own. Foreign keys are on for a new connection,
+as dqlite 1.18 does. The connections all go through the one capture of their database
+(the VFS shim is per file), so every connection's commits are captured, in commit
+order. The node keeps one connection of its own per database, which creates it and
+checkpoints it. Client connections are bounded (`Config.client_connections_max`); a
+session's connections close when it ends (`SessionClosed`) or leadership is lost. A
+session whose connections were closed under it (leadership lost, or given up to make
+room at the limit) is *expired*: its next request is refused with 10250, so that its
+client reconnects (and re-applies its connection state), instead of running silently on
+a fresh connection without it.
+
 When the leader loses leadership it fails what it was holding (10506 for writes in the
 log, 10250 for the rest), closes its connections, drops its WAL (which may hold
 transactions that never commit) and brings its main files back to exactly the
 committed prefix, by writing again the pages of the committed entries it had only in
 its WAL. It checkpoints only when everything it ran is committed and no session is in
 a transaction, so its main files never hold an uncommitted page.
+
+Errors. An ordinary SQL error ends a request where SQLite stops: in a request of several
+statements, those before it committed and are proposed, and the error is answered once
+they are committed (SQLite's and dqlite's semantics). A storage error (SQLITE_IOERR and
+its extended codes, SQLITE_FULL, SQLITE_NOMEM) met while the request wrote the WAL is
+different: SQLite may have published the commit or not, and the capture may hold a
+transaction SQLite then rolled back (see sqlite_capture). Nothing the request captured
+is proposed; the leader steps down (`Raft.step_down`), which drops its WAL with its
+connections, so the request certainly did not apply and is answered 10250; writes of
+other clients already proposed end with 10506, as on any leadership loss.
 
 Writes queue for the write lock instead of failing with SQLITE_BUSY: one session at a
 time may hold an open write transaction; other writers wait in a bounded queue
@@ -46,7 +70,7 @@ import msgpack
 from raftlite.actors import database_files
 from raftlite.actors.contract import Client, Context
 from raftlite.actors.raft_node import RaftNode, _PendingProposal
-from raftlite.actors.sqlite_capture import CaptureVfs, open_leader_connection
+from raftlite.actors.sqlite_capture import CaptureVfs, open_another_connection, open_leader_connection
 from raftlite.core.errors import LeadershipLost, NotLeader, RaftError
 from raftlite.core.frames import CommittedTransaction, CreateDatabase, creates_database, decode_database_entry, encode_database_entry
 from raftlite.core.raft import State
@@ -63,8 +87,16 @@ NOT_LEADER = 10250
 LEADERSHIP_LOST = 10506
 SQLITE_ERROR = 1
 SQLITE_BUSY = 5
+SQLITE_NOMEM = 7
 SQLITE_INTERRUPT = 9
+SQLITE_IOERR = 10
+SQLITE_FULL = 13
+SQLITE_CANTOPEN = 14
 SQLITE_AUTH = 23
+# Primary codes that mean the leader's storage (or memory) failed, not the SQL.
+STORAGE_ERRORS = frozenset({SQLITE_NOMEM, SQLITE_IOERR, SQLITE_FULL})
+SESSION_EXPIRED = ("not leader: this connection's SQLite state on the leader is gone (leadership changed, or "
+                   "its connections were given up at client_connections_max); reconnect")
 
 
 # -- requests and answers ----------------------------------------------------------------
@@ -167,14 +199,26 @@ class SqlError:
     message: str
 
 
-def _close_reader(connection: apsw.Connection) -> None:
-    """Close a read-only connection whatever SQLite says: it wrote nothing, so nothing
-    is lost, and a failure here (a lock call refused while another connection holds
-    the WAL) must not take the node down."""
+def _end_statement(cursor) -> None:
+    """Stop a read in progress (its statement reset, its read snapshot released) whatever
+    SQLite says: it wrote nothing, so nothing is lost, and a failure here must not take
+    the node down."""
     try:
-        connection.close(True)
+        cursor.close(True)
     except apsw.Error:
         pass
+
+
+def _is_storage_error(error: apsw.Error) -> bool:
+    return getattr(error, "result", None) in STORAGE_ERRORS
+
+
+class _Refused(Exception):
+    """A request refused before it ran; `response` is its answer."""
+
+    def __init__(self, response: "SqlError") -> None:
+        super().__init__(response.message)
+        self.response = response
 
 
 def _query_result(description: tuple, rows: tuple) -> QueryResult:
@@ -199,6 +243,12 @@ _REFUSED_PRAGMAS = frozenset({
     "journal_mode", "locking_mode", "synchronous", "wal_checkpoint", "wal_autocheckpoint", "journal_size_limit",
     "mmap_size", "writable_schema",
 })
+# Pragmas that may be read but not set: page_size of an existing database; busy_timeout
+# (the lock holder is the node's own thread: SQLite would only sleep, stalling the
+# node); and settings that are process-wide, so one client would change every client's.
+_REFUSED_PRAGMA_ASSIGNMENTS = frozenset({
+    "page_size", "busy_timeout", "soft_heap_limit", "hard_heap_limit", "temp_store_directory", "data_store_directory",
+})
 
 
 def _authorizer(operation: int, first: str | None, second: str | None, database: str | None, trigger: str | None) -> int:
@@ -206,7 +256,7 @@ def _authorizer(operation: int, first: str | None, second: str | None, database:
         return apsw.SQLITE_DENY
     if operation == apsw.SQLITE_PRAGMA and first is not None:
         name = first.lower()
-        if name in _REFUSED_PRAGMAS or (name == "page_size" and second is not None):
+        if name in _REFUSED_PRAGMAS or (name in _REFUSED_PRAGMA_ASSIGNMENTS and second is not None):
             return apsw.SQLITE_DENY
     return apsw.SQLITE_OK
 
@@ -394,8 +444,10 @@ def _single_select(sql: str) -> bool:
 
 @dataclass(slots=True)
 class _Session:
+    """One client's SQLite state on the leader: its own connection per database."""
+
     connections: dict[str, apsw.Connection] = field(default_factory=dict)
-    in_transaction: str | None = None   # database of the open transaction
+    transactions: set[str] = field(default_factory=set)   # databases with an open transaction
 
 
 class DatabaseNode(RaftNode):
@@ -406,6 +458,9 @@ class DatabaseNode(RaftNode):
     # twice as many, new work waits (in the queue) until that moment comes, so the WAL
     # stays bounded under a continuous load.
     CHECKPOINT_ENTRIES = 1000
+    # Expired sessions remembered (a client of the real runtime always says goodbye, which
+    # forgets it; this bounds the memory of clients that never do).
+    EXPIRED_SESSIONS_MAX = 1 << 16
 
     def __init__(self, *, bootstrap, settings=None, write_queue_max: int = 1024) -> None:
         super().__init__(bootstrap=bootstrap, settings=settings, state_machine_factory=None)
@@ -414,8 +469,15 @@ class DatabaseNode(RaftNode):
     def on_start(self, ctx: Context) -> None:
         if ctx.scratch_dir is None:
             raise ValueError("the database node needs a scratch directory for its SQLite files")
-        self.sessions: dict[Client, _Session] = {}       # sessions inside a transaction
-        self.shared: dict[str, apsw.Connection] = {}     # database -> autocommit connection
+        # Clients' own connections, least recently active first.
+        self.sessions: dict[Client, _Session] = {}
+        self.client_connections = 0                      # open connections of all sessions
+        self.sessions_in_transaction: set[Client] = set()
+        # Sessions whose connections were closed under them (see the module docstring),
+        # oldest first; forgotten when the client goes away, or beyond EXPIRED_SESSIONS_MAX.
+        self.expired: dict[Client, None] = {}
+        # The node's own connection per database: creates the database, checkpoints it.
+        self.node_connections: dict[str, apsw.Connection] = {}
         self.long_reads: deque[_LongRead] = deque()      # SELECTs stepping through their rows
         self.write_owner: Client | None = None     # session holding an open write transaction
         self.write_queue: deque[tuple[Client, Any]] = deque()
@@ -441,7 +503,7 @@ class DatabaseNode(RaftNode):
             return
         if isinstance(timer, tuple) and timer[0] == self.IDLE_TRANSACTION:
             if self.raft is not None:
-                self._close_session(timer[1])   # rolls the transaction back, frees the lock
+                self._roll_back_idle_transactions(timer[1])
                 self._process()
             return
         super().on_timer(timer)
@@ -473,6 +535,9 @@ class DatabaseNode(RaftNode):
         if raft.state != State.LEADER:
             self.ctx.reply(client, SqlError(code=NOT_LEADER, message="not leader"))
             return
+        if client in self.expired:
+            self.ctx.reply(client, SqlError(code=NOT_LEADER, message=SESSION_EXPIRED))
+            return
         if not self._ready_to_serve() or self._wal_full(client):
             # A new leader serves once it committed an entry of its term and applied
             # everything committed; a full WAL waits for its checkpoint. Meanwhile
@@ -485,7 +550,7 @@ class DatabaseNode(RaftNode):
         interrupted = SqlError(code=SQLITE_INTERRUPT, message="interrupted")
         for read in [r for r in self.long_reads if r.client == client and r.database == database]:
             self.long_reads.remove(read)
-            _close_reader(read.connection)
+            _end_statement(read.cursor)
             self.ctx.reply(client, interrupted)
         if client in self.reads and isinstance(self.reads[client][2], QueryResult):
             del self.reads[client]   # rows read, waiting for the ReadIndex round: not sent
@@ -500,7 +565,10 @@ class DatabaseNode(RaftNode):
         refusal = _refused_statement(message.sql)
         if refusal is not None:
             return SqlError(code=SQLITE_AUTH, message=refusal)
-        connection = self._connection(client, message.database)
+        try:
+            connection = self._connection(client, message.database)
+        except _Refused as refused:
+            return refused.response
         compiled: list = []
 
         def stop_before_running(statement_cursor, sql, bindings) -> bool:
@@ -550,7 +618,10 @@ class DatabaseNode(RaftNode):
 
     def _wal_full(self, client: Client) -> bool:
         # A session inside a transaction goes on: the checkpoint waits for it to end.
-        return self.wal_entries >= 2 * self.CHECKPOINT_ENTRIES and client not in self.sessions
+        return self.wal_entries >= 2 * self.CHECKPOINT_ENTRIES and not self._in_transaction(client)
+
+    def _in_transaction(self, client: Client) -> bool:
+        return client in self.sessions_in_transaction
 
     def _ready_to_serve(self) -> bool:
         raft = self.raft
@@ -578,58 +649,137 @@ class DatabaseNode(RaftNode):
             if not self._run(client, message, from_queue=True):
                 return  # blocked again
 
-    def _connection(self, client: Client, database: str) -> apsw.Connection:
-        """The session's own connection while it is in a transaction, else the
-        database's shared autocommit connection (opened, and the database created,
-        on first use)."""
-        session = self.sessions.get(client)
-        if session is not None and database in session.connections:
-            return session.connections[database]
-        connection = self.shared.get(database)
+    def _node_connection(self, client: Client, database: str) -> apsw.Connection:
+        """The node's own connection to `database`: opened, and the database created (a
+        replicated entry, proposed on behalf of `client`), on first use."""
+        connection = self.node_connections.get(database)
         if connection is None:
-            connection, capture = open_leader_connection(self.database_machine.path(database), self.vfs, database=database)
+            try:
+                connection, capture = open_leader_connection(self.database_machine.path(database), self.vfs, database=database)
+            except apsw.Error as error:
+                raise _Refused(_sql_error(error)) from None
             connection.authorizer = _authorizer
-            self.shared[database] = connection
+            self.node_connections[database] = connection
             self.captures[database] = capture
             if capture.creation is not None:
                 self._propose_entries(client, [capture.creation], response=None)
                 capture.creation = None
         return connection
 
+    def _connection(self, client: Client, database: str) -> apsw.Connection:
+        """The client's own connection to `database`, opened on first use (_Refused when
+        none can be had). Also marks the client as the most recently active."""
+        session = self.sessions.pop(client, None)
+        if session is not None:
+            self.sessions[client] = session       # (re)inserted last: most recently active
+            connection = session.connections.get(database)
+            if connection is not None:
+                return connection
+        self._node_connection(client, database)
+        self._make_room(client)
+        try:
+            connection = open_another_connection(self.database_machine.path(database), self.vfs)
+        except apsw.Error as error:
+            raise _Refused(_sql_error(error)) from None
+        # dqlite 1.18 turns foreign keys on for every leader connection (src/leader.c up
+        # to 1.18.1, db__open in src/db.c from 1.18.2; SQLite's own default is off). A
+        # client may turn them off for itself.
+        connection.config(apsw.SQLITE_DBCONFIG_ENABLE_FKEY, 1)
+        connection.authorizer = _authorizer
+        if session is None:
+            session = self.sessions[client] = _Session()
+        session.connections[database] = connection
+        self.client_connections += 1
+        return connection
+
+    def _make_room(self, client: Client) -> None:
+        """Before a new client connection: at `client_connections_max`, close those of the
+        least recently active session that is idle (no transaction, nothing running or
+        queued) and expire it; when none is, refuse with a clear error."""
+        limit = self.ctx.config.client_connections_max
+        if self.client_connections < limit:
+            return
+        busy = {queued for queued, _ in self.write_queue} | {read.client for read in self.long_reads}
+        busy.add(client)
+        for other, session in self.sessions.items():
+            if other not in busy and not session.transactions and session.connections and other != self.write_owner:
+                self._expire(other)
+                return
+        raise _Refused(SqlError(code=SQLITE_CANTOPEN, message=(
+            f"too many client connections on the leader: all {limit} (client_connections_max) are in use "
+            "by clients in a transaction or a request; retry later, or raise the limit")))
+
+    def _expire(self, client: Client) -> None:
+        session = self.sessions.pop(client)
+        self.sessions_in_transaction.discard(client)
+        self._close_session_connections(session)
+        self.expired[client] = None
+        while len(self.expired) > self.EXPIRED_SESSIONS_MAX:
+            del self.expired[next(iter(self.expired))]
+
+    def _close_session_connections(self, session: _Session) -> None:
+        """Roll back and close a session's connections (closing one in WAL mode with
+        NO_CKPT_ON_CLOSE writes nothing: the node's own connection keeps the WAL)."""
+        for connection in session.connections.values():
+            if not connection.get_autocommit():
+                try:
+                    connection.execute("ROLLBACK")
+                except apsw.Error:
+                    pass
+            connection.close(True)
+        self.client_connections -= len(session.connections)
+        session.connections.clear()
+        session.transactions.clear()
+
     def _settle_connection(self, client: Client, database: str, connection: apsw.Connection) -> None:
-        """After a request: a connection inside a transaction belongs to its session until
-        the transaction ends; then it goes back to being shared (or is closed)."""
-        in_transaction = not connection.get_autocommit()
+        """After a request: note whether the client's connection is inside a transaction
+        (and whether it holds the write lock), and (re)arm the idle-transaction timer."""
         session = self.sessions.get(client)
-        if in_transaction:
-            if session is None:
-                session = self.sessions[client] = _Session()
-            if self.shared.get(database) is connection:
-                del self.shared[database]
-            session.connections[database] = connection
-            session.in_transaction = database
+        if session is None:
+            return
+        if not connection.get_autocommit():
+            session.transactions.add(database)
+            self.sessions_in_transaction.add(client)
             if self._holds_write_lock(connection):
                 self.write_owner = client
             # (Re)armed by every request: measures idleness since the last one.
             self.ctx.set_timer((self.IDLE_TRANSACTION, client), self.ctx.config.transaction_idle_timeout_ms)
             return
-        self.ctx.cancel_timer((self.IDLE_TRANSACTION, client))
-        if self.write_owner == client:
+        session.transactions.discard(database)
+        if not session.transactions:
+            self.sessions_in_transaction.discard(client)
+            self.ctx.cancel_timer((self.IDLE_TRANSACTION, client))
+        if self.write_owner == client and not any(map(self._holds_write_lock, session.connections.values())):
             self.write_owner = None
-        if session is not None and session.connections.get(database) is connection:
-            del session.connections[database]
-            session.in_transaction = None
-            if database not in self.shared:
-                self.shared[database] = connection
-            else:
-                connection.close()
-            if not session.connections:
-                del self.sessions[client]
+
+    def _roll_back_idle_transactions(self, client: Client) -> None:
+        """The idle-transaction timeout: roll the client's transactions back (freeing the
+        write lock); its connections and their state stay."""
+        session = self.sessions.get(client)
+        if session is None or not session.transactions:
+            return
+        if any(queued == client for queued, _ in self.write_queue):
+            # Not idle: its next request waits for the lock. Look again later.
+            self.ctx.set_timer((self.IDLE_TRANSACTION, client), self.ctx.config.transaction_idle_timeout_ms)
+            return
+        for database in list(session.transactions):
+            connection = session.connections[database]
+            try:
+                connection.execute("ROLLBACK")
+            except apsw.Error:
+                pass
+            self._settle_connection(client, database, connection)
+        if self.raft.state == State.LEADER:
+            self._drain_queue()
 
     def _run(self, client: Client, message: Any, *, from_queue: bool = False) -> bool:
         """Run one request; False when it must wait for the write lock (it was queued)."""
         if isinstance(message, Open):
-            self._connection(client, message.database)
+            try:
+                self._connection(client, message.database)
+            except _Refused as refused:
+                self.ctx.reply(client, refused.response)
+                return True
             self._respond_after_commit(client, Opened(database=message.database))
             return True
         if isinstance(message, Prepare):
@@ -639,10 +789,16 @@ class DatabaseNode(RaftNode):
         if refusal is not None:
             self.ctx.reply(client, SqlError(code=SQLITE_AUTH, message=refusal))
             return True
-        if isinstance(message, Query) and client not in self.sessions and _single_select(message.sql):
+        if isinstance(message, Query) and not self._in_transaction(client) and _single_select(message.sql):
             if self._start_long_read(client, message):
                 return True
-        connection = self._connection(client, message.database)
+        try:
+            connection = self._connection(client, message.database)
+        except _Refused as refused:
+            self.ctx.reply(client, refused.response)   # nothing ran: nothing to wait for
+            return True
+        capture = self.captures[message.database]
+        wal_writes_before = capture.wal_write_attempts
         try:
             cursor = connection.cursor()
             described: list[tuple] = []
@@ -669,6 +825,11 @@ class DatabaseNode(RaftNode):
             response: Any = _sql_error(error)
             rows, columns = (), ()
         except apsw.Error as error:
+            if _is_storage_error(error) and capture.wal_write_attempts != wal_writes_before:
+                self._step_down_after_storage_error(client, capture, error)
+                return True
+            # An ordinary SQL error: what ran before it (earlier statements of the
+            # request) stays committed and is proposed below; the error is the answer.
             response = _sql_error(error)
             rows, columns = (), ()
         else:
@@ -677,7 +838,7 @@ class DatabaseNode(RaftNode):
             else:
                 response = ExecuteResult(last_insert_id=connection.last_insert_rowid(), rows_affected=connection.changes())
         self._settle_connection(client, message.database, connection)
-        committed = self.captures[message.database].take_committed()
+        committed = capture.take_committed()
         if committed:
             self._propose_entries(client, committed, response=response)
         else:
@@ -685,6 +846,18 @@ class DatabaseNode(RaftNode):
         if self.write_owner is None:
             self._drain_queue()
         return True
+
+    def _step_down_after_storage_error(self, client: Client, capture: Any, error: apsw.Error) -> None:
+        """A storage error while the request wrote the WAL: SQLite may or may not have
+        published its commit, and the capture may hold a transaction SQLite rolled back.
+        Propose none of it and stop leading: leadership loss (handled by `_process`, in
+        this same handler) closes every connection and drops the WAL, so the request
+        certainly did not apply: 10250. (Its client may retry it on the next leader.)"""
+        capture.discard()
+        self.raft.step_down()
+        self.ctx.reply(client, SqlError(code=NOT_LEADER, message=(
+            f"not leader: the leader stepped down after a storage error while writing ({_sql_error(error).message or error.__class__.__name__}, "
+            f"code {_sql_error(error).code}); the request was not applied")))
 
     # -- reads in bounded steps ----------------------------------------------------------
 
@@ -694,14 +867,19 @@ class DatabaseNode(RaftNode):
     def _start_long_read(self, client: Client, message: Query) -> bool:
         """Run a lone SELECT on its own read-only connection, a batch of rows per step
         (so a long query never holds the node's loop). False: use the normal path."""
-        path = self.database_machine.path(message.database)
         if message.database not in self.captures:
             return False    # the database does not exist yet: the normal path creates it
-        connection = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY, vfs=self.vfs.name)
-        connection.authorizer = _authorizer
+        try:
+            # The client's own connection: its temp tables and pragmas (case_sensitive_like...) apply.
+            connection = self._connection(client, message.database)
+        except _Refused as refused:
+            self.ctx.reply(client, refused.response)
+            return True
         described: list[tuple] = []
 
         def note_columns(statement_cursor, sql, bindings) -> bool:
+            if not statement_cursor.is_readonly:
+                return False    # it writes after all (WITH ... INSERT): the normal path runs it
             described.append(statement_cursor.get_description())
             return True
 
@@ -709,11 +887,11 @@ class DatabaseNode(RaftNode):
         cursor.exec_trace = note_columns
         try:
             cursor.execute(message.sql, message.params)
-        except apsw.ReadOnlyError:
-            _close_reader(connection)
-            return False    # it writes after all
+        except apsw.ExecTraceAbort:
+            _end_statement(cursor)
+            return False
         except apsw.Error as error:
-            _close_reader(connection)
+            _end_statement(cursor)
             self._respond_after_commit(client, _sql_error(error))
             return True
         read = _LongRead(client, message.database, connection, cursor, described, self.last_executed_index)
@@ -730,14 +908,14 @@ class DatabaseNode(RaftNode):
                 row = next(read.cursor, None)
                 if row is None:
                     self.long_reads.popleft()
-                    _close_reader(read.connection)
+                    _end_statement(read.cursor)
                     response = _query_result(read.described[-1] if read.described else (), tuple(read.rows))
                     self._start_read(read.client, response=response, min_index=read.min_index)
                     break
                 read.rows.append(tuple(row))
         except apsw.Error as error:
             self.long_reads.popleft()
-            _close_reader(read.connection)
+            _end_statement(read.cursor)
             self._start_read(read.client, response=_sql_error(error), min_index=read.min_index)
         if self.long_reads:
             self.ctx.set_timer(self.READ_STEP, 0.0)
@@ -768,15 +946,16 @@ class DatabaseNode(RaftNode):
         self._start_read(client, response=response, min_index=self.last_executed_index)
 
     def _close_session(self, client: Client) -> None:
+        """The client went away: its transactions roll back, its connections close."""
+        self.expired.pop(client, None)
+        for read in [r for r in self.long_reads if r.client == client]:
+            self.long_reads.remove(read)
+            _end_statement(read.cursor)
         session = self.sessions.pop(client, None)
+        self.sessions_in_transaction.discard(client)
         if session is not None:
-            for connection in session.connections.values():
-                if not connection.get_autocommit():
-                    try:
-                        connection.execute("ROLLBACK")
-                    except apsw.Error:
-                        pass
-                connection.close()
+            self._close_session_connections(session)
+        self.ctx.cancel_timer((self.IDLE_TRANSACTION, client))
         if self.write_owner == client:
             self.write_owner = None
         self.write_queue = deque((c, m) for c, m in self.write_queue if c != client)
@@ -784,16 +963,17 @@ class DatabaseNode(RaftNode):
             self._drain_queue()
 
     def _close_connections(self) -> None:
+        """Close every connection (leadership lost, or the process ends). Sessions that
+        had connections expire: their state is gone."""
         for read in self.long_reads:
-            _close_reader(read.connection)
+            _end_statement(read.cursor)
         self.long_reads.clear()
-        for session in self.sessions.values():
-            for connection in session.connections.values():
-                connection.close()
-        for connection in self.shared.values():
-            connection.close()
-        self.sessions.clear()
-        self.shared.clear()
+        for client, session in list(self.sessions.items()):
+            self.ctx.cancel_timer((self.IDLE_TRANSACTION, client))
+            self._expire(client)
+        for connection in self.node_connections.values():
+            connection.close(True)
+        self.node_connections.clear()
 
     def release_resources(self) -> None:
         """The process is going away: close every connection and unregister the VFS."""
@@ -809,7 +989,7 @@ class DatabaseNode(RaftNode):
         if self.raft is None:
             return True
         return (self.last_executed_index <= self.applied_index and not self.long_reads
-                and not any(s.in_transaction for s in self.sessions.values()))
+                and not self.sessions_in_transaction)
 
     def _complete_batches(self) -> None:
         super()._complete_batches()
@@ -819,15 +999,27 @@ class DatabaseNode(RaftNode):
 
     def _maybe_checkpoint(self) -> None:
         machine = self.database_machine
+        if self.raft.state != State.LEADER:
+            return   # (a step-down in this handler: leadership loss handling comes next)
         snapshot_due = self._snapshot_due()
         if not machine.only_in_wal or not self._quiet() or self.snapshot_in_progress is not None:
             return   # (a snapshot being read needs the main files as they are)
         if len(machine.only_in_wal) < self.CHECKPOINT_ENTRIES and not snapshot_due:
             return
-        for database in self.captures:
-            connection = self.shared.get(database)
-            if connection is not None:
+        for database, connection in self.node_connections.items():
+            try:
                 connection.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+            except apsw.BusyError:
+                # A reader holds the WAL after all: the entries stay counted as "only in
+                # the WAL" (rewriting them later is idempotent); try at the next quiet moment.
+                return
+            except apsw.Error as error:
+                if not _is_storage_error(error):
+                    raise
+                # The WAL is intact, the main file maybe half written: stop leading;
+                # leadership loss rewrites the committed pages from the log's entries.
+                self.raft.step_down()
+                return
         machine.checkpointed()
         self.wal_entries = 0
         if snapshot_due:

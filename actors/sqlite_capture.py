@@ -48,7 +48,15 @@ in shared memory this VFS does not see) just after that frame is written. If a s
 between fails (an I/O error rewriting checksums, say), the statement fails but the
 capture already holds the transaction. The caller must treat an I/O error while
 committing as fatal for this leader connection (step down and rebuild from raft), never
-as "not committed, carry on".
+as "not committed, carry on". `Capture.wal_write_attempts` counts the writes SQLite
+*tried* (a failed one included), so the caller can tell an error that hit the WAL from
+one that did not (a SELECT's failed read, `PRAGMA max_page_count` running out).
+
+Failure injection, for tests of exactly that path: `CaptureVfs.wal_write_fault`, when
+set to a `WalWriteFault`, makes one WAL write fail with a chosen SQLite error, either
+before the bytes reach the file or after (the bytes land and the capture sees them,
+then SQLite is told the write failed: the window described above). It goes through
+the real VFS object and SQLite's real error handling; nothing in production sets it.
 
 Assumptions, guaranteed by `open_leader_connection` (and the authorizer that refuses
 PRAGMA synchronous/journal_mode on client connections): WAL mode, `synchronous=OFF` (no
@@ -69,7 +77,7 @@ import apsw
 from raftlite.core.frames import CommittedTransaction, CreateDatabase, is_valid_page_size
 from raftlite.core.invariant import InvariantViolation
 
-__all__ = ["Capture", "CaptureVfs", "open_leader_connection"]
+__all__ = ["Capture", "CaptureVfs", "WalWriteFault", "open_another_connection", "open_leader_connection"]
 
 WAL_HEADER_BYTES = 32
 FRAME_HEADER_BYTES = 24
@@ -103,6 +111,8 @@ class Capture:
     _failure: str | None = None
     # Page images rewritten in place by a spilling transaction (a diagnostic count).
     in_place_rewrites: int = 0
+    # Writes SQLite asked for on the WAL, failed ones included.
+    wal_write_attempts: int = 0
     _main_files: list["_MainDatabaseFile"] = field(default_factory=list)
 
     def take_committed(self) -> list[CommittedTransaction]:
@@ -112,6 +122,12 @@ class Capture:
         committed, self._committed = self._committed, []
         return committed
 
+    def discard(self) -> None:
+        """Forget the transactions not taken yet and the frames in progress (the caller
+        is dropping this WAL: the leader steps down)."""
+        self._committed = []
+        self._frames.clear()
+
     def uncommitted_frame_count(self) -> int:
         """Frames written by a transaction still in progress (or rolled back, not yet reused)."""
         return len(self._frames)
@@ -119,6 +135,22 @@ class Capture:
     def forget_uncommitted(self) -> None:
         """Drop frames of rolled-back transactions (their memory). Only between transactions."""
         self._frames.clear()
+
+    def completes_commit(self, data: bytes, offset: int) -> bool:
+        """Whether writing `data` at `offset` completes a commit frame (its image, or a
+        whole frame at once, whose header carries a size after commit)."""
+        frame_bytes = FRAME_HEADER_BYTES + self.page_size
+        if offset < WAL_HEADER_BYTES:
+            return False
+        frame_number, within = divmod(offset - WAL_HEADER_BYTES, frame_bytes)
+        if within == 0 and len(data) == frame_bytes:
+            header = data
+        elif within == FRAME_HEADER_BYTES and len(data) == self.page_size:
+            frame = self._frames.get(frame_number + 1)
+            header = frame.header if frame is not None else None
+        else:
+            return False
+        return header is not None and _FRAME_HEADER.unpack_from(header)[1] != 0
 
     # --- the WAL file reports here -----------------------------------------------------
 
@@ -221,14 +253,40 @@ class Capture:
         self._frames.clear()
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WalWriteFault:
+    """A one-shot WAL write failure, for tests (see the module docstring).
+
+    `code` is the SQLite result code the write fails with (SQLITE_IOERR_WRITE,
+    SQLITE_FULL, ...). `landed`: the bytes reach the file and the capture before the
+    failure is reported. `commit_only`: only the write that completes a commit frame
+    fails (else the next WAL write of any kind)."""
+
+    code: int
+    landed: bool = False
+    commit_only: bool = True
+
+
 class _WalFile(apsw.VFSFile):
     """The default VFS's `-wal` file, reporting writes and truncations to its Capture."""
 
-    def __init__(self, vfs: str, name, flags: list[int], capture: Capture) -> None:
+    def __init__(self, vfs: str, name, flags: list[int], capture: Capture, owner: "CaptureVfs") -> None:
         super().__init__(vfs, name, flags)
         self._capture = capture
+        self._owner = owner
 
     def xWrite(self, data: bytes, offset: int) -> None:
+        capture = self._capture
+        capture.wal_write_attempts += 1
+        fault = self._owner.wal_write_fault
+        if fault is not None and (not fault.commit_only or capture.completes_commit(data, offset)):
+            self._owner.wal_write_fault = None
+            if fault.landed:
+                self._write(data, offset)
+            raise apsw.exception_for(fault.code)
+        self._write(data, offset)
+
+    def _write(self, data: bytes, offset: int) -> None:
         super().xWrite(data, offset)  # the file first: a failed write records nothing
         capture = self._capture
         if capture._salts is None and offset != 0:
@@ -269,6 +327,7 @@ class CaptureVfs(apsw.VFS):
         super().__init__(name, base="", makedefault=False)
         self.name = name
         self._captures: dict[str, Capture] = {}  # full pathname of the main file -> capture
+        self.wal_write_fault: WalWriteFault | None = None   # tests only: see WalWriteFault
 
     def capture_of(self, path: str) -> Capture | None:
         return self._captures.get(self.xFullPathname(path))
@@ -293,7 +352,7 @@ class CaptureVfs(apsw.VFS):
             if open_flags & apsw.SQLITE_OPEN_WAL and filename.endswith("-wal"):
                 capture = self._captures.get(filename[: -len("-wal")])
                 if capture is not None:
-                    return _WalFile("", name, flags, capture)
+                    return _WalFile("", name, flags, capture, self)
             elif open_flags & apsw.SQLITE_OPEN_MAIN_DB:
                 capture = self._captures.get(filename)
                 if capture is not None:
@@ -307,6 +366,25 @@ def _read_main_file(capture: Capture) -> bytes:
     main_file = capture._main_files[-1]
     size = main_file.xFileSize()
     return main_file.xRead(size, 0) if size else b""
+
+
+def open_another_connection(path: str, vfs: CaptureVfs) -> apsw.Connection:
+    """One more leader connection to a database `open_leader_connection` already opened
+    (and so registered, created and put in WAL mode, which is persistent): only the
+    per-connection settings are made. About a third of the cost of the full opening,
+    which matters with one connection per client."""
+    capture = vfs.capture_of(path)
+    if capture is None:
+        raise ValueError(f"{path} has no capture: open it with open_leader_connection first")
+    connection = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE, vfs=vfs.name)
+    try:
+        connection.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        connection.wal_autocheckpoint(0)
+        connection.execute("PRAGMA synchronous=0").fetchall()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
 
 
 def open_leader_connection(

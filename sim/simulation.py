@@ -277,9 +277,6 @@ class Simulation:
         # checkers that judge a message by the sender's durable state, fault points
         # that act right after a send.
         self.send_observers: list[Callable[[int, int, Any], None]] = []
-        # Called with (node_id, client, response) when a reply reaches its client: what a
-        # load or a liveness probe needs to time an answer exactly, without polling.
-        self.reply_observers: list[Callable[[int, Client, Any], None]] = []
         # Decides whether a bit flip at (node, file, offset) is allowed (DESIGN.md §3
         # bounds at-rest corruption); actors with entry-level knowledge install their own.
         self.corruption_guard: Callable[[int, str, int], bool] = self._default_corruption_guard
@@ -391,8 +388,6 @@ class Simulation:
         self.trace.record(self.env.now, node_id, "reply", {"client": client.connection, "resp": _describe(response)})
         if client in self.replies:
             self.replies[client].append(response)
-        for observe in self.reply_observers:
-            observe(node_id, client, response)
 
     # -- faults --------------------------------------------------------------------------
 
@@ -493,6 +488,13 @@ class Simulation:
         return result
 
     def close(self) -> None:
+        # Live nodes let go of their open files as crashed ones do (a database leader
+        # holds a SQLite connection per client: left to the garbage collector, a sweep
+        # of many seeds runs out of file descriptors).
+        for node in self.nodes.values():
+            release = getattr(node.actor, "release_resources", None)
+            if release is not None:
+                release()
         if self.scratch_root is not None:
             shutil.rmtree(self.scratch_root, ignore_errors=True)
             self.scratch_root = None
