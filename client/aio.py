@@ -18,9 +18,12 @@ An asyncio.Lock keeps one connection's requests in order when several tasks shar
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
 
-from raftlite.client.cluster import AsyncClusterSession, RequestKind, RetryPolicy, StatementInfo, StatementPlan, plan_statement
+from raftlite.client.cluster import (
+    AsyncClusterSession, AsyncConnectionSetup, RequestKind, RetryPolicy, StatementInfo, StatementPlan, plan_statement,
+)
 from raftlite.client.connection import AsyncConnection as NodeConnection, RequestFailed
 from raftlite.client.dbapi import (
     TIMEOUT_S_DEFAULT, CursorResults, StatementResult, checked_statement, wire_parameters,
@@ -236,13 +239,16 @@ class Connection:
 
 async def connect(addresses: str | Sequence[str], *, database: str = "main", timeout: float = TIMEOUT_S_DEFAULT,
                   autocommit: bool = False, retry_unknown_writes: bool = False,
-                  policy: RetryPolicy | None = None, ssl_context=None) -> Connection:
-    """As raftlite.client.connect, for asyncio."""
+                  policy: RetryPolicy | None = None, ssl_context=None,
+                  on_connect: Callable[[AsyncConnectionSetup], Any] | None = None) -> Connection:
+    """As raftlite.client.connect, for asyncio. `on_connect(setup)` may be a coroutine
+    function: `async def setup(s): await s.execute("PRAGMA foreign_keys=OFF")`."""
     if not isinstance(database, str) or not database:
         raise InterfaceError("database must be a non-empty name")
     if policy is None:
         policy = RetryPolicy(timeout_s=timeout, retry_unknown_writes=retry_unknown_writes)
-    session = AsyncClusterSession(addresses, database=database, policy=policy, ssl_context=ssl_context)
+    session = AsyncClusterSession(addresses, database=database, policy=policy, ssl_context=ssl_context,
+                                  on_connect=on_connect)
 
     async def found(_connection: NodeConnection, db_id: int) -> int:
         return db_id

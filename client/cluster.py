@@ -12,6 +12,16 @@ its own leadership). On the leader it sends CLIENT then OPEN(database), and asks
 to learn every member (so one seed address is enough). The connection is then reused
 for every request until it fails.
 
+Connection state. The leader keeps one SQLite connection per client connection (as
+dqlite does): pragmas such as foreign_keys or case_sensitive_like, and temp tables,
+belong to that connection and are gone when the session reconnects (after a failover,
+or any failure that drops the connection). `on_connect`, when given, is called with a
+`ConnectionSetup` on every new connection to a leader, after OPEN and before the
+request that needed the connection, to (re-)apply that state. A refusal that means
+"not the leader" (10250, 10506) or a broken connection while it runs counts as a failed
+discovery attempt (the next candidate is tried); any other SQL error it meets is raised
+to the caller, its message prefixed "on_connect:".
+
 Retries. Each request carries a `RequestKind` saying what re-sending it could do, and
 each failure is a `Failure` saying how far the request got. `decide(kind, failure)` is
 the whole policy, one table:
@@ -51,6 +61,7 @@ boundaries: open transactions with BEGIN.
 
 import asyncio
 import enum
+import inspect
 import os
 import random
 import re
@@ -70,9 +81,9 @@ from raftlite.client.errors import (
 from raftlite.core.wire import ErrorCode, NodeInfo, WireProtocolError
 
 __all__ = [
-    "AsyncClusterSession", "ClusterSession", "Decision", "Failure", "KnownNodes", "RequestKind", "RetryPolicy",
-    "StatementInfo", "StatementPlan", "decide", "describe_statement", "failure_of", "parse_addresses",
-    "plan_statement",
+    "AsyncClusterSession", "AsyncConnectionSetup", "ClusterSession", "ConnectionSetup", "Decision", "Failure",
+    "KnownNodes", "RequestKind", "RetryPolicy", "StatementInfo", "StatementPlan", "decide", "describe_statement",
+    "failure_of", "parse_addresses", "plan_statement",
 ]
 
 T = TypeVar("T")
@@ -394,9 +405,59 @@ class _Unreachable(Exception):
     """Discovery found no leader this round; the message says why, per address."""
 
 
+def _setup_failure(failure: RequestFailed) -> RequestFailed:
+    """A FAILURE met by the on_connect hook, its message saying where it came from."""
+    return RequestFailed(failure.code, f"on_connect: {failure.message}")
+
+
+class ConnectionSetup:
+    """What an `on_connect` hook gets: the new leader connection, to run SQL on before
+    anything else does (`execute` returns the rows, if the statement answers any)."""
+
+    def __init__(self, connection: Connection, db_id: int) -> None:
+        self._connection = connection
+        self._db_id = db_id
+
+    def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> list[tuple]:
+        from raftlite.client.types import parameters_to_wire, row_from_wire
+
+        wire_parameters = parameters_to_wire(parameters)
+        try:
+            if describe_statement(sql).returns_rows:
+                return [row_from_wire(row) for row in self._connection.query_sql(self._db_id, sql, wire_parameters).rows]
+            self._connection.exec_sql(self._db_id, sql, wire_parameters)
+        except RequestFailed as failure:
+            raise _setup_failure(failure) from None
+        return []
+
+
+class AsyncConnectionSetup:
+    """The asyncio twin of ConnectionSetup: `await setup.execute(...)`."""
+
+    def __init__(self, connection: AsyncConnection, db_id: int) -> None:
+        self._connection = connection
+        self._db_id = db_id
+
+    async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> list[tuple]:
+        from raftlite.client.types import parameters_to_wire, row_from_wire
+
+        wire_parameters = parameters_to_wire(parameters)
+        try:
+            if describe_statement(sql).returns_rows:
+                rows = (await self._connection.query_sql(self._db_id, sql, wire_parameters)).rows
+                return [row_from_wire(row) for row in rows]
+            await self._connection.exec_sql(self._db_id, sql, wire_parameters)
+        except RequestFailed as failure:
+            raise _setup_failure(failure) from None
+        return []
+
+
 class _SessionBase:
     def __init__(self, addresses: str | Sequence[str], *, database: str, policy: RetryPolicy,
-                 ssl_context: "ssl.SSLContext | None" = None) -> None:
+                 ssl_context: "ssl.SSLContext | None" = None, on_connect: Callable[[Any], Any] | None = None) -> None:
+        if on_connect is not None and not callable(on_connect):
+            raise InterfaceError(f"on_connect must be callable, not {type(on_connect).__name__}")
+        self.on_connect = on_connect   # run on every new leader connection (module docstring)
         self.nodes = KnownNodes(parse_addresses(addresses))
         self.ssl_context = ssl_context   # TLS for every connection when set
         self.database = database
@@ -459,8 +520,8 @@ class ClusterSession(_SessionBase):
     and the retry policy around every request."""
 
     def __init__(self, addresses: str | Sequence[str], *, database: str, policy: RetryPolicy = RetryPolicy(),
-                 ssl_context: "ssl.SSLContext | None" = None) -> None:
-        super().__init__(addresses, database=database, policy=policy, ssl_context=ssl_context)
+                 ssl_context: "ssl.SSLContext | None" = None, on_connect: Callable[[ConnectionSetup], Any] | None = None) -> None:
+        super().__init__(addresses, database=database, policy=policy, ssl_context=ssl_context, on_connect=on_connect)
         self._connection: Connection | None = None
         self._db_id = 0
 
@@ -520,6 +581,8 @@ class ClusterSession(_SessionBase):
                     self.nodes.learn(connection.cluster())
                 except RequestFailed:
                     pass  # membership is a hint; the request itself decides
+                if self.on_connect is not None:
+                    self.on_connect(ConnectionSetup(connection, self._db_id))
             except (ConnectionBroken, RequestFailed, WireProtocolError, OSError) as error:
                 connection.close()
                 if isinstance(error, RequestFailed) and error.code not in (ErrorCode.NOT_LEADER,
@@ -527,6 +590,9 @@ class ClusterSession(_SessionBase):
                     raise error_from_failure(error.code, error.message) from None
                 reasons.append(f"{leader.address}: {error}")
                 continue
+            except BaseException:
+                connection.close()   # the on_connect hook's own exception goes to the caller
+                raise
             self.nodes.leader = leader.address
             return connection
         raise _Unreachable(self._reasons(reasons))
@@ -598,8 +664,9 @@ class AsyncClusterSession(_SessionBase):
     """The asyncio twin of ClusterSession: the same discovery and policy, awaited."""
 
     def __init__(self, addresses: str | Sequence[str], *, database: str, policy: RetryPolicy = RetryPolicy(),
-                 ssl_context: "ssl.SSLContext | None" = None) -> None:
-        super().__init__(addresses, database=database, policy=policy, ssl_context=ssl_context)
+                 ssl_context: "ssl.SSLContext | None" = None,
+                 on_connect: Callable[[AsyncConnectionSetup], Any] | None = None) -> None:
+        super().__init__(addresses, database=database, policy=policy, ssl_context=ssl_context, on_connect=on_connect)
         self._connection: AsyncConnection | None = None
         self._db_id = 0
 
@@ -658,6 +725,10 @@ class AsyncClusterSession(_SessionBase):
                     self.nodes.learn(await connection.cluster())
                 except RequestFailed:
                     pass  # membership is a hint; the request itself decides
+                if self.on_connect is not None:
+                    outcome = self.on_connect(AsyncConnectionSetup(connection, self._db_id))
+                    if inspect.isawaitable(outcome):
+                        await outcome
             except (ConnectionBroken, RequestFailed, WireProtocolError, OSError) as error:
                 await connection.wait_closed()
                 if isinstance(error, RequestFailed) and error.code not in (ErrorCode.NOT_LEADER,
@@ -665,6 +736,9 @@ class AsyncClusterSession(_SessionBase):
                     raise error_from_failure(error.code, error.message) from None
                 reasons.append(f"{leader.address}: {error}")
                 continue
+            except BaseException:
+                await connection.wait_closed()   # the on_connect hook's own exception goes to the caller
+                raise
             self.nodes.leader = leader.address
             return connection
         raise _Unreachable(self._reasons(reasons))

@@ -30,12 +30,13 @@ keeps one connection's requests from interleaving).
 """
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from raftlite.client.cluster import (
-    ClusterSession, RequestKind, RetryPolicy, StatementInfo, StatementPlan, describe_statement, plan_statement,
+    ClusterSession, ConnectionSetup, RequestKind, RetryPolicy, StatementInfo, StatementPlan, describe_statement,
+    plan_statement,
 )
 from raftlite.client.connection import Connection as NodeConnection, RequestFailed
 from raftlite.client.errors import (
@@ -383,19 +384,27 @@ class Connection:
 
 def connect(addresses: str | Sequence[str], *, database: str = "main", timeout: float = TIMEOUT_S_DEFAULT,
             autocommit: bool = False, retry_unknown_writes: bool = False,
-            policy: RetryPolicy | None = None, ssl_context=None) -> Connection:
+            policy: RetryPolicy | None = None, ssl_context=None,
+            on_connect: Callable[[ConnectionSetup], Any] | None = None) -> Connection:
     """Connects to the leader of the cluster at `addresses` ("host:port,host:port" or a
     list) and opens `database`. `timeout` (seconds) bounds each operation, leader
     discovery and retries included. `retry_unknown_writes=True` re-sends an autocommit
     write whose outcome is unknown (it may then be applied twice). NoLeaderError when
     no leader answers within `timeout`. `ssl_context` (an ssl.SSLContext with the
     cluster's CA, and a client certificate when the nodes require one) makes every
-    connection TLS."""
+    connection TLS.
+
+    `on_connect(setup)` runs on every new connection to a leader (the first, and each
+    one after a failover or reconnect), before anything else is sent on it: the place
+    to (re-)apply per-connection state the leader does not keep across connections,
+    e.g. `lambda setup: setup.execute("PRAGMA foreign_keys=OFF")` (see
+    raftlite.client.cluster)."""
     if not isinstance(database, str) or not database:
         raise InterfaceError("database must be a non-empty name")
     if policy is None:
         policy = RetryPolicy(timeout_s=timeout, retry_unknown_writes=retry_unknown_writes)
-    session = ClusterSession(addresses, database=database, policy=policy, ssl_context=ssl_context)
+    session = ClusterSession(addresses, database=database, policy=policy, ssl_context=ssl_context,
+                             on_connect=on_connect)
     connection = Connection(session, autocommit=autocommit)
     try:
         session.call(RequestKind.READ, lambda _connection, db_id: db_id)   # find the leader now
