@@ -1,7 +1,10 @@
 """The `raftlite` command line.
 
-    raftlite sim run   --seed S --nodes N --duration SECONDS [--nemesis LIST] [--trace FILE]
-    raftlite sim check --seeds A..B --nodes N [--nemesis LIST] [--duration SECONDS]
+    raftlite sim run   --seed S --nodes N --duration SECONDS [--nemesis LIST] [--fault-points LIST]
+                       [--unsafe SWITCH ...] [--checkers all|end-to-end] [--trace FILE]
+    raftlite sim check --seeds A..B --nodes N [--nemesis LIST] [--fault-points LIST] [--duration SECONDS]
+    raftlite sim shrink --seed S [--nodes N] [--nemesis LIST] [--fault-points LIST] [--unsafe SWITCH ...]
+    raftlite sim script FILE    (run a scenario script; exit 1 on a safety violation)
     raftlite sim mutations [--seeds A..B] [--only NAME,...] [--budget-seconds S]   (planted bugs vs checkers)
     raftlite sim demo  [--seed S]
     raftlite sim bench [--nodes N] [--duration SECONDS]
@@ -51,6 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--actor", default="raft", help="which actor to run: raft (default) or heartbeat")
     run.add_argument("--trace", metavar="FILE", help="write every event as JSON lines to FILE")
     run.add_argument("--timeline", action="store_true", help="print the plain-text timeline of faults")
+    _add_fault_arguments(run, fault_points_default="none")
 
     check = sim_commands.add_parser("check", help="a sweep of seeded raft runs with the safety checkers on")
     check.add_argument("--seeds", required=True, help="A..B (inclusive) or one seed")
@@ -59,6 +63,19 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--duration", type=_positive_float, default=10.0, help="simulated seconds of faults per seed")
     check.add_argument("--actor", choices=("raft", "database"), default="raft",
                        help="raft (a log of opaque commands) or database (replicated SQLite)")
+    _add_fault_arguments(check, fault_points_default="all")
+
+    shrink = sim_commands.add_parser(
+        "shrink", help="minimize a failing seed's faults (delta debugging) and print a scenario script replaying them")
+    shrink.add_argument("--seed", type=_non_negative_int, required=True)
+    shrink.add_argument("--nodes", type=_positive_int, default=3)
+    shrink.add_argument("--duration", type=_positive_float, default=10.0, help="simulated seconds of faults")
+    shrink.add_argument("--nemesis", default="none", help="comma list of fault kinds, or 'all' (default: none)")
+    shrink.add_argument("--actor", choices=("raft", "database"), default="raft")
+    _add_fault_arguments(shrink, fault_points_default="none")
+
+    script = sim_commands.add_parser("script", help="run a scenario script and print it with its outputs")
+    script.add_argument("file", metavar="FILE")
 
     from raftlite.sim.mutations import add_mutations_parser
 
@@ -103,14 +120,35 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sim_run(args: argparse.Namespace) -> int:
+def _add_fault_arguments(parser: argparse.ArgumentParser, *, fault_points_default: str) -> None:
+    parser.add_argument("--fault-points", default=fault_points_default,
+                        help="fault points at persistence boundaries the seed may enable (swarm): comma list of "
+                             "slow-persist, crash-after-send, crash-before-sync, metadata-eio; 'all' or 'none' "
+                             f"(default: {fault_points_default})")
+    parser.add_argument("--unsafe", action="append", default=[], metavar="SWITCH",
+                        help="turn on a deliberate bug of core/raft.py's UnsafeSwitches (repeatable; tests only)")
+    parser.add_argument("--checkers", choices=("all", "end-to-end"), default="all",
+                        help="end-to-end: leave out the durability checker (see whether a bug does visible harm)")
+
+
+def _fault_options(args: argparse.Namespace) -> dict:
+    """--nemesis, --fault-points and --unsafe as run_simulation's arguments; a clear error
+    for what is unknown."""
+    from raftlite.sim.fault_points import FaultPointError, parse_fault_points
     from raftlite.sim.nemesis import NemesisError, parse_nemesis_list
-    from raftlite.sim.run import ACTORS, run_simulation
+    from raftlite.sim.run import UnsafeSwitchError, parse_unsafe
 
     try:
-        kinds = parse_nemesis_list(args.nemesis)
-    except NemesisError as error:
+        return dict(nemesis=parse_nemesis_list(args.nemesis), fault_points=parse_fault_points(args.fault_points),
+                    unsafe=parse_unsafe(args.unsafe), checkers=args.checkers)
+    except (NemesisError, FaultPointError, UnsafeSwitchError) as error:
         raise UsageError(str(error)) from None
+
+
+def _sim_run(args: argparse.Namespace) -> int:
+    from raftlite.sim.run import ACTORS, run_simulation
+
+    options = _fault_options(args)
     if args.actor not in ACTORS:
         raise UsageError(f"unknown actor {args.actor!r}; choose from {', '.join(sorted(ACTORS))}")
     sink = None
@@ -121,8 +159,8 @@ def _sim_run(args: argparse.Namespace) -> int:
             raise UsageError(f"cannot write trace file {args.trace}: {error.strerror}") from None
     try:
         summary, sim = run_simulation(
-            seed=args.seed, nodes=args.nodes, duration_ms=args.duration * 1000.0, nemesis=kinds,
-            actor=args.actor, trace_sink=sink, keep_trace=args.timeline,
+            seed=args.seed, nodes=args.nodes, duration_ms=args.duration * 1000.0, actor=args.actor,
+            trace_sink=sink, keep_trace=args.timeline, **options,
         )
     finally:
         if sink is not None:
@@ -134,18 +172,56 @@ def _sim_run(args: argparse.Namespace) -> int:
 
 
 def _sim_check(args: argparse.Namespace) -> int:
-    from raftlite.sim.nemesis import NemesisError, parse_nemesis_list
     from raftlite.sim.sweep import parse_seed_range, sweep
 
+    options = _fault_options(args)
     try:
-        kinds = parse_nemesis_list(args.nemesis)
         seeds = parse_seed_range(args.seeds)
-    except (NemesisError, ValueError) as error:
+    except ValueError as error:
         raise UsageError(str(error)) from None
-    result = sweep(seeds=seeds, nodes=args.nodes, nemesis=kinds, nemesis_text=args.nemesis, duration_s=args.duration,
-                   actor=args.actor)
+    result = sweep(seeds=seeds, nodes=args.nodes, nemesis_text=args.nemesis, duration_s=args.duration,
+                   actor=args.actor, fault_points_text=args.fault_points, **options)
     print(result.render())
     return 1 if result.failures else 0
+
+
+def _sim_shrink(args: argparse.Namespace) -> int:
+    from raftlite.sim.shrink import shrink
+    from raftlite.sim.sweep import replay_command
+
+    options = _fault_options(args)
+    command = replay_command(args.seed, args.nodes, args.nemesis, args.duration, args.actor,
+                             fault_points=args.fault_points, unsafe=options["unsafe"], checkers=args.checkers,
+                             subcommand="shrink")
+    result = shrink(seed=args.seed, nodes=args.nodes, duration_ms=args.duration * 1000.0, actor=args.actor,
+                    command=command, **options)
+    if result.original.violation is None:
+        print(result.render())
+        return 1
+    print(result.script, end="")
+    print(result.render(), file=sys.stderr)
+    return 0 if result.reproduced else 1
+
+
+def _sim_script(args: argparse.Namespace) -> int:
+    from raftlite.sim.scenario import execute_script
+
+    try:
+        with open(args.file, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as error:
+        raise UsageError(f"cannot read scenario script {args.file}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.file} is not a text file") from None
+    output, runner, errors = execute_script(text)
+    if runner.sim is not None:
+        runner.sim.close()
+    print(output, end="")
+    if errors:
+        for error in errors:
+            print(f"raftlite: error: {args.file}: {error}", file=sys.stderr)
+        return 2
+    return 1 if runner.violation is not None or runner.problems else 0
 
 
 def _sim_bench(args: argparse.Namespace) -> int:
@@ -168,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sim_run(args)
         if args.command == "sim" and args.sim_command == "check":
             return _sim_check(args)
+        if args.command == "sim" and args.sim_command == "shrink":
+            return _sim_shrink(args)
+        if args.command == "sim" and args.sim_command == "script":
+            return _sim_script(args)
         if args.command == "sim" and args.sim_command == "mutations":
             from raftlite.sim.mutations import run_mutations_command
 

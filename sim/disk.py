@@ -19,6 +19,12 @@ Model (FoundationDB's AsyncFileNonDurable and TigerBeetle's testing storage in s
   makes writes fail with ENOSPC, and bit flips in durable data at rest that spare each
   file's last durable write (a flipped bit there is indistinguishable from a torn write;
   see DESIGN.md §3) and whatever else the simulation's guard forbids.
+- Hooks for the fault points at persistence boundaries (`raftlite.sim.fault_points`):
+  `on_submit` / `on_perform` observe each submission (before its latency is drawn) and
+  each completion, `persisting` says
+  whether a persist (a durable write or a sync) is in flight, `persist_delay_ms` slows
+  every persist, and a command in `doomed` fails with EIO. None of them draws from the
+  disk's random stream, so a run without fault points is unchanged.
 """
 
 from dataclasses import dataclass, field, replace
@@ -73,6 +79,11 @@ class SimFile:
         return low
 
 
+def _is_persist(command: DiskCommand) -> bool:
+    """A durable write or a sync: what makes data survive a crash."""
+    return (type(command) is Write and command.durable) or type(command) is Sync
+
+
 def _put(buffer: bytearray, offset: int, data: bytes) -> None:
     end = offset + len(data)
     if end > len(buffer):
@@ -90,10 +101,19 @@ class SimDisk:
         self.eio_next_ops = 0
         self.operations = 0
         self.syncs = 0
+        self.persisting: set[int] = set()    # ids of durable writes and syncs in flight
+        self.persist_delay_ms = 0.0          # extra latency of every persist (a slow device)
+        self.doomed: set[int] = set()        # ids of submitted commands that will fail with EIO
+        self.on_submit: Callable[[DiskCommand], None] | None = None
+        self.on_perform: Callable[[DiskCommand, IoResult], None] | None = None
 
     # -- timing --------------------------------------------------------------------------
 
     def completion_time(self, command: DiskCommand, now_ms: float) -> float:
+        # The runtime asks this once per submission, first: the hook sees the command
+        # before its latency is fixed (a slow-persist fault point may lengthen it).
+        if self.on_submit is not None:
+            self.on_submit(command)
         match command:
             case Write(durable=True):
                 low, high = self.profile.sync_latency_ms
@@ -107,6 +127,8 @@ class SimDisk:
                 low, high = self.profile.metadata_latency_ms
         start = max(now_ms, self.busy_until_ms)
         self.busy_until_ms = start + self.rng.uniform(low, high)
+        if self.persist_delay_ms and _is_persist(command):
+            self.busy_until_ms += self.persist_delay_ms
         return self.busy_until_ms
 
     # -- effects (at completion) ---------------------------------------------------------
@@ -118,14 +140,32 @@ class SimDisk:
         """Note a submission: a write in flight is at the crash's mercy until performed."""
         if type(command) is Write:
             self.in_flight[id(command)] = command
+        if _is_persist(command):
+            self.persisting.add(id(command))
 
     def forget_in_flight(self) -> None:
         """The process stopped without a crash: its in-flight operations never complete."""
         self.in_flight.clear()
+        self.persisting.clear()
+        self.doomed.clear()
+
+    def has_unsynced_writes(self) -> bool:
+        """Whether a completed write is not yet durable (a crash now would put it at risk)."""
+        return any(not already_durable for file in self.files.values() for _, _, already_durable in file.pending)
 
     def perform(self, command: DiskCommand) -> IoResult:
+        result = self._perform(command)
+        if self.on_perform is not None:
+            self.on_perform(command, result)
+        return result
+
+    def _perform(self, command: DiskCommand) -> IoResult:
         self.in_flight.pop(id(command), None)
+        self.persisting.discard(id(command))
         self.operations += 1
+        if self.doomed and id(command) in self.doomed:
+            self.doomed.discard(id(command))
+            return IoResult(error="EIO")
         if self.eio_next_ops > 0:
             self.eio_next_ops -= 1
             return IoResult(error="EIO")
@@ -199,6 +239,8 @@ class SimDisk:
         for write in self.in_flight.values():
             self.files.setdefault(write.file, SimFile()).pending.append((write.offset, write.data, _IN_FLIGHT))
         self.in_flight.clear()
+        self.persisting.clear()
+        self.doomed.clear()
         for name in sorted(self.files):
             file = self.files[name]
             for offset, data, _ in file.pending:

@@ -1,44 +1,82 @@
 """One seeded simulation run from start to summary: what `raftlite sim run` and each seed
-of `raftlite sim check` do."""
+of `raftlite sim check` do, and what `raftlite sim shrink` replays from an explicit fault
+event list.
+
+The pieces (`build_simulation`, `attach_checkers`, `start_load`, `finish_run`) are shared
+with scenario scripts (`raftlite.sim.scenario`), so that a script printed by the shrinker
+builds, loads, faults and judges a run exactly as `run_simulation` does.
+"""
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Sequence, TextIO
 
 from raftlite.actors.config import Config
 from raftlite.actors.heartbeat import HeartbeatDetector
-from raftlite.actors.raft_node import Propose, ProposeResult, RaftNode
-from raftlite.core.raft import State
+from raftlite.actors.raft_node import Propose, ProposeResult, RaftNode, settings_from_config
+from raftlite.core.raft import SAFE, State, UnsafeSwitches
 from raftlite.core.raft_types import Configuration, Role
-from raftlite.sim.nemesis import Nemesis
+from raftlite.sim.fault_points import FaultPoints, swarm_fault_points
 from raftlite.sim.durability_checker import DurabilityChecker
+from raftlite.sim.nemesis import FaultEvent, Nemesis
 from raftlite.sim.raft_checkers import RaftChecker
 from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
 from raftlite.sim.trace import Trace
 
-__all__ = ["ACTORS", "ProposalLoad", "RunSummary", "leader_of", "run_simulation", "swarm_config"]
+__all__ = [
+    "ACTORS", "ProposalLoad", "RunSummary", "UnsafeSwitchError", "attach_checkers", "build_simulation",
+    "finish_run", "leader_of", "parse_unsafe", "run_config", "run_simulation", "start_load", "swarm_config",
+    "violation_checker",
+]
 
 
-def _heartbeat(founders: Sequence[int]) -> Callable[[int], Any]:
+class UnsafeSwitchError(ValueError):
+    pass
+
+
+UNSAFE_SWITCH_NAMES = tuple(f.name for f in fields(UnsafeSwitches))
+
+
+def parse_unsafe(names: Sequence[str]) -> UnsafeSwitches:
+    """Switch names (core/raft.py `UnsafeSwitches`) -> the switches; a clear error names
+    what is unknown."""
+    names = [name.strip() for text in names for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in UNSAFE_SWITCH_NAMES]
+    if unknown:
+        raise UnsafeSwitchError(f"unknown unsafe switch {', '.join(unknown)}; choose from {', '.join(UNSAFE_SWITCH_NAMES)}")
+    return UnsafeSwitches(**{name: True for name in names})
+
+
+def _raft_settings(config: Config | None, unsafe: UnsafeSwitches):
+    # With every switch off the node computes its settings itself, exactly as in production.
+    if unsafe == SAFE:
+        return None
+    return replace(settings_from_config(config or Config()), unsafe=unsafe)
+
+
+def _heartbeat(founders: Sequence[int], config: Config | None = None, unsafe: UnsafeSwitches = SAFE) -> Callable[[int], Any]:
     return lambda node_id: HeartbeatDetector()
 
 
-def _raft(founders: Sequence[int]) -> Callable[[int], Any]:
+def _raft(founders: Sequence[int], config: Config | None = None, unsafe: UnsafeSwitches = SAFE) -> Callable[[int], Any]:
     bootstrap = Configuration.of({node: Role.VOTER for node in founders})
-    return lambda node_id: RaftNode(bootstrap=bootstrap if node_id in founders else None)
+    settings = _raft_settings(config, unsafe)
+    return lambda node_id: RaftNode(bootstrap=bootstrap if node_id in founders else None, settings=settings)
 
 
-def _database(founders: Sequence[int]) -> Callable[[int], Any]:
+def _database(founders: Sequence[int], config: Config | None = None, unsafe: UnsafeSwitches = SAFE) -> Callable[[int], Any]:
     from raftlite.actors.database import DatabaseNode
 
     bootstrap = Configuration.of({node: Role.VOTER for node in founders})
-    return lambda node_id: DatabaseNode(bootstrap=bootstrap if node_id in founders else None)
+    settings = _raft_settings(config, unsafe)
+    return lambda node_id: DatabaseNode(bootstrap=bootstrap if node_id in founders else None, settings=settings)
 
 
-# Actors a run can drive, by name: each builder takes the founding members' ids and
-# returns the factory the simulator calls for every (re)start of a node.
-ACTORS: dict[str, Callable[[Sequence[int]], Callable[[int], Any]]] = {
+# Actors a run can drive, by name: each builder takes the founding members' ids (and
+# optionally the run's config and unsafe switches) and returns the factory the simulator
+# calls for every (re)start of a node.
+ACTORS: dict[str, Callable[..., Callable[[int], Any]]] = {
     "heartbeat": _heartbeat,
     "raft": _raft,
     "database": _database,
@@ -60,6 +98,12 @@ class RunSummary:
     problems: tuple[str, ...] = ()
     acknowledged: int = 0
     recovery_ms: float | None = None
+    # Enabled fault point -> {"probability": p (None when replayed), "fired": n}.
+    fault_points: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Every fault injected (nemesis events and fault-point firings), in time order: the
+    # list `run_simulation(replay=...)` takes back.
+    fault_events: tuple[FaultEvent, ...] = ()
+    unsafe: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -75,7 +119,12 @@ class RunSummary:
             f"in {self.wall_seconds:.2f} wall s ({self.simulated_ms / 1000 / max(self.wall_seconds, 1e-9):.1f}x)",
             f"events {self.events} ({self.events_per_second:,.0f}/s), trace lines {self.trace_events}",
             "faults " + (", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"),
+            "fault points " + (", ".join(
+                f"{name} fired {point['fired']}" + (f" (p={point['probability']:g})" if point["probability"] is not None else "")
+                for name, point in self.fault_points.items()) or "none"),
         ]
+        if self.unsafe:
+            lines.append("UNSAFE switches on: " + ", ".join(self.unsafe))
         if self.acknowledged:
             recovery = f"{self.recovery_ms:.0f} ms" if self.recovery_ms is not None else "never"
             lines.append(f"acknowledged writes {self.acknowledged}; after the final heal a write committed in {recovery}")
@@ -83,7 +132,7 @@ class RunSummary:
             details = " ".join(f"{key}={value}" for key, value in status.items())
             lines.append(f"  n{node_id}: {details}")
         if self.violation:
-            lines.append(f"SAFETY VIOLATION: {self.violation}")
+            lines.append(f"SAFETY VIOLATION ({violation_checker(self.violation)}): {self.violation}")
         for problem in self.problems:
             lines.append(f"PROBLEM: {problem}")
         lines.append(f"trace hash {self.trace_hash}")
@@ -171,6 +220,95 @@ def _await_recovery(sim: Simulation, limit_ms: float, probe=_propose_probe) -> f
     return None
 
 
+def violation_checker(violation: str) -> str:
+    """Which checker a violation message comes from ("election safety", "log matching",
+    ..., or "invariant" for a raft invariant broken inside a node)."""
+    _, _, message = violation.partition(" ms: ")
+    name = message.split(":", 1)[0].strip()
+    return "invariant" if name.startswith("node ") else name
+
+
+def run_config(seed: int, actor: str, config: Config | None = None) -> Config:
+    """The config a run of `actor` gets: the seed's swarm settings for raft and database."""
+    if config is None:
+        if actor in ("raft", "database"):
+            # Database snapshots are whole SQLite files: chunks of a few bytes would make
+            # every InstallSnapshot thousands of round trips.
+            config = swarm_config(seed, small_snapshots=actor == "raft")
+        else:
+            config = Config()
+    return config.validate()
+
+
+def build_simulation(*, seed: int, nodes: int, actor: str, config: Config, unsafe: UnsafeSwitches = SAFE,
+                     trace: Trace | None = None, extra_nodes: int = 0) -> Simulation:
+    """Nodes 1..nodes are the founding members; `extra_nodes` more start with no configuration."""
+    founders = list(range(1, nodes + 1))
+    return Simulation(
+        seed=seed, node_ids=range(1, nodes + extra_nodes + 1), actor_factory=ACTORS[actor](founders, config, unsafe),
+        config=config, trace=trace, scratch_dir=actor == "database",
+    )
+
+
+CHECKER_SETS = ("all", "end-to-end")
+
+
+def attach_checkers(sim: Simulation, actor: str, checkers: str = "all") -> RaftChecker | None:
+    """The safety checkers a run of `actor` has beside it (before the nodes start).
+    `checkers="end-to-end"` leaves out the durability checker, which judges every send by
+    construction: to see whether a bug also does visible harm (two leaders, diverging
+    logs, a lost write), as shrinking a planted bug to its fault schedule wants."""
+    if actor not in ("raft", "database"):
+        return None
+    checker = RaftChecker(sim).attach()
+    sim.actor_hooks.append(checker.instrument)
+    if checkers == "all":
+        DurabilityChecker(sim).attach()
+    return checker
+
+
+def start_load(sim: Simulation, actor: str, interval_ms: float, stop_at_ms: float):
+    """The client load of a run: proposals (raft) or key-value transactions (database)."""
+    if actor == "raft":
+        load = ProposalLoad(sim, interval_ms, stop_at_ms=stop_at_ms)
+    elif actor == "database":
+        from raftlite.sim.database_workload import KeyValueLoad
+
+        load = KeyValueLoad(sim, interval_ms, stop_at_ms=stop_at_ms)
+    else:
+        return None
+    load.start()
+    return load
+
+
+def acknowledged_writes(load, actor: str) -> int:
+    if load is None:
+        return 0
+    return load.acknowledged if actor == "database" else load.count_acknowledged()
+
+
+def finish_run(sim: Simulation, checker: RaftChecker | None, load, actor: str,
+               quiet_period_ms: float | None = None) -> tuple[float | None, list[str]]:
+    """After the final heal: wait for a write to commit (TigerBeetle's liveness mode: within
+    10 x the maximum election timeout), let the cluster settle, check convergence.
+    Returns (recovery time or None, problems). A safety violation raises SimulationFailure."""
+    liveness_limit = 10 * 2 * sim.config.election_timeout_ms
+    quiet = quiet_period_ms if quiet_period_ms is not None else liveness_limit
+    if checker is None:
+        sim.run_for(quiet)
+        return None, []
+    probe = (lambda sim_, leader: load.probe(leader)) if actor == "database" and load is not None else _propose_probe
+    problems: list[str] = []
+    recovery_ms = _await_recovery(sim, liveness_limit, probe)
+    if recovery_ms is None:
+        problems.append(f"liveness: no write committed within {liveness_limit:.0f} ms of the final heal")
+    sim.run_for(max(0.0, quiet - (recovery_ms or liveness_limit)) + 4 * sim.config.heartbeat_interval_ms)
+    problems.extend(checker.check_convergence())
+    if actor == "database" and load is not None:
+        problems.extend(load.check())
+    return recovery_ms, problems
+
+
 def run_simulation(
     *,
     seed: int,
@@ -183,71 +321,56 @@ def run_simulation(
     keep_trace: bool = False,
     quiet_period_ms: float | None = None,
     proposal_interval_ms: float = 20.0,
+    fault_points: tuple[str, ...] = (),
+    unsafe: UnsafeSwitches = SAFE,
+    replay: Sequence[FaultEvent] | None = None,
+    stop_at_ms: float | None = None,
+    checkers: str = "all",
 ) -> tuple[RunSummary, Simulation]:
     """Run `duration_ms` with faults, heal everything, then a quiet period to settle.
 
     With the raft actor, a client load proposes throughout, the safety checkers run
     after every step, and after the heal a write must commit within 10 x the maximum
-    election timeout (TigerBeetle's liveness mode)."""
-    if config is None:
-        if actor in ("raft", "database"):
-            # Database snapshots are whole SQLite files: chunks of a few bytes would make
-            # every InstallSnapshot thousands of round trips.
-            config = swarm_config(seed, small_snapshots=actor == "raft")
-        else:
-            config = Config()
-    config = config.validate()
-    trace = Trace(keep=keep_trace, sink=trace_sink)
-    founders = list(range(1, nodes + 1))
-    sim = Simulation(
-        seed=seed, node_ids=founders, actor_factory=ACTORS[actor](founders), config=config, trace=trace,
-        scratch_dir=actor == "database",
-    )
-    liveness_limit = 10 * 2 * config.election_timeout_ms
-    quiet = quiet_period_ms if quiet_period_ms is not None else liveness_limit
-    chaos = Nemesis(sim, nemesis)
-    checker = None
-    load = None
-    probe = _propose_probe
-    if actor in ("raft", "database"):
-        checker = RaftChecker(sim).attach()
-        sim.actor_hooks.append(checker.instrument)
-        DurabilityChecker(sim).attach()
-    if actor == "raft":
-        load = ProposalLoad(sim, proposal_interval_ms, stop_at_ms=duration_ms)
-        load.start()
-    elif actor == "database":
-        from raftlite.sim.database_workload import KeyValueLoad
+    election timeout (TigerBeetle's liveness mode).
 
-        load = KeyValueLoad(sim, proposal_interval_ms, stop_at_ms=duration_ms)
-        load.start()
-        probe = lambda sim_, leader: load.probe(leader)  # noqa: E731
+    `fault_points` are the points the seed may enable (swarm: it draws its own subset);
+    `replay` replaces the seed's drawn faults (nemesis and fault points) by exactly these
+    events; `stop_at_ms` (before the heal) ends the run there, with no liveness phase
+    (shrinking needs only to know whether a safety violation comes by then)."""
+    config = run_config(seed, actor, config)
+    trace = Trace(keep=keep_trace, sink=trace_sink)
+    sim = build_simulation(seed=seed, nodes=nodes, actor=actor, config=config, unsafe=unsafe, trace=trace)
+    checker = attach_checkers(sim, actor, checkers)
+    load = points = chaos = None
     violation = None
     problems: list[str] = []
     recovery_ms = None
     started = time.perf_counter()
     try:
+        # In this order, as a scenario script does it (`nodes`, `load`, `fault`...,
+        # `heal-at`): the fault points watch from the first event after the start.
         sim.start()
+        load = start_load(sim, actor, proposal_interval_ms, duration_ms)
+        if replay is not None:
+            points = FaultPoints(sim, replay=replay)
+        elif fault_points:
+            points = FaultPoints(sim, swarm_fault_points(seed, fault_points))
+        chaos = Nemesis(sim, nemesis, replay=replay, fault_points=points)
         chaos.start(heal_at_ms=duration_ms)
-        sim.run_until(duration_ms)
-        if checker is not None:
-            recovery_ms = _await_recovery(sim, liveness_limit, probe)
-            if recovery_ms is None:
-                problems.append(f"liveness: no write committed within {liveness_limit:.0f} ms of the final heal")
-            sim.run_for(max(0.0, quiet - (recovery_ms or liveness_limit)) + 4 * config.heartbeat_interval_ms)
-            problems.extend(checker.check_convergence())
-            if actor == "database":
-                problems.extend(load.check())
+        if stop_at_ms is not None and stop_at_ms < duration_ms:
+            sim.run_until(stop_at_ms)
         else:
-            sim.run_until(duration_ms + quiet)
+            sim.run_until(duration_ms)
+            recovery_ms, problems = finish_run(sim, checker, load, actor, quiet_period_ms)
     except SimulationFailure as failure:
         violation = str(failure)
     wall = time.perf_counter() - started
     summary = RunSummary(
         seed=seed, nodes=nodes, simulated_ms=sim.now_ms, wall_seconds=wall, events=sim.events,
-        trace_events=trace.count, trace_hash=trace.hexdigest(), faults=dict(chaos.injected),
+        trace_events=trace.count, trace_hash=trace.hexdigest(), faults=dict(chaos.injected) if chaos else {},
         status=sim.status(), violation=violation, problems=tuple(problems),
-        acknowledged=(load.acknowledged if actor == "database" else load.count_acknowledged()) if load else 0,
-        recovery_ms=recovery_ms,
+        acknowledged=acknowledged_writes(load, actor), recovery_ms=recovery_ms,
+        fault_points=points.summary() if points is not None else {}, fault_events=tuple(chaos.events) if chaos else (),
+        unsafe=unsafe.enabled(),
     )
     return summary, sim

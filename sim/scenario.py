@@ -35,6 +35,30 @@ Raft actor (`nodes N actor=raft [extra=K]`: K more nodes that are not founding m
     campaign N [force]          node N starts an election now (force: no pre-vote, no lease)
     replies                     replies that arrived since they were last printed
     log N                       node N's log as index:term:kind (kind n/c/- for normal/config/noop)
+
+Whole runs, as `raftlite sim run` makes them (what `raftlite sim shrink` prints):
+
+    nodes N actor=raft seed=S config=swarm [unsafe=SWITCH,...] [checkers=all|end-to-end]
+                                the seed's swarm config; unsafe switches of core/raft.py
+    load interval-ms=MS until-ms=MS         the run's client load (proposals to random nodes)
+    fault TIME-MS KIND key=value ...        schedule one fault event (see below), in time order
+    heal-at MS                  start the schedule; at MS every fault is undone
+    finish [quiet-ms=MS]        after the heal: a write must commit, then the checks of
+                                convergence (as at the end of `sim run`)
+
+Fault events (`raftlite.sim.nemesis.EVENT_PARAMETERS`), every parameter explicit:
+
+    partition shape=W blocked=1>2,2>1,... duration-ms=MS | clog node=N duration-ms=MS
+    noise loss=P duplicate=P reorder=P duration-ms=MS | crash node=N mode=M restart-ms=MS
+    pause node=N duration-ms=MS | skew node=N ms=MS | drift node=N rate=R duration-ms=MS
+    disk-eio node=N count=C | disk-full node=N duration-ms=MS | corrupt node=N
+    slow-persist node=N extra-ms=MS duration-ms=MS ordinal=K       (fault points: fire at
+    crash-after-send node=N mode=M restart-ms=MS ordinal=K          the node's first chance
+    crash-before-sync node=N mode=M restart-ms=MS ordinal=K         at or after the time)
+    metadata-eio node=N ordinal=K
+
+A safety violation stops the run: the command that hit it prints `SAFETY VIOLATION` and
+the checker's name, and every later command is skipped.
 """
 
 import json
@@ -44,21 +68,34 @@ from raftlite.actors.config import Config
 from raftlite.actors.heartbeat import StatusRequest
 from raftlite.actors.raft_node import ChangeMembership, Propose, Read, TransferLeadership
 from raftlite.core.raft_types import Role
-from raftlite.sim.durability_checker import DurabilityChecker
-from raftlite.sim.raft_checkers import RaftChecker
 from raftlite.core.records import scan_records
+from raftlite.sim.fault_points import FaultPoints
+from raftlite.sim.nemesis import FaultEvent, Nemesis
 from raftlite.sim.network import bridge, halves, isolate, majorities_ring, one_way, symmetric_cut
-from raftlite.sim.run import ACTORS
-from raftlite.sim.simulation import Simulation
+from raftlite.sim.run import (
+    ACTORS, CHECKER_SETS, UnsafeSwitchError, attach_checkers, build_simulation, finish_run, parse_unsafe, run_config,
+    start_load, violation_checker,
+)
+from raftlite.sim.simulation import Simulation, SimulationFailure
 from raftlite.sim.trace import TIMELINE_EVENTS, Trace, format_timeline_line
 
-__all__ = ["ScenarioError", "ScenarioRunner", "run_script"]
+__all__ = ["ScenarioError", "ScenarioRunner", "execute_script", "run_script"]
 
 SEPARATOR = "----"
 
 
 class ScenarioError(Exception):
     pass
+
+
+def _options(words: list[str]) -> dict[str, str]:
+    options = {}
+    for word in words:
+        key, equals, value = word.partition("=")
+        if not equals:
+            raise ScenarioError(f"expected key=value, got {word!r}")
+        options[key] = value
+    return options
 
 
 def _ints(words: list[str]) -> list[int]:
@@ -71,6 +108,13 @@ def _ints(words: list[str]) -> list[int]:
 class ScenarioRunner:
     def __init__(self) -> None:
         self.sim: Simulation | None = None
+        self.actor = "heartbeat"
+        self.checker = None
+        self.load = None
+        self.scheduled: list[FaultEvent] = []
+        self.nemesis: Nemesis | None = None
+        self.violation: str | None = None   # a safety violation stops the run
+        self.problems: list[str] = []       # what `finish` found wrong (liveness, convergence)
         self.trace_seen = 0
         self.window_start = 0
         self.commands: dict[str, Callable[[list[str]], str]] = {
@@ -86,6 +130,7 @@ class ScenarioRunner:
             "corrupt": self._corrupt, "files": self._files, "trace": self._trace, "request": self._request,
             "propose": self._propose, "read": self._read, "transfer": self._transfer, "member": self._member,
             "replies": self._replies, "log": self._log, "campaign": self._campaign,
+            "load": self._load, "fault": self._fault, "heal-at": self._heal_at, "finish": self._finish,
         }
         self.clients: list = []
 
@@ -96,9 +141,19 @@ class ScenarioRunner:
             raise ScenarioError(f"unknown command {name!r}")
         if name != "nodes" and self.sim is None:
             raise ScenarioError("the first command must be `nodes N`")
+        if self.violation is not None:
+            return "skipped: the run stopped at the safety violation above"
         if self.sim is not None:
             self.window_start = self.sim.trace.count
-        return self.commands[name](arguments) or "ok"
+        try:
+            return self.commands[name](arguments) or "ok"
+        except SimulationFailure as failure:
+            self.violation = str(failure)
+            lines = self._events_since(self.window_start)
+            lines.append(f"SAFETY VIOLATION ({violation_checker(self.violation)}): {self.violation}")
+            return "\n".join(lines)
+        except (ValueError, IndexError) as error:
+            raise ScenarioError(f"bad arguments for {name}: {error}") from None
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -123,28 +178,96 @@ class ScenarioRunner:
     # -- commands ------------------------------------------------------------------------
 
     def _nodes(self, words: list[str]) -> str:
+        if self.sim is not None:
+            raise ScenarioError("`nodes` comes once, first")
         count = _ints(words[:1])[0]
-        options = dict(word.split("=", 1) for word in words[1:])
+        options = _options(words[1:])
+        known = {"seed", "actor", "extra", "heartbeat-ms", "timeout-ms", "snapshot-entries", "trailing-entries",
+                 "chunk-bytes", "append-entries", "config", "unsafe", "checkers"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ScenarioError(f"unknown nodes option {', '.join(unknown)}; choose from {', '.join(sorted(known))}")
         extra = int(options.get("extra", 0))
-        config = Config(
-            heartbeat_interval_ms=float(options.get("heartbeat-ms", 100)),
-            election_timeout_ms=float(options.get("timeout-ms", 1000)),
-            snapshot_threshold_entries=int(options.get("snapshot-entries", 1024)),
-            snapshot_trailing_entries=int(options.get("trailing-entries", 128)),
-            snapshot_chunk_bytes=int(options.get("chunk-bytes", 256 << 10)),
-            append_entries_max=int(options.get("append-entries", 512)),
-        )
-        self.sim = Simulation(
-            seed=int(options.get("seed", 1)), node_ids=range(1, count + extra + 1),
-            actor_factory=ACTORS[options.get("actor", "heartbeat")](list(range(1, count + 1))), config=config,
-            trace=Trace(keep=True),
-        )
-        if options.get("actor") == "raft":
-            checker = RaftChecker(self.sim).attach()
-            self.sim.actor_hooks.append(checker.instrument)
-            DurabilityChecker(self.sim).attach()
+        seed = int(options.get("seed", 1))
+        self.actor = options.get("actor", "heartbeat")
+        if self.actor not in ACTORS:
+            raise ScenarioError(f"unknown actor {self.actor!r}; choose from {', '.join(sorted(ACTORS))}")
+        if options.get("config", "script") == "swarm":
+            # The seed's swarm settings, exactly as `raftlite sim run` gives them.
+            config = run_config(seed, self.actor)
+        elif options.get("config", "script") == "script":
+            config = Config(
+                heartbeat_interval_ms=float(options.get("heartbeat-ms", 100)),
+                election_timeout_ms=float(options.get("timeout-ms", 1000)),
+                snapshot_threshold_entries=int(options.get("snapshot-entries", 1024)),
+                snapshot_trailing_entries=int(options.get("trailing-entries", 128)),
+                snapshot_chunk_bytes=int(options.get("chunk-bytes", 256 << 10)),
+                append_entries_max=int(options.get("append-entries", 512)),
+            )
+        else:
+            raise ScenarioError("config is swarm (the seed's, as `sim run` draws it) or script (the options given)")
+        try:
+            unsafe = parse_unsafe([options.get("unsafe", "")])
+        except UnsafeSwitchError as error:
+            raise ScenarioError(str(error)) from None
+        checkers = options.get("checkers", "all")
+        if checkers not in CHECKER_SETS:
+            raise ScenarioError(f"checkers is one of {', '.join(CHECKER_SETS)}")
+        self.sim = build_simulation(seed=seed, nodes=count, extra_nodes=extra, actor=self.actor, config=config,
+                                    unsafe=unsafe, trace=Trace(keep=True))
+        self.checker = attach_checkers(self.sim, self.actor, checkers)
         self.sim.start()
         return self._window()
+
+    # -- whole runs: a client load, a fault schedule, the final heal and the judgement ----
+
+    def _load(self, words: list[str]) -> str:
+        options = _options(words)
+        if self.load is not None:
+            raise ScenarioError("a script has one load")
+        if set(options) - {"interval-ms", "until-ms"} or "until-ms" not in options:
+            raise ScenarioError("usage: load interval-ms=MS until-ms=MS")
+        self.load = start_load(self.sim, self.actor, float(options.get("interval-ms", 20)), float(options["until-ms"]))
+        if self.load is None:
+            raise ScenarioError(f"the {self.actor} actor has no client load")
+        return "ok"
+
+    def _fault(self, words: list[str]) -> str:
+        if self.nemesis is not None:
+            raise ScenarioError("faults are scheduled before `heal-at`")
+        try:
+            event = FaultEvent.parse(words)
+        except ValueError as error:
+            raise ScenarioError(str(error)) from None
+        if event.time_ms < self.sim.now_ms:
+            raise ScenarioError(f"fault at {event.time_ms!r} ms is in the past (now {self.sim.now_ms!r} ms)")
+        if event.node is not None and event.node not in self.sim.nodes:
+            raise ScenarioError(f"no node {event.node}")
+        if self.scheduled and event.time_ms < self.scheduled[-1].time_ms:
+            raise ScenarioError("faults are listed in time order")
+        self.scheduled.append(event)
+        return "ok"
+
+    def _heal_at(self, words: list[str]) -> str:
+        if self.nemesis is not None:
+            raise ScenarioError("`heal-at` comes once")
+        heal_at_ms = float(words[0])
+        points = FaultPoints(self.sim, replay=self.scheduled)
+        self.nemesis = Nemesis(self.sim, (), replay=self.scheduled, fault_points=points)
+        self.nemesis.start(heal_at_ms=heal_at_ms)
+        return f"{len(self.scheduled)} faults scheduled, the final heal at {heal_at_ms:g} ms"
+
+    def _finish(self, words: list[str]) -> str:
+        options = _options(words)
+        quiet = float(options["quiet-ms"]) if "quiet-ms" in options else None
+        recovery_ms, problems = finish_run(self.sim, self.checker, self.load, self.actor, quiet)
+        self.problems.extend(problems)
+        lines = self._events_since(self.window_start)
+        if self.checker is not None:
+            lines.append(f"a write committed {recovery_ms:.0f} ms after the final heal" if recovery_ms is not None
+                         else "no write committed after the final heal")
+        lines.extend(f"PROBLEM: {problem}" for problem in problems)
+        return "\n".join(lines) or "ok"
 
     def _run(self, words: list[str]) -> str:
         self.sim.run_for(float(words[0]))
@@ -357,10 +480,12 @@ class ScenarioRunner:
         return base + (" ".join(entries) or "empty")
 
 
-def run_script(text: str) -> str:
-    """Execute a scenario script; return it with every command's actual output."""
+def execute_script(text: str) -> tuple[str, ScenarioRunner, list[str]]:
+    """Execute a scenario script: (the script with every command's actual output, the
+    runner (its `violation` and `problems`), the errors as "line N: message")."""
     runner = ScenarioRunner()
     output: list[str] = []
+    errors: list[str] = []
     lines = text.splitlines()
     index = 0
     while index < len(lines):
@@ -369,6 +494,7 @@ def run_script(text: str) -> str:
         if not line.strip() or line.startswith("#"):
             output.append(line)
             continue
+        number = index
         # Skip the old expected output: the separator and lines up to a blank line.
         if index < len(lines) and lines[index] == SEPARATOR:
             index += 1
@@ -378,7 +504,13 @@ def run_script(text: str) -> str:
             result = runner.execute(line)
         except ScenarioError as error:
             result = f"error: {error}"
+            errors.append(f"line {number}: {error}")
         output.extend([line, SEPARATOR, result])
         if index >= len(lines) or lines[index].strip():
             output.append("")
-    return "\n".join(output).rstrip("\n") + "\n"
+    return "\n".join(output).rstrip("\n") + "\n", runner, errors
+
+
+def run_script(text: str) -> str:
+    """Execute a scenario script; return it with every command's actual output."""
+    return execute_script(text)[0]

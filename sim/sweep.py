@@ -1,11 +1,14 @@
 """`raftlite sim check`: many seeded runs of the raft actor under faults, with the safety
-checkers on; any violation prints the seed and the command that replays it."""
+checkers on; any violation prints the seed, the command that replays it and the one that
+shrinks it. The result sums how often each fault point fired over the sweep."""
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from raftlite.actors.config import Config
+from raftlite.core.raft import SAFE, UnsafeSwitches
+from raftlite.sim.fault_points import FAULT_POINTS
 from raftlite.sim.run import RunSummary, run_simulation
 
 __all__ = ["SweepResult", "parse_seed_range", "sweep"]
@@ -31,36 +34,65 @@ class SweepResult:
     failures: list[RunSummary]
     wall_seconds: float
     simulated_seconds: float
+    # Fault point -> [seeds that enabled it, firings over the sweep].
+    fault_points: dict[str, list[int]] = field(default_factory=dict)
 
     def render(self) -> str:
-        return (
+        lines = [
             f"{self.runs} seeds, {len(self.failures)} failing, {self.simulated_seconds:,.0f} simulated s "
             f"in {self.wall_seconds:.1f} wall s"
-        )
+        ]
+        if self.fault_points:
+            lines.append("fault points: " + ", ".join(
+                f"{name} fired {fired} times (enabled in {enabled} seeds)"
+                for name, (enabled, fired) in self.fault_points.items()))
+        return "\n".join(lines)
 
 
-def replay_command(seed: int, nodes: int, nemesis: str, duration_s: float, actor: str = "raft") -> str:
-    return f"raftlite sim run --actor {actor} --seed {seed} --nodes {nodes} --nemesis {nemesis} --duration {duration_s:g}"
+def replay_command(seed: int, nodes: int, nemesis: str, duration_s: float, actor: str = "raft", *,
+                   fault_points: str = "none", unsafe: UnsafeSwitches = SAFE, checkers: str = "all",
+                   subcommand: str = "run") -> str:
+    """The command line that runs this seed again exactly (or shrinks it)."""
+    words = [f"raftlite sim {subcommand} --actor {actor} --seed {seed} --nodes {nodes} --nemesis {nemesis} "
+             f"--duration {duration_s:g}"]
+    if fault_points not in ("", "none"):
+        words.append(f"--fault-points {fault_points}")
+    words.extend(f"--unsafe {name}" for name in unsafe.enabled())
+    if checkers != "all":
+        words.append(f"--checkers {checkers}")
+    return " ".join(words)
 
 
 def sweep(
     *, seeds: range, nodes: int, nemesis: tuple[str, ...], nemesis_text: str, duration_s: float,
     config: Config | None = None, progress=sys.stderr, out=sys.stdout, actor: str = "raft",
+    fault_points: tuple[str, ...] = (), fault_points_text: str = "none", unsafe: UnsafeSwitches = SAFE,
+    checkers: str = "all",
 ) -> SweepResult:
     started = time.perf_counter()
     failures = []
     simulated = 0.0
     last_report = started
+    point_totals: dict[str, list[int]] = {}
     for position, seed in enumerate(seeds, 1):
         summary, sim = run_simulation(
             seed=seed, nodes=nodes, duration_ms=duration_s * 1000.0, nemesis=nemesis, actor=actor, config=config,
+            fault_points=fault_points, unsafe=unsafe, checkers=checkers,
         )
         sim.close()
         simulated += summary.simulated_ms / 1000.0
+        for name, point in summary.fault_points.items():
+            totals = point_totals.setdefault(name, [0, 0])
+            totals[0] += 1
+            totals[1] += point["fired"]
         if not summary.ok:
             failures.append(summary)
+            options = dict(fault_points=fault_points_text, unsafe=unsafe, checkers=checkers)
             print(f"seed {seed} FAILED: {summary.violation or '; '.join(summary.problems)}", file=out)
-            print(f"  replay: {replay_command(seed, nodes, nemesis_text, duration_s, actor)}", file=out)
+            print(f"  replay: {replay_command(seed, nodes, nemesis_text, duration_s, actor, **options)}", file=out)
+            if summary.violation:
+                print(f"  shrink: {replay_command(seed, nodes, nemesis_text, duration_s, actor, subcommand='shrink', **options)}",
+                      file=out)
         now = time.perf_counter()
         if progress is not None and (now - last_report >= 2.0 or position == len(seeds)):
             last_report = now
@@ -68,4 +100,5 @@ def sweep(
             rate = position / elapsed
             eta = (len(seeds) - position) / rate if rate else 0.0
             print(f"  [{position}/{len(seeds)}] {rate:.1f} seeds/s, {len(failures)} failing, eta {eta:.0f} s", file=progress)
-    return SweepResult(len(seeds), failures, time.perf_counter() - started, simulated)
+    ordered = {name: point_totals[name] for name in FAULT_POINTS if name in point_totals}
+    return SweepResult(len(seeds), failures, time.perf_counter() - started, simulated, ordered)
