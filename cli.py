@@ -3,6 +3,8 @@
     raftlite sim run   --seed S --nodes N --duration SECONDS [--nemesis LIST] [--fault-points LIST]
                        [--unsafe SWITCH ...] [--checkers all|end-to-end] [--trace FILE]
     raftlite sim check --seeds A..B --nodes N [--nemesis LIST] [--fault-points LIST] [--duration SECONDS]
+                       [--liveness]   (prints coverage counts and recovery times; exit 1 on a failing
+                       seed or, over the standard budget, a named path never reached)
     raftlite sim shrink --seed S [--nodes N] [--nemesis LIST] [--fault-points LIST] [--unsafe SWITCH ...]
     raftlite sim script FILE    (run a scenario script; exit 1 on a safety violation)
     raftlite sim mutations [--seeds A..B] [--only NAME,...] [--budget-seconds S]   (planted bugs vs checkers)
@@ -55,6 +57,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trace", metavar="FILE", help="write every event as JSON lines to FILE")
     run.add_argument("--timeline", action="store_true", help="print the plain-text timeline of faults")
     _add_fault_arguments(run, fault_points_default="none")
+    run.add_argument("--liveness", action="store_true",
+                     help="liveness mode: heal only a random quorum core at the end of chaos (see sim check --help)")
 
     check = sim_commands.add_parser("check", help="a sweep of seeded raft runs with the safety checkers on")
     check.add_argument("--seeds", required=True, help="A..B (inclusive) or one seed")
@@ -64,6 +68,10 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--actor", choices=("raft", "database"), default="raft",
                        help="raft (a log of opaque commands) or database (replicated SQLite)")
     _add_fault_arguments(check, fault_points_default="all")
+    check.add_argument("--liveness", action="store_true",
+                       help="liveness mode (TigerBeetle's VOPR): at the end of chaos heal only a random quorum core, "
+                            "keep every other fault for good, and require the core to commit a write within "
+                            "10 maximum election timeouts (default: heal everything; every node must converge)")
 
     shrink = sim_commands.add_parser(
         "shrink", help="minimize a failing seed's faults (delta debugging) and print a scenario script replaying them")
@@ -160,7 +168,7 @@ def _sim_run(args: argparse.Namespace) -> int:
     try:
         summary, sim = run_simulation(
             seed=args.seed, nodes=args.nodes, duration_ms=args.duration * 1000.0, actor=args.actor,
-            trace_sink=sink, keep_trace=args.timeline, **options,
+            trace_sink=sink, keep_trace=args.timeline, liveness=args.liveness and args.actor == "raft", **options,
         )
     finally:
         if sink is not None:
@@ -179,10 +187,12 @@ def _sim_check(args: argparse.Namespace) -> int:
         seeds = parse_seed_range(args.seeds)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if args.liveness and args.actor != "raft":
+        raise UsageError("--liveness runs the raft actor only (the database's replica checks need every node healed)")
     result = sweep(seeds=seeds, nodes=args.nodes, nemesis_text=args.nemesis, duration_s=args.duration,
-                   actor=args.actor, fault_points_text=args.fault_points, **options)
+                   actor=args.actor, fault_points_text=args.fault_points, liveness=args.liveness, **options)
     print(result.render())
-    return 1 if result.failures else 0
+    return 0 if result.ok else 1
 
 
 def _sim_shrink(args: argparse.Namespace) -> int:

@@ -16,6 +16,9 @@ Kinds (``--nemesis`` takes a comma list of these, or ``all``):
     pause       SIGSTOP-like pause and resume
     clock       clock jumps (skew) and drift
     disk        EIO on the next operations, a full disk, a bit flipped at rest
+    membership  remove a voter and re-add it, add a non-member, promote (sim/cluster_faults.py)
+    transfer    hand leadership to another voter (sometimes losing the new leader's messages to the old)
+    leader-partition  isolate the node that leads now
 
 Streams and events (what shrinking needs). The schedule (when the next fault comes and of
 which kind) draws from one derived stream, ``nemesis/schedule``; everything about the
@@ -33,6 +36,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from raftlite.sim.cluster_faults import (
+    CLUSTER_EVENT_PARAMETERS, CLUSTER_FAULT_KINDS, apply_cluster_fault, choose_cluster_fault,
+)
 from raftlite.sim.disk import CRASH_MODES
 from raftlite.sim.network import bridge, halves, isolate, majorities_ring, one_way
 from raftlite.sim.rng import derive_rng
@@ -43,7 +49,7 @@ __all__ = [
     "call_at", "parse_nemesis_list",
 ]
 
-NEMESIS_KINDS = ("partition", "clog", "noise", "crash", "pause", "clock", "disk")
+NEMESIS_KINDS = ("partition", "clog", "noise", "crash", "pause", "clock", "disk") + CLUSTER_FAULT_KINDS
 PARTITION_SHAPES = ("isolate", "halves", "majorities-ring", "bridge", "one-way")
 
 # The explicit parameters of every event kind, with their types, in the order a scenario
@@ -59,6 +65,7 @@ EVENT_PARAMETERS: dict[str, dict[str, str]] = {
     "disk-eio": {"node": "int", "count": "int"},
     "disk-full": {"node": "int", "duration-ms": "float"},
     "corrupt": {"node": "int"},
+    **CLUSTER_EVENT_PARAMETERS,   # membership, transfer (sim/cluster_faults.py)
     # fault points (sim/fault_points.py): `ordinal` tells apart several chances of the
     # same node at the same instant, so a replay fires at exactly the same one.
     "slow-persist": {"node": "int", "extra-ms": "float", "duration-ms": "float", "ordinal": "int"},
@@ -67,11 +74,12 @@ EVENT_PARAMETERS: dict[str, dict[str, str]] = {
     "metadata-eio": {"node": "int", "ordinal": "int"},
 }
 NEMESIS_EVENT_KINDS = ("partition", "clog", "noise", "crash", "pause", "skew", "drift", "disk-eio", "disk-full",
-                       "corrupt")
+                       "corrupt") + CLUSTER_FAULT_KINDS
 # The `--nemesis` kind an event belongs to, for the run summary's counts.
 _NEMESIS_KIND_OF_EVENT = {
     "partition": "partition", "clog": "clog", "noise": "noise", "crash": "crash", "pause": "pause",
     "skew": "clock", "drift": "clock", "disk-eio": "disk", "disk-full": "disk", "corrupt": "disk",
+    "membership": "membership", "transfer": "transfer", "leader-partition": "leader-partition",
 }
 
 
@@ -198,7 +206,9 @@ def call_at(sim: Simulation, time_ms: float, callback, *args) -> None:
     change a replayed trace."""
     now = sim.now_ms
     delay = max(0.0, time_ms - now)
-    for _ in range(8):
+    # The delay's unit in the last place can be many times finer than the sum's (a short
+    # delay after a long time), so stepping it may take a few thousand steps at most.
+    for _ in range(1 << 12):
         landed = now + delay
         if landed == time_ms or delay == 0.0:
             break
@@ -238,8 +248,11 @@ class Nemesis:
     def start(self, heal_at_ms: float) -> None:
         self.heal_at_ms = heal_at_ms
         if self.replay is not None:
-            if self.replay_events:
-                call_at(self.sim, self.replay_events[0].time_ms, self._replay_next, 0)
+            # All scheduled now, from the run's start: start + t lands on t exactly, while
+            # from the previous event's time no float delay may reach it (the sum's last
+            # place can step over t), and a replay one unit off is another run.
+            for index, event in enumerate(self.replay_events):
+                call_at(self.sim, event.time_ms, self._replay_one, index)
         elif self.kinds:
             # A subclass with its own `_tick` (jepsen_like's schedule) draws its whole
             # schedule from `rng`, the first interval included, as it always did.
@@ -262,12 +275,9 @@ class Nemesis:
             self.inject(event)
         self.sim.call_later(self.schedule_rng.uniform(*self.interval_ms), self._tick)
 
-    def _replay_next(self, index: int) -> None:
-        if self.sim.now_ms >= self.heal_at_ms:
-            return
-        self.inject(self.replay_events[index])
-        if index + 1 < len(self.replay_events):
-            call_at(self.sim, self.replay_events[index + 1].time_ms, self._replay_next, index + 1)
+    def _replay_one(self, index: int) -> None:
+        if self.sim.now_ms < self.heal_at_ms:
+            self.inject(self.replay_events[index])
 
     def inject(self, event: FaultEvent) -> bool:
         """Apply an event and record it; False when it cannot apply now (crashing a node
@@ -340,6 +350,9 @@ class Nemesis:
             if fault == "full":
                 return FaultEvent.of(now, "disk-full", node=node, duration_ms=duration_ms)
             return FaultEvent.of(now, "corrupt", node=node)
+        if kind in CLUSTER_FAULT_KINDS:
+            params = choose_cluster_fault(sim, kind, duration_ms, rng)
+            return None if params is None else FaultEvent.of(now, kind, **params)
         raise NemesisError(f"unknown nemesis {kind!r}")
 
     # -- applying a fault: no draws but the disk's own ----------------------------------
@@ -380,6 +393,8 @@ class Nemesis:
             self._later(event["duration-ms"], sim.disk_capacity, node, None)
         elif kind == "corrupt":
             sim.corrupt(node)
+        elif kind in CLUSTER_FAULT_KINDS:
+            return apply_cluster_fault(sim, kind, dict(event.params), self._later, self.heal_at_ms)
         else:
             raise NemesisError(f"not a nemesis event: {kind!r}")
         return True

@@ -16,7 +16,10 @@ from raftlite.actors.heartbeat import HeartbeatDetector
 from raftlite.actors.raft_node import Propose, ProposeResult, RaftNode, settings_from_config
 from raftlite.core.raft import SAFE, State, UnsafeSwitches
 from raftlite.core.raft_types import Configuration, Role
+from raftlite.sim.cluster_faults import CLUSTER_FAULT_KINDS, extra_nodes_for
+from raftlite.sim.coverage import attach_coverage
 from raftlite.sim.fault_points import FaultPoints, swarm_fault_points
+from raftlite.sim.liveness import LIVENESS_BUDGET_ELECTION_TIMEOUTS, LivenessMode
 from raftlite.sim.durability_checker import DurabilityChecker
 from raftlite.sim.nemesis import FaultEvent, Nemesis
 from raftlite.sim.raft_checkers import RaftChecker
@@ -98,6 +101,10 @@ class RunSummary:
     problems: tuple[str, ...] = ()
     acknowledged: int = 0
     recovery_ms: float | None = None
+    # Named interesting path -> times this run reached it (sim/coverage.py).
+    coverage: dict[str, int] = field(default_factory=dict)
+    # Liveness mode (sim/liveness.py): the quorum core healed at the end of chaos.
+    liveness_core: tuple[int, ...] | None = None
     # Enabled fault point -> {"probability": p (None when replayed), "fired": n}.
     fault_points: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Every fault injected (nemesis events and fault-point firings), in time order: the
@@ -200,24 +207,14 @@ def _propose_probe(sim: Simulation, leader: int):
     return sim.submit(leader, Propose(data=b"liveness-probe")), lambda answer: isinstance(answer, ProposeResult)
 
 
-def _await_recovery(sim: Simulation, limit_ms: float, probe=_propose_probe) -> float | None:
-    """After the final heal: time until a leader commits a fresh write, or None.
+def _await_recovery(sim: Simulation, limit_ms: float, probe=_propose_probe,
+                    nodes: Sequence[int] | None = None) -> float | None:
+    """After the final heal: the exact time until a leader (among `nodes`, default all)
+    commits a fresh write, up to the delivery of its reply, or None after `limit_ms`.
     `probe(sim, leader)` sends one write and returns (client, is_success)."""
-    started = sim.now_ms
-    pending, succeeded, sent_at = None, None, 0.0
-    while sim.now_ms - started < limit_ms:
-        leader = leader_of(sim)
-        answers = sim.replies.get(pending, ()) if pending is not None else ()
-        if any(succeeded(answer) for answer in answers):
-            return sim.now_ms - started
-        # A new probe when there is none, the last was refused, or it went unanswered
-        # for an election timeout (its node may have crashed).
-        stale = sim.now_ms - sent_at > sim.config.election_timeout_ms
-        if leader is not None and (pending is None or answers or stale):
-            pending, succeeded = probe(sim, leader)
-            sent_at = sim.now_ms
-        sim.run_for(10.0)
-    return None
+    from raftlite.sim.liveness import RecoveryProbe
+
+    return RecoveryProbe(sim, sim.node_ids if nodes is None else nodes, probe).run(limit_ms)
 
 
 def violation_checker(violation: str) -> str:
@@ -270,7 +267,9 @@ def attach_checkers(sim: Simulation, actor: str, checkers: str = "all") -> RaftC
 def start_load(sim: Simulation, actor: str, interval_ms: float, stop_at_ms: float):
     """The client load of a run: proposals (raft) or key-value transactions (database)."""
     if actor == "raft":
-        load = ProposalLoad(sim, interval_ms, stop_at_ms=stop_at_ms)
+        from raftlite.sim.raft_load import RaftLoad
+
+        load = RaftLoad(sim, interval_ms, stop_at_ms=stop_at_ms)
     elif actor == "database":
         from raftlite.sim.database_workload import KeyValueLoad
 
@@ -288,22 +287,31 @@ def acknowledged_writes(load, actor: str) -> int:
 
 
 def finish_run(sim: Simulation, checker: RaftChecker | None, load, actor: str,
-               quiet_period_ms: float | None = None) -> tuple[float | None, list[str]]:
+               quiet_period_ms: float | None = None,
+               liveness: LivenessMode | None = None) -> tuple[float | None, list[str]]:
     """After the final heal: wait for a write to commit (TigerBeetle's liveness mode: within
     10 x the maximum election timeout), let the cluster settle, check convergence.
     Returns (recovery time or None, problems). A safety violation raises SimulationFailure."""
-    liveness_limit = 10 * 2 * sim.config.election_timeout_ms
+    # Ten of the longest (randomized: twice the base) election timeouts.
+    liveness_limit = LIVENESS_BUDGET_ELECTION_TIMEOUTS * 2 * sim.config.election_timeout_ms
     quiet = quiet_period_ms if quiet_period_ms is not None else liveness_limit
     if checker is None:
         sim.run_for(quiet)
         return None, []
     probe = (lambda sim_, leader: load.probe(leader)) if actor == "database" and load is not None else _propose_probe
     problems: list[str] = []
+    if liveness is not None:
+        liveness.heal_core()
     recovery_ms = _await_recovery(sim, liveness_limit, probe)
     if recovery_ms is None:
-        problems.append(f"liveness: no write committed within {liveness_limit:.0f} ms of the final heal")
+        who = f"the core {list(liveness.core)}" if liveness is not None else "the cluster"
+        problems.append(f"liveness: {who} committed no write within {liveness_limit:.0f} ms of the final heal")
     sim.run_for(max(0.0, quiet - (recovery_ms or liveness_limit)) + 4 * sim.config.heartbeat_interval_ms)
-    problems.extend(checker.check_convergence())
+    if liveness is None:
+        # (In liveness mode the nodes outside the core stay broken, and a core node that a
+        # permanent fault cuts off from a leader outside the core rightly stays behind:
+        # what is required there is the commit above.)
+        problems.extend(checker.check_convergence())
     if actor == "database" and load is not None:
         problems.extend(load.check())
     return recovery_ms, problems
@@ -326,6 +334,8 @@ def run_simulation(
     replay: Sequence[FaultEvent] | None = None,
     stop_at_ms: float | None = None,
     checkers: str = "all",
+    liveness: bool = False,
+    liveness_core_size: int | None = None,
 ) -> tuple[RunSummary, Simulation]:
     """Run `duration_ms` with faults, heal everything, then a quiet period to settle.
 
@@ -339,8 +349,16 @@ def run_simulation(
     (shrinking needs only to know whether a safety violation comes by then)."""
     config = run_config(seed, actor, config)
     trace = Trace(keep=keep_trace, sink=trace_sink)
-    sim = build_simulation(seed=seed, nodes=nodes, actor=actor, config=config, unsafe=unsafe, trace=trace)
+    if actor == "database":
+        # The key-value load's replica checks do not know membership yet (a removed or a
+        # never-added node holds no rows): the cluster-aware kinds wait for that.
+        nemesis = tuple(kind for kind in nemesis if kind not in CLUSTER_FAULT_KINDS)
+    fault_kinds = set(nemesis) | {event.kind for event in replay or ()}
+    sim = build_simulation(seed=seed, nodes=nodes, actor=actor, config=config, unsafe=unsafe, trace=trace,
+                           extra_nodes=extra_nodes_for(fault_kinds, actor))
     checker = attach_checkers(sim, actor, checkers)
+    coverage = attach_coverage(sim, actor, checker)
+    liveness_mode = None
     load = points = chaos = None
     violation = None
     problems: list[str] = []
@@ -351,17 +369,23 @@ def run_simulation(
         # `heal-at`): the fault points watch from the first event after the start.
         sim.start()
         load = start_load(sim, actor, proposal_interval_ms, duration_ms)
+        if coverage is not None and hasattr(load, "on_path"):
+            load.on_path = coverage.hit
         if replay is not None:
             points = FaultPoints(sim, replay=replay)
         elif fault_points:
             points = FaultPoints(sim, swarm_fault_points(seed, fault_points))
         chaos = Nemesis(sim, nemesis, replay=replay, fault_points=points)
+        if liveness:
+            # The end of chaos heals only a quorum core (sim/liveness.py) instead of everything.
+            liveness_mode = LivenessMode(sim, chaos, liveness_core_size)
+            chaos.heal_all = liveness_mode.heal_core
         chaos.start(heal_at_ms=duration_ms)
         if stop_at_ms is not None and stop_at_ms < duration_ms:
             sim.run_until(stop_at_ms)
         else:
             sim.run_until(duration_ms)
-            recovery_ms, problems = finish_run(sim, checker, load, actor, quiet_period_ms)
+            recovery_ms, problems = finish_run(sim, checker, load, actor, quiet_period_ms, liveness_mode)
     except SimulationFailure as failure:
         violation = str(failure)
     wall = time.perf_counter() - started
@@ -371,6 +395,7 @@ def run_simulation(
         status=sim.status(), violation=violation, problems=tuple(problems),
         acknowledged=acknowledged_writes(load, actor), recovery_ms=recovery_ms,
         fault_points=points.summary() if points is not None else {}, fault_events=tuple(chaos.events) if chaos else (),
-        unsafe=unsafe.enabled(),
+        unsafe=unsafe.enabled(), coverage=dict(coverage.counts) if coverage is not None else {},
+        liveness_core=liveness_mode.core if liveness_mode is not None else None,
     )
     return summary, sim

@@ -277,6 +277,9 @@ class Simulation:
         # checkers that judge a message by the sender's durable state, fault points
         # that act right after a send.
         self.send_observers: list[Callable[[int, int, Any], None]] = []
+        # Called with (node_id, client, response) when a reply reaches its client: what a
+        # load or a liveness probe needs to time an answer exactly, without polling.
+        self.reply_observers: list[Callable[[int, Client, Any], None]] = []
         # Decides whether a bit flip at (node, file, offset) is allowed (DESIGN.md §3
         # bounds at-rest corruption); actors with entry-level knowledge install their own.
         self.corruption_guard: Callable[[int, str, int], bool] = self._default_corruption_guard
@@ -388,6 +391,8 @@ class Simulation:
         self.trace.record(self.env.now, node_id, "reply", {"client": client.connection, "resp": _describe(response)})
         if client in self.replies:
             self.replies[client].append(response)
+        for observe in self.reply_observers:
+            observe(node_id, client, response)
 
     # -- faults --------------------------------------------------------------------------
 

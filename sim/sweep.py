@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 
 from raftlite.actors.config import Config
 from raftlite.core.raft import SAFE, UnsafeSwitches
+from raftlite.sim.coverage import coverage_report, judged, merge_counts
 from raftlite.sim.fault_points import FAULT_POINTS
+from raftlite.sim.liveness import recovery_stats
+from raftlite.sim.nemesis import NEMESIS_KINDS
 from raftlite.sim.run import RunSummary, run_simulation
 
 __all__ = ["SweepResult", "parse_seed_range", "sweep"]
@@ -36,12 +39,38 @@ class SweepResult:
     simulated_seconds: float
     # Fault point -> [seeds that enabled it, firings over the sweep].
     fault_points: dict[str, list[int]] = field(default_factory=dict)
+    # Named path -> times reached over the sweep (sim/coverage.py), and whether the sweep
+    # spent the standard budget (then a path never reached fails it).
+    coverage: dict[str, int] = field(default_factory=dict)
+    actor: str = "raft"
+    coverage_judged: bool = False
+    # Per seed that recovered: simulated ms from the final heal (or the liveness mode's
+    # core heal) to the reply of the first committed write.
+    recovery_ms: list[float] = field(default_factory=list)
+    liveness: bool = False
+
+    @property
+    def coverage_missing(self) -> list[str]:
+        """Paths the standard budget must reach but this sweep never did (empty when the
+        sweep is below the standard budget: it is not judged then)."""
+        if not self.coverage or not self.coverage_judged:
+            return []
+        return coverage_report(self.coverage, self.actor, True)[1]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.coverage_missing
 
     def render(self) -> str:
         lines = [
             f"{self.runs} seeds, {len(self.failures)} failing, {self.simulated_seconds:,.0f} simulated s "
             f"in {self.wall_seconds:.1f} wall s"
         ]
+        if self.recovery_ms or self.liveness:
+            mode = "liveness mode (a quorum core healed)" if self.liveness else "after the final heal"
+            lines.append(f"recovery, {mode}: first write committed {recovery_stats(self.recovery_ms)}")
+        if self.coverage:
+            lines.extend(coverage_report(self.coverage, self.actor, self.coverage_judged)[0])
         if self.fault_points:
             lines.append("fault points: " + ", ".join(
                 f"{name} fired {fired} times (enabled in {enabled} seeds)"
@@ -51,7 +80,7 @@ class SweepResult:
 
 def replay_command(seed: int, nodes: int, nemesis: str, duration_s: float, actor: str = "raft", *,
                    fault_points: str = "none", unsafe: UnsafeSwitches = SAFE, checkers: str = "all",
-                   subcommand: str = "run") -> str:
+                   subcommand: str = "run", liveness: bool = False) -> str:
     """The command line that runs this seed again exactly (or shrinks it)."""
     words = [f"raftlite sim {subcommand} --actor {actor} --seed {seed} --nodes {nodes} --nemesis {nemesis} "
              f"--duration {duration_s:g}"]
@@ -60,6 +89,8 @@ def replay_command(seed: int, nodes: int, nemesis: str, duration_s: float, actor
     words.extend(f"--unsafe {name}" for name in unsafe.enabled())
     if checkers != "all":
         words.append(f"--checkers {checkers}")
+    if liveness:
+        words.append("--liveness")
     return " ".join(words)
 
 
@@ -67,19 +98,24 @@ def sweep(
     *, seeds: range, nodes: int, nemesis: tuple[str, ...], nemesis_text: str, duration_s: float,
     config: Config | None = None, progress=sys.stderr, out=sys.stdout, actor: str = "raft",
     fault_points: tuple[str, ...] = (), fault_points_text: str = "none", unsafe: UnsafeSwitches = SAFE,
-    checkers: str = "all",
+    checkers: str = "all", liveness: bool = False,
 ) -> SweepResult:
     started = time.perf_counter()
     failures = []
     simulated = 0.0
     last_report = started
     point_totals: dict[str, list[int]] = {}
+    coverage: dict[str, int] = {}
+    recoveries: list[float] = []
     for position, seed in enumerate(seeds, 1):
         summary, sim = run_simulation(
             seed=seed, nodes=nodes, duration_ms=duration_s * 1000.0, nemesis=nemesis, actor=actor, config=config,
-            fault_points=fault_points, unsafe=unsafe, checkers=checkers,
+            fault_points=fault_points, unsafe=unsafe, checkers=checkers, liveness=liveness,
         )
         sim.close()
+        merge_counts(coverage, summary.coverage)
+        if summary.recovery_ms is not None:
+            recoveries.append(summary.recovery_ms)
         simulated += summary.simulated_ms / 1000.0
         for name, point in summary.fault_points.items():
             totals = point_totals.setdefault(name, [0, 0])
@@ -89,7 +125,8 @@ def sweep(
             failures.append(summary)
             options = dict(fault_points=fault_points_text, unsafe=unsafe, checkers=checkers)
             print(f"seed {seed} FAILED: {summary.violation or '; '.join(summary.problems)}", file=out)
-            print(f"  replay: {replay_command(seed, nodes, nemesis_text, duration_s, actor, **options)}", file=out)
+            print(f"  replay: {replay_command(seed, nodes, nemesis_text, duration_s, actor, liveness=liveness, **options)}",
+                  file=out)
             if summary.violation:
                 print(f"  shrink: {replay_command(seed, nodes, nemesis_text, duration_s, actor, subcommand='shrink', **options)}",
                       file=out)
@@ -101,4 +138,7 @@ def sweep(
             eta = (len(seeds) - position) / rate if rate else 0.0
             print(f"  [{position}/{len(seeds)}] {rate:.1f} seeds/s, {len(failures)} failing, eta {eta:.0f} s", file=progress)
     ordered = {name: point_totals[name] for name in FAULT_POINTS if name in point_totals}
-    return SweepResult(len(seeds), failures, time.perf_counter() - started, simulated, ordered)
+    all_nemeses = set(NEMESIS_KINDS) <= set(nemesis)
+    return SweepResult(len(seeds), failures, time.perf_counter() - started, simulated, ordered, coverage=coverage,
+                       actor=actor, coverage_judged=judged(actor, seeds, nodes, all_nemeses),
+                       recovery_ms=recoveries, liveness=liveness)
