@@ -62,6 +62,7 @@ from raftlite.sim.network import isolate, one_way, symmetric_cut
 from raftlite.sim.raft_checkers import entry_digest
 from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
+from raftlite.sim.targeted_drivers import TARGETED_DRIVERS
 from raftlite.sim.trace import Trace
 
 __all__ = [
@@ -108,6 +109,14 @@ PROFILES: dict[str, Profile] = {
     "crash-after-vote": Profile("crash-after-vote", "raft", 3, (), "none", ("crash-after-vote",)),
     # The SQLite state machine: its WAL, its client answers, its read and write checks.
     "database": Profile("database", "database", 3, NEMESIS_KINDS, "all"),
+    # Targeted: isolate the leader, slow the disk of the node that campaigns, crash it
+    # right after its first leader message while a persist is in flight, and let the
+    # old leader campaign with only the crashed node to vote for it
+    # (sim/targeted_drivers.py CrashNewLeader).
+    "crash-new-leader": Profile("crash-new-leader", "raft", 3, (), "none", ("crash-new-leader",), 20.0),
+    # Targeted: leaders in a row with divergent tails, Figure 8's shape on three nodes
+    # (sim/targeted_drivers.py DivergentTails).
+    "divergent-tails": Profile("divergent-tails", "raft", 3, (), "none", ("divergent-tails",), 20.0),
 }
 
 
@@ -123,14 +132,16 @@ class Mutation:
 
 
 CATALOGUE: tuple[Mutation, ...] = (
-    Mutation("self_vote_before_persist", "raft",
-             "a candidate's term write must be in flight at a crash or fail with EIO: crash-after-send and metadata-eio"),
+    Mutation("self_vote_before_persist", "crash-new-leader",
+             "a new leader must crash before its term is durable, and a node that never heard of that term "
+             "must then win it with the crashed node's vote: crash-new-leader"),
     Mutation("vote_before_persist", "crash-after-vote",
              "a voter must crash before its vote is durable, then vote again in the same term: crash-after-vote"),
     Mutation("append_ack_before_persist", "crash-after-ack",
              "the only follower holding a just-committed entry must lose it in a crash, then elect: crash-after-ack"),
-    Mutation("commit_without_current_term", "raft",
-             "Figure 8 needs leaders of several terms with divergent tails: crashes, partitions, slow persists"),
+    Mutation("commit_without_current_term", "divergent-tails",
+             "Figure 8: a leader must see its old tail on a majority before any entry of its term, then a leader "
+             "with a newer tail must win: divergent-tails"),
     Mutation("accept_stale_term_append", "raft",
              "a deposed leader must still be sending appends after a new term began: partitions"),
     Mutation("keep_conflicting_entries", "raft",
@@ -483,6 +494,7 @@ def run_seed(profile: Profile, seed: int, unsafe: UnsafeSwitches = SAFE) -> Seed
         from raftlite.jepsen_like.targeted_nemesis import CrashAfterVote
 
         CrashAfterVote(sim, from_ms=1000.0, until_ms=duration_ms)
+    targeted = [TARGETED_DRIVERS[name](sim, duration_ms) for name in profile.drivers if name in TARGETED_DRIVERS]
     points = FaultPoints(sim, swarm_fault_points(seed, fault_points)) if fault_points else None
     chaos = Nemesis(sim, profile.nemesis, fault_points=points)
     end_to_end: tuple[float, str] | None = None
@@ -491,7 +503,7 @@ def run_seed(profile: Profile, seed: int, unsafe: UnsafeSwitches = SAFE) -> Seed
         sim.start()
         load = start_load(sim, profile.actor, 20.0, duration_ms)
         chaos.start(heal_at_ms=duration_ms)
-        for driver in (reads, churn):
+        for driver in (reads, churn, *targeted):
             if driver is not None:
                 driver.start()
         sim.run_until(duration_ms)

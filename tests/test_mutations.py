@@ -30,12 +30,8 @@ DURABILITY_CLASS = {"self_vote_before_persist", "vote_before_persist", "append_a
 
 # Mutations the catalogue's runs do not (yet) catch end to end; README's table says why.
 KNOWN_GAPS = {
-    "self_vote_before_persist": "needs a crash of the new leader before its term is durable and a third node "
-                                "that never heard of that term: no targeted driver yet (the scenario script "
-                                "and sim explore reach it)",
     "snapshot_ack_before_persist": "the acknowledged snapshot index is always committed already, so forgetting "
                                    "it harms nothing visible",
-    "commit_without_current_term": "Figure 8 needs three leaders in a row with divergent tails: no targeted driver",
     "accept_stale_term_append": "the overwritten entries are re-sent by the current leader before they matter, "
                                 "or the node stops on its own invariant (not a checker's verdict)",
     "vote_twice_in_term": "needs two candidates in one term: pre-vote and randomized timeouts make it rare",
