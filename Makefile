@@ -41,7 +41,8 @@ test: $(STAMP)
 
 # Long sweeps and soaks that do not belong in `make test`.
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow
+	$(PY) -m pytest -n 2 -m "slow and not real_cluster"
+	$(PY) -m pytest -m "slow and real_cluster"
 
 # Simulator speed, native I/O, then raftlite beside dqlite-benchmark (kvwrite at 1, 4,
 # 16, 64 workers): table, JSON and plot in bench/results/.

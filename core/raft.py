@@ -972,7 +972,9 @@ class Raft:
         return progress is not None and progress.match + self.settings.promotion_lag_entries_max >= self.last_index
 
     def _maybe_promote(self) -> None:
-        if self.pending_promotion is None or self.configuration_index > self.commit:
+        # Not during a leadership transfer either: proposals are refused then, and the
+        # promotion is retried on a later tick (or by the next leader, if asked again).
+        if self.pending_promotion is None or self.configuration_index > self.commit or self.transfer_target is not None:
             return
         node, _ = self.pending_promotion
         if self.configuration.role(node) is None:

@@ -125,7 +125,8 @@ def test_a_partitioned_leader_never_serves_its_uncommitted_write():
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("nodes, seeds", [(3, range(1, 61)), (5, range(1, 31))])
+@pytest.mark.parametrize("nodes, seeds", [(3, range(1, 31)), (3, range(31, 61)), (5, range(1, 16)), (5, range(16, 31))],
+                         ids=["n3-1..30", "n3-31..60", "n5-1..15", "n5-16..30"])
 def test_database_sweep_keeps_replicas_identical_and_acknowledged_writes(nodes, seeds):
     """Every fault kind; after the final heal all replicas hold the same rows, pass
     integrity_check, keep every acknowledged write and no write reported as failed."""

@@ -1,11 +1,13 @@
-"""Randomized raft sweeps under every fault kind, with the safety checkers after every
-step and the liveness check after the final heal. `make test` runs a few minutes'
-worth; `make test-slow` runs 1,000 seeds for 3 and for 5 nodes."""
+"""Randomized raft sweeps under every fault kind and every fault point, with the safety
+checkers after every step (the durability checker at every Send) and the liveness check
+after the final heal. `make test` runs a few minutes' worth, in chunks that pytest-xdist
+spreads over both cores; `make test-slow` runs 2,000 seeds for 3 and for 5 nodes."""
 
 import io
 
 import pytest
 
+from raftlite.sim.fault_points import FAULT_POINTS
 from raftlite.sim.nemesis import NEMESIS_KINDS
 from raftlite.sim.sweep import sweep
 
@@ -13,22 +15,28 @@ from raftlite.sim.sweep import sweep
 def run_sweep(seeds: range, nodes: int) -> None:
     out = io.StringIO()
     result = sweep(seeds=seeds, nodes=nodes, nemesis=NEMESIS_KINDS, nemesis_text="all", duration_s=10.0,
-                   progress=None, out=out)
+                   fault_points=FAULT_POINTS, fault_points_text="all", progress=None, out=out)
     assert result.failures == [], out.getvalue()
     assert result.runs == len(seeds)
 
 
+def chunks(nodes: int, first: int, last: int, size: int) -> list[tuple[int, range]]:
+    return [(nodes, range(start, min(start + size, last + 1))) for start in range(first, last + 1, size)]
+
+
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("nodes, seeds", [(3, range(1, 601)), (5, range(1, 351))])
+@pytest.mark.parametrize("nodes, seeds", chunks(3, 1, 200, 50) + chunks(5, 1, 100, 25),
+                         ids=lambda value: f"{value.start}..{value.stop - 1}" if isinstance(value, range) else f"n{value}")
 def test_sweep_finds_no_violation(nodes, seeds):
     run_sweep(seeds, nodes)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@pytest.mark.parametrize("nodes", [3, 5])
-def test_thousand_seed_sweep(nodes):
-    run_sweep(range(10_001, 11_001), nodes)
+@pytest.mark.parametrize("nodes, seeds", chunks(3, 10_001, 12_000, 250) + chunks(5, 10_001, 12_000, 250),
+                         ids=lambda value: f"{value.start}..{value.stop - 1}" if isinstance(value, range) else f"n{value}")
+def test_two_thousand_seed_sweep(nodes, seeds):
+    run_sweep(seeds, nodes)
 
 
 def test_sweep_failures_print_the_replay_command(monkeypatch):
