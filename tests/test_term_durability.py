@@ -6,10 +6,12 @@ rebuilds a core from what it had made durable, nothing else."""
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from raftlite.core.raft import Raft, RaftSettings, Ready, State, UnsafeSwitches
 from raftlite.core.raft_messages import AppendRequest, VoteRequest, VoteResponse
 from raftlite.core.raft_types import Configuration, Entry, HardState, Role
+from raftlite.sim.scenario import run_script
 
 CONFIGURATION = Configuration.of({1: Role.VOTER, 2: Role.VOTER, 3: Role.VOTER})
 
@@ -196,3 +198,37 @@ def test_a_new_leaders_first_appends_follow_its_durable_term():
     ready = leader.raft.ready()
     appends = [m for _, m in ready.messages if isinstance(m, AppendRequest)]
     assert len(appends) == 2 and all(m.term == leader.durable.term == 2 for m in appends)
+
+
+# -- the same bug in the simulator: the golden two-leaders scenario ----------------------
+
+GOLDEN = Path(__file__).parent / "testdata" / "sim" / "raft_two_leaders_one_term.txt"
+
+
+def _script_with(options: str) -> str:
+    """The golden script, its `nodes` line given extra options, outputs stripped."""
+    lines = []
+    for block in GOLDEN.read_text().split("\n\n"):
+        command = [line for line in block.splitlines() if not line.startswith("#")][:1]
+        if command:
+            lines.append(command[0] + (" " + options if command[0].startswith("nodes ") else ""))
+    return "\n\n".join(lines) + "\n"
+
+
+def test_with_the_fix_reverted_the_durability_checker_fails_the_golden_scenario():
+    # At the very first campaign: node 2's vote requests leave before its term is durable.
+    output = run_script(_script_with("unsafe=self_vote_before_persist"))
+    assert "SAFETY VIOLATION (durability)" in output
+    assert "node 2 sent VoteRequest of term 2 to node 1 while its durable term is" in output
+
+
+def test_with_the_fix_reverted_the_end_to_end_checkers_see_two_leaders_in_one_term():
+    output = run_script(_script_with("unsafe=self_vote_before_persist checkers=end-to-end"))
+    assert "SAFETY VIOLATION (election safety)" in output
+    assert "nodes 3 and 1 both led term 3" in output
+
+
+def test_the_golden_scenario_passes_with_the_fix_under_every_checker():
+    output = run_script(_script_with(""))
+    assert "SAFETY VIOLATION" not in output
+    assert "n1 up role=leader term=3" in output
