@@ -27,7 +27,7 @@ from raftlite.sim.network import isolate, one_way, symmetric_cut
 from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation
 
-__all__ = ["TARGETED_DRIVERS", "CrashNewLeader", "DivergentTails", "leader_with_own_commit"]
+__all__ = ["TARGETED_DRIVERS", "CrashNewLeader", "DivergentTails", "PausedLeader", "SplitVote", "leader_with_own_commit"]
 
 
 def _raft(sim: Simulation, node_id: int):
@@ -304,8 +304,172 @@ class DivergentTails:
         self.sim.call_later(self.cooldown_ms, self._strike, self.round)
 
 
+class PausedLeader:
+    """A leader paused (a long GC pause, a stopped VM) wakes up still believing it leads,
+    just as its successor's first entries land on a follower.
+
+    One strike, on a settled cluster with leader A of term T:
+
+    1. pause A, and cut every link into A (when it wakes it hears nothing of what
+       happened meanwhile);
+    2. the others elect N (term T' > T); the moment a follower F acknowledges to N
+       entries beyond the commit index F knows of (N will commit them on that
+       acknowledgement; F learns so only from N's next message), hold N's messages to
+       F for `hold_ms` (they are lost, N sends again later), cut A from N, resume A and
+       give it a write: A, still leader of T, sends F appends of term T right away;
+    3. after `hold_ms` N reaches F again; after `settle_ms`, heal, and strike again
+       after a cooldown.
+
+    A correct F refuses appends of a term older than its own. An F that accepts them
+    replaces entries N has just committed with A's, and commits A's at N's next
+    heartbeat (commit safety)."""
+
+    def __init__(self, sim: Simulation, stop_at_ms: float, *, name: str = "paused-leader") -> None:
+        self.sim = sim
+        self.stop_at_ms = stop_at_ms
+        self.rng = derive_rng(sim.seed, f"targeted/{name}")
+        election_ms = sim.config.election_timeout_ms
+        self.settle_ms = 4.0 * election_ms
+        self.cooldown_ms = 2.0 * election_ms
+        self.round_limit_ms = 6.0 * election_ms
+        self.partitions = _Partitions(sim, name)
+        self.round = 0
+        self.phase: str | None = None
+        self.paused: tuple[int, int] | None = None   # (A, T)
+        self.hold_ms = 0.0
+        self.strikes = 0
+        sim.send_observers.append(self._on_send)
+
+    def start(self) -> None:
+        self.sim.call_later(self.rng.uniform(500.0, 1500.0), self._strike, self.round)
+
+    def _strike(self, round_number: int) -> None:
+        if round_number != self.round or self.sim.now_ms >= self.stop_at_ms:
+            return
+        found = leader_with_own_commit(self.sim)
+        if found is None:
+            self.sim.call_later(50.0, self._strike, round_number)
+            return
+        leader, raft = found
+        self.paused = (leader, raft.term)
+        self.hold_ms = round(self.rng.uniform(5.0, 30.0), 3)
+        self.sim.pause(leader)
+        self.partitions.cut("into-paused", one_way([n for n in self.sim.node_ids if n != leader], [leader]))
+        self.phase = "elect"
+        self.sim.call_later(self.round_limit_ms, self._end_round, round_number)
+
+    def _on_send(self, src: int, dst: int, message: Any) -> None:
+        if self.phase != "elect" or type(message) is not AppendResponse or not message.success:
+            return
+        paused, term = self.paused
+        if paused in (src, dst) or message.term <= term:
+            return
+        follower = _raft(self.sim, src)
+        leader = _raft(self.sim, dst)
+        if (follower is None or leader is None or leader.state != State.LEADER or leader.term != message.term
+                or message.index <= follower.commit):
+            return
+        self.phase = "woken"
+        self.strikes += 1
+        # (Partitions are judged at delivery: N's messages already on their way to F are held too.)
+        self.partitions.cut("new-leader-to-follower", one_way([dst], [src]))
+        self.partitions.cut("paused-to-new-leader", one_way([paused], [dst]))
+        self.sim.resume(paused)
+        self.sim.submit(paused, Propose(data=b"woken-leader-write"))
+        self.sim.call_later(self.hold_ms, self._release, self.round)
+
+    def _release(self, round_number: int) -> None:
+        if round_number != self.round:
+            return
+        self.partitions.heal("new-leader-to-follower")
+        self.sim.call_later(self.settle_ms, self._end_round, round_number)
+
+    def _end_round(self, round_number: int) -> None:
+        if round_number != self.round:
+            return
+        if self.paused is not None:
+            self.sim.resume(self.paused[0])
+        self.partitions.heal()
+        self.round += 1
+        self.phase, self.paused = None, None
+        self.sim.call_later(self.cooldown_ms, self._strike, self.round)
+
+
+class SplitVote:
+    """Two candidates in one term, both asking the same voter at the same moment.
+
+    One strike, on a settled cluster with leader L of term T and followers V and X:
+
+    1. cut every node off from every other, until L no longer leads (check-quorum
+       steps it down): nobody wins an election meanwhile;
+    2. let V talk to L and to X again (L and X stay apart), but clog V for `clog_ms`
+       (two to three election timeouts): the pre-vote requests X and L send V meanwhile
+       are held and arrive together when the clog ends; V grants both (neither log is
+       behind V's), so L and X both campaign for the same term, V their only possible
+       voter;
+    3. after `settle_ms`, heal, and strike again after a cooldown.
+
+    A correct V grants one real vote in that term; the other candidate loses. A V that
+    votes twice in a term elects both (election safety)."""
+
+    def __init__(self, sim: Simulation, stop_at_ms: float, *, name: str = "split-vote") -> None:
+        self.sim = sim
+        self.stop_at_ms = stop_at_ms
+        self.rng = derive_rng(sim.seed, f"targeted/{name}")
+        self.election_ms = sim.config.election_timeout_ms
+        self.settle_ms = 4.0 * self.election_ms
+        self.cooldown_ms = 2.0 * self.election_ms
+        self.partitions = _Partitions(sim, name)
+        self.round = 0
+        self.leader: int | None = None
+        self.voter: int | None = None
+        self.strikes = 0
+
+    def start(self) -> None:
+        self.sim.call_later(self.rng.uniform(500.0, 1500.0), self._strike, self.round)
+
+    def _strike(self, round_number: int) -> None:
+        if round_number != self.round or self.sim.now_ms >= self.stop_at_ms:
+            return
+        found = leader_with_own_commit(self.sim)
+        if found is None:
+            self.sim.call_later(50.0, self._strike, round_number)
+            return
+        self.leader = found[0]
+        self.voter = self.rng.choice([n for n in self.sim.node_ids if n != self.leader])
+        for node in self.sim.node_ids:
+            self.partitions.cut(f"isolate-{node}", isolate(node, self.sim.node_ids))
+        self.sim.call_later(10.0, self._rejoin, round_number)
+        self.sim.call_later(12.0 * self.election_ms, self._end_round, round_number)
+
+    def _rejoin(self, round_number: int) -> None:
+        if round_number != self.round:
+            return
+        raft = _raft(self.sim, self.leader)
+        if raft is not None and raft.state == State.LEADER:
+            self.sim.call_later(10.0, self._rejoin, round_number)
+            return
+        self.strikes += 1
+        # Each of L and X campaigns within two election timeouts of its last one.
+        clog_ms = round(self.rng.uniform(2.5, 3.5) * self.election_ms, 3)
+        self.partitions.heal()
+        others = [n for n in self.sim.node_ids if n not in (self.leader, self.voter)]
+        self.partitions.cut("leader-from-others", symmetric_cut([self.leader], others))
+        self.sim.clog(self.voter, clog_ms)
+
+    def _end_round(self, round_number: int) -> None:
+        if round_number != self.round:
+            return
+        self.partitions.heal()
+        self.round += 1
+        self.leader, self.voter = None, None
+        self.sim.call_later(self.cooldown_ms, self._strike, self.round)
+
+
 # Driver name (as a mutation profile lists it) -> constructor(sim, stop_at_ms).
 TARGETED_DRIVERS: dict[str, Callable[[Simulation, float], Any]] = {
     "crash-new-leader": CrashNewLeader,
     "divergent-tails": DivergentTails,
+    "paused-leader": PausedLeader,
+    "split-vote": SplitVote,
 }

@@ -32,9 +32,6 @@ DURABILITY_CLASS = {"self_vote_before_persist", "vote_before_persist", "append_a
 KNOWN_GAPS = {
     "snapshot_ack_before_persist": "the acknowledged snapshot index is always committed already, so forgetting "
                                    "it harms nothing visible",
-    "accept_stale_term_append": "the overwritten entries are re-sent by the current leader before they matter, "
-                                "or the node stops on its own invariant (not a checker's verdict)",
-    "vote_twice_in_term": "needs two candidates in one term: pre-vote and randomized timeouts make it rare",
 }
 
 
