@@ -11,7 +11,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-__all__ = ["RECORD_MAGIC", "RECORD_HEADER_BYTES", "RecordScan", "encode_record", "record_header", "scan_records"]
+__all__ = ["RECORD_MAGIC", "RECORD_HEADER_BYTES", "RecordScan", "encode_record", "record_at", "record_header", "scan_records"]
 
 RECORD_MAGIC = b"RLr1"
 _HEADER = struct.Struct("<4sII")
@@ -40,7 +40,8 @@ class RecordScan:
     corrupt_offset: int | None        # first bad record that has a valid record after it
 
 
-def _record_at(data: bytes, offset: int) -> bytes | None:
+def record_at(data: bytes, offset: int) -> bytes | None:
+    """The payload of the valid record at `offset`, or None (torn, damaged or missing)."""
     if len(data) - offset < RECORD_HEADER_BYTES:
         return None
     magic, length, checksum = _HEADER.unpack_from(data, offset)
@@ -61,7 +62,7 @@ def scan_records(data: bytes) -> RecordScan:
     records: list[tuple[int, bytes]] = []
     offset = 0
     while offset < len(data):
-        payload = _record_at(data, offset)
+        payload = record_at(data, offset)
         if payload is None:
             break
         records.append((offset, payload))
@@ -75,6 +76,6 @@ def scan_records(data: bytes) -> RecordScan:
         candidate = data.find(RECORD_MAGIC, search_from)
         if candidate < 0:
             return RecordScan(records, valid_end, torn_tail=True, corrupt_offset=None)
-        if _record_at(data, candidate) is not None:
+        if record_at(data, candidate) is not None:
             return RecordScan(records, valid_end, torn_tail=False, corrupt_offset=valid_end)
         search_from = candidate + 1

@@ -27,8 +27,6 @@ A violation raises `SimulationFailure` (as every checker does), naming the rule.
 """
 
 import bisect
-import struct
-import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,28 +36,17 @@ from raftlite.core.raft import State
 from raftlite.core.raft_log_format import METADATA_FILES, decode_metadata, segment_first_index, snapshot_index_of
 from raftlite.core.raft_messages import AppendResponse, SnapshotResponse, VoteRequest, VoteResponse
 from raftlite.core.raft_types import HardState
-from raftlite.core.records import RECORD_HEADER_BYTES, RECORD_MAGIC
+from raftlite.core.records import RECORD_HEADER_BYTES, RECORD_MAGIC, record_at
 from raftlite.sim.disk import SimDisk, SimFile
 from raftlite.sim.simulation import Simulation, SimulationFailure
 
 __all__ = ["DurabilityChecker", "DurableView"]
 
-_RECORD_HEADER = struct.Struct("<4sII")
-
-
 def _durable_record(data: bytearray, offset: int) -> tuple[bytes, int] | None:
     """The payload of the valid record at `offset` and the offset after it, or None (a
     torn or missing record: nothing from here on is durable)."""
-    if len(data) - offset < RECORD_HEADER_BYTES:
-        return None
-    magic, length, checksum = _RECORD_HEADER.unpack_from(data, offset)
-    end = offset + RECORD_HEADER_BYTES + length
-    if magic != RECORD_MAGIC or end > len(data):
-        return None
-    payload = bytes(data[offset + RECORD_HEADER_BYTES : end])
-    if zlib.crc32(payload, zlib.crc32(length.to_bytes(4, "little"))) != checksum:
-        return None
-    return payload, end
+    payload = record_at(data, offset)
+    return None if payload is None else (payload, offset + RECORD_HEADER_BYTES + len(payload))
 
 
 @dataclass(slots=True, eq=False)   # hashed by identity: the token of its file observer

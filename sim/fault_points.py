@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 from raftlite.actors.contract import Sync, Write
 from raftlite.core.raft_log_format import METADATA_FILES
-from raftlite.sim.nemesis import FaultEvent
+from raftlite.sim.nemesis import FaultEvent, parse_kind_list
 from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation
 
@@ -71,18 +71,7 @@ class FaultPointError(ValueError):
 
 def parse_fault_points(text: str) -> tuple[str, ...]:
     """'all', 'none', '' or a comma list of fault points; a clear error names what is unknown."""
-    text = text.strip()
-    if text in ("", "none"):
-        return ()
-    if text == "all":
-        return FAULT_POINTS
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [name for name in names if name not in FAULT_POINTS]
-    if unknown:
-        raise FaultPointError(
-            f"unknown fault point {', '.join(unknown)}; choose from {', '.join(FAULT_POINTS)}, 'all' or 'none'"
-        )
-    return tuple(dict.fromkeys(names))
+    return parse_kind_list(text, FAULT_POINTS, "fault point", FaultPointError)
 
 
 def swarm_fault_points(seed: int, requested: Sequence[str]) -> dict[str, float]:

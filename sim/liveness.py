@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable
 
 from raftlite.core.raft import State
 from raftlite.core.raft_types import Configuration
+from raftlite.sim.nemesis import heal_node
 from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation
 
@@ -194,16 +195,8 @@ class LivenessMode:
         network.set_profile(quiet, [(src, dst) for src in core for dst in core if src != dst])
         sim.trace.record(sim.now_ms, None, "heal", {"core": list(core)})
         for node_id in core:
-            node = sim.nodes[node_id]
-            node.disk.eio_next_ops = 0
-            if node.disk.profile.capacity_bytes is not None:
-                sim.disk_capacity(node_id, None)
-            if node.clock.rate != 1.0:
-                sim.drift_clock(node_id, 1.0)
-            if node.state == NodeState.PAUSED:
-                sim.resume(node_id)
-            elif node.state == NodeState.CRASHED:
-                sim.restart(node_id)
+            sim.nodes[node_id].disk.eio_next_ops = 0
+            heal_node(sim, node_id)
 
 
 def recovery_stats(times_ms: list[float]) -> str:

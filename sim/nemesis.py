@@ -46,7 +46,7 @@ from raftlite.sim.simulation import NodeState, Simulation
 
 __all__ = [
     "EVENT_PARAMETERS", "FaultEvent", "NEMESIS_EVENT_KINDS", "NEMESIS_KINDS", "Nemesis", "NemesisError",
-    "call_at", "parse_nemesis_list",
+    "call_at", "heal_node", "parse_kind_list", "parse_nemesis_list",
 ]
 
 NEMESIS_KINDS = ("partition", "clog", "noise", "crash", "pause", "clock", "disk") + CLUSTER_FAULT_KINDS
@@ -87,20 +87,24 @@ class NemesisError(ValueError):
     pass
 
 
-def parse_nemesis_list(text: str) -> tuple[str, ...]:
-    """'all', 'none', '' or a comma list of kinds; a clear error names what is unknown."""
+def parse_kind_list(text: str, kinds: Sequence[str], what: str, error: type[ValueError]) -> tuple[str, ...]:
+    """'all', 'none', '' or a comma list of `kinds` (duplicates dropped, order kept); a
+    clear `error` names what is unknown. Nemesis kinds and fault points both use it."""
     text = text.strip()
     if text in ("", "none"):
         return ()
     if text == "all":
-        return NEMESIS_KINDS
-    kinds = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [kind for kind in kinds if kind not in NEMESIS_KINDS]
+        return tuple(kinds)
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in kinds]
     if unknown:
-        raise NemesisError(
-            f"unknown nemesis {', '.join(unknown)}; choose from {', '.join(NEMESIS_KINDS)} or 'all'"
-        )
-    return tuple(dict.fromkeys(kinds))
+        raise error(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(kinds)}, 'all' or 'none'")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_nemesis_list(text: str) -> tuple[str, ...]:
+    """'all', 'none', '' or a comma list of kinds; a clear error names what is unknown."""
+    return parse_kind_list(text, NEMESIS_KINDS, "nemesis", NemesisError)
 
 
 # -- events as values --------------------------------------------------------------------
@@ -449,13 +453,19 @@ class Nemesis:
         sim.heal()
         self._quiet_network()
         for node_id in sim.node_ids:
-            node = sim.nodes[node_id]
-            if node.disk.profile.capacity_bytes is not None:
-                sim.disk_capacity(node_id, None)
-            if node.clock.rate != 1.0:
-                sim.drift_clock(node_id, 1.0)
-            if node.state == NodeState.PAUSED:
-                sim.resume(node_id)
-            elif node.state == NodeState.CRASHED:
-                sim.restart(node_id)
+            heal_node(sim, node_id)
+
+
+def heal_node(sim: Simulation, node_id: int) -> None:
+    """Undo what a nemesis left on one node: a full disk, a drifting clock, a pause, a
+    crash (a node that halted on corrupt storage stays down: it needs an operator)."""
+    node = sim.nodes[node_id]
+    if node.disk.profile.capacity_bytes is not None:
+        sim.disk_capacity(node_id, None)
+    if node.clock.rate != 1.0:
+        sim.drift_clock(node_id, 1.0)
+    if node.state == NodeState.PAUSED:
+        sim.resume(node_id)
+    elif node.state == NodeState.CRASHED:
+        sim.restart(node_id)
 
