@@ -126,8 +126,9 @@ PROFILES: dict[str, Profile] = {
     # (sim/targeted_drivers.py DivergentTails).
     "divergent-tails": Profile("divergent-tails", "raft", 3, (), "none", ("divergent-tails",), 20.0),
     # Targeted: a paused leader wakes as its successor's first entries land on a
-    # follower (sim/targeted_drivers.py PausedLeader).
-    "paused-leader": Profile("paused-leader", "raft", 3, (), "none", ("paused-leader",), 20.0),
+    # follower (sim/targeted_drivers.py PausedLeader); reads at the first moment of each
+    # leadership: the followers' commit index lags the paused leader's last commits.
+    "paused-leader": Profile("paused-leader", "raft", 3, (), "none", ("paused-leader", "reads"), 20.0),
     # Targeted: two candidates of one term whose only voter is clogged, so that both
     # pre-votes pass at once (sim/targeted_drivers.py SplitVote).
     "split-vote": Profile("split-vote", "raft", 3, (), "none", ("split-vote",), 20.0),
