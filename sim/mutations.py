@@ -132,6 +132,11 @@ PROFILES: dict[str, Profile] = {
     # Targeted: two candidates of one term whose only voter is clogged, so that both
     # pre-votes pass at once (sim/targeted_drivers.py SplitVote).
     "split-vote": Profile("split-vote", "raft", 3, (), "none", ("split-vote",), 20.0),
+    # The same driver on the SQLite state machine: a stale leader that executed (and,
+    # broken, answered) transactions that a later leader overwrites, then applies the
+    # later leader's pages as a follower.
+    "database-divergent-tails": Profile("database-divergent-tails", "database", 3, (), "none",
+                                        ("divergent-tails",), 20.0),
 }
 
 
@@ -160,25 +165,33 @@ CATALOGUE: tuple[Mutation, ...] = (
     Mutation("accept_stale_term_append", "paused-leader",
              "a deposed leader must still be sending appends after a new term began, while a follower holds "
              "the new leader's entries uncommitted: paused-leader"),
-    Mutation("keep_conflicting_entries", "raft",
-             "a follower must hold an uncommitted tail that a new leader overwrites: partitions, crashes"),
-    Mutation("commit_past_quorum", "raft",
-             "the leader's lone entries must be overwritten: any leader change while it runs ahead"),
+    Mutation("keep_conflicting_entries", "split-vote",
+             "a follower must hold an uncommitted tail that a new leader overwrites: split-vote's old leader "
+             "keeps a tail from its isolation and loses the election"),
+    Mutation("commit_past_quorum", "divergent-tails",
+             "the leader's lone entries must be overwritten: divergent-tails' isolated leaders run ahead alone"),
     Mutation("concurrent_membership_changes", "membership",
              "only a leader asked for two changes at once can break it: the membership driver"),
-    Mutation("read_index_without_own_term_commit", "raft",
-             "a read must reach a new leader before its first commit while its commit index lags: reads at new leaders"),
+    Mutation("read_index_without_own_term_commit", "paused-leader",
+             "a read must reach a new leader before its first commit while its commit index lags the old leader's: "
+             "paused-leader stops a leader between its commit and the followers learning of it; reads at new leaders"),
     Mutation("read_without_read_index", "raft",
              "a read must reach a deposed leader that still believes it leads: reads at every leader, partitions"),
     Mutation("snapshot_ack_before_persist", "raft",
-             "an InstallSnapshot must be acknowledged and its node crash before the snapshot is durable: small "
-             "snapshot thresholds (swarm config), crash-after-send"),
-    Mutation("deposed_leader_keeps_wal", "database",
-             "only the database actor has a WAL; a leader must lose leadership with uncommitted transactions in it"),
-    Mutation("acknowledge_before_commit", "database",
-             "the database actor answers clients; an answered write must then be lost in a leader change"),
-    Mutation("apply_past_commit", "raft",
-             "an entry applied before commit must be overwritten by a new leader: partitions, crashes"),
+             "caught by the durability checker wherever an InstallSnapshot completes (small snapshot thresholds, "
+             "crash-after-send); unobservable end to end here: a leader sends only a snapshot of what it applied, "
+             "so the acknowledged index is already committed, durable on a quorum without this follower; "
+             "forgetting it in a crash only leaves the follower behind (the leader's next append fails its "
+             "consistency check and it sends again), and every later acknowledgement of that follower leaves "
+             "after a persist that completes after the snapshot's (persists complete in order)"),
+    Mutation("deposed_leader_keeps_wal", "database-divergent-tails",
+             "only the database actor has a WAL; a leader must lose leadership with uncommitted transactions in it: "
+             "divergent-tails' isolated leaders"),
+    Mutation("acknowledge_before_commit", "database-divergent-tails",
+             "the database actor answers clients; an answered write must then be lost in a leader change: "
+             "divergent-tails' isolated leaders take writes a later leader overwrites"),
+    Mutation("apply_past_commit", "divergent-tails",
+             "an entry applied before commit must be overwritten by a new leader: divergent-tails"),
     Mutation("skip_fsync", "crash-after-ack",
              "a crash must drop acknowledged writes no fsync made durable, then the node must elect: crash-after-ack"),
     Mutation("vote_without_log_check", "crash-after-ack",
@@ -538,6 +551,10 @@ def run_seed(profile: Profile, seed: int, unsafe: UnsafeSwitches = SAFE) -> Seed
     try:
         sim.start()
         load = start_load(sim, profile.actor, 20.0, duration_ms)
+        if profile.actor == "database" and load is not None:
+            # A driver's own writes are the workload's, so that their outcomes are checked too.
+            for driver in targeted:
+                driver.write = lambda node: load.probe(node)
         chaos.start(heal_at_ms=duration_ms)
         for driver in (reads, churn, *targeted):
             if driver is not None:

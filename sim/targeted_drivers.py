@@ -12,7 +12,10 @@ is what makes a catch in a broken build mean something.
 
 Every choice comes from the driver's own derived stream (``targeted/NAME``), so a driver
 does not shift the draws of the load, the network or the disks. Every fault is written
-to the trace. A driver is used alone (no random nemesis beside it: the nemesis' heals
+to the trace. Where a driver writes itself (a client that keeps writing to a stale
+leader), it goes through `write(node)`, which the run sets to its workload's own kind of
+write (a raft proposal, or a key-value insert whose outcome the database workload
+checks); the default is a raft proposal. A driver is used alone (no random nemesis beside it: the nemesis' heals
 would cut the driver's partitions short).
 """
 
@@ -27,7 +30,15 @@ from raftlite.sim.network import isolate, one_way, symmetric_cut
 from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation
 
-__all__ = ["TARGETED_DRIVERS", "CrashNewLeader", "DivergentTails", "PausedLeader", "SplitVote", "leader_with_own_commit"]
+__all__ = [
+    "TARGETED_DRIVERS", "CrashNewLeader", "DivergentTails", "PausedLeader", "SplitVote", "leader_with_own_commit",
+    "propose_write",
+]
+
+
+def propose_write(sim: Simulation) -> Callable[[int], Any]:
+    """The raft actor's client write: one proposal to `node`."""
+    return lambda node: sim.submit(node, Propose(data=b"targeted-driver-write"))
 
 
 def _raft(sim: Simulation, node_id: int):
@@ -241,6 +252,7 @@ class DivergentTails:
         self.first: tuple[int, int] | None = None    # (A, T)
         self.second: tuple[int, int] | None = None   # (B, T')
         self.strikes = 0   # rounds that reached step 4
+        self.write = propose_write(sim)
         sim.send_observers.append(self._on_send)
 
     def start(self) -> None:
@@ -262,7 +274,7 @@ class DivergentTails:
         flood = self.sim.config.append_entries_max + self.rng.randrange(4, 17)
         self.sim.trace.record(self.sim.now_ms, leader, "nemesis", {"fault": f"{flood} writes to the isolated leader"})
         for _ in range(flood):
-            self.sim.submit(leader, Propose(data=b"stale-leader-write"))
+            self.write(leader)
         self.phase = "second"
         self.sim.call_later(self.round_limit_ms, self._end_round, round_number)
 
@@ -338,6 +350,7 @@ class PausedLeader:
         self.paused: tuple[int, int] | None = None   # (A, T)
         self.hold_ms = 0.0
         self.strikes = 0
+        self.write = propose_write(sim)
         sim.send_observers.append(self._on_send)
 
     def start(self) -> None:
@@ -375,7 +388,7 @@ class PausedLeader:
         self.partitions.cut("new-leader-to-follower", one_way([dst], [src]))
         self.partitions.cut("paused-to-new-leader", one_way([paused], [dst]))
         self.sim.resume(paused)
-        self.sim.submit(paused, Propose(data=b"woken-leader-write"))
+        self.write(paused)
         self.sim.call_later(self.hold_ms, self._release, self.round)
 
     def _release(self, round_number: int) -> None:

@@ -5,8 +5,9 @@ README.
 
 Each mutation must be caught end to end (election safety, log matching, leader
 completeness, commit and state-machine safety, acknowledged writes, read
-linearizability, the database's replica checks: not the durability checker, not a
-liveness timeout, not an invariant inside a node) on at least one of these seeds; the
+linearizability, the database's replica checks, or a node stopping itself on a broken
+raft invariant, labelled as such: not the durability checker, not a liveness timeout)
+on at least one of these seeds; the
 "before persist" ones must also be caught by the durability checker on every seed (the
 snapshot one wherever a snapshot is installed, at least once); and
 the safe build must pass the same seeds in every run kind used.
@@ -30,14 +31,21 @@ DURABILITY_CLASS = {"self_vote_before_persist", "vote_before_persist", "append_a
 
 # Mutations the catalogue's runs do not (yet) catch end to end; README's table says why.
 KNOWN_GAPS = {
-    "snapshot_ack_before_persist": "the acknowledged snapshot index is always committed already, so forgetting "
-                                   "it harms nothing visible",
+    "snapshot_ack_before_persist": "unobservable end to end in this implementation: the acknowledged snapshot "
+                                   "index is always committed already (durable on a quorum without this "
+                                   "follower), so forgetting it only leaves the follower behind; the durability "
+                                   "checker catches it (sim/mutations.py CATALOGUE says why in full)",
 }
 
 
 @pytest.mark.parametrize("mutation", CATALOGUE, ids=[m.switch for m in CATALOGUE])
 def test_mutation_is_caught(mutation):
-    verdicts = [run_seed(PROFILES[mutation.profile], seed, mutation.unsafe) for seed in SEEDS]
+    verdicts = []
+    for seed in SEEDS:
+        verdicts.append(run_seed(PROFILES[mutation.profile], seed, mutation.unsafe))
+        # One end-to-end catch is what is asked; the durability class is judged on every seed.
+        if verdicts[-1].caught_end_to_end and mutation.switch not in DURABILITY_CLASS | KNOWN_GAPS.keys():
+            break
     if mutation.switch in DURABILITY_CLASS:
         missed = [v.seed for v in verdicts if v.durability is None]
         if mutation.switch == "snapshot_ack_before_persist":
@@ -55,16 +63,7 @@ def test_mutation_is_caught(mutation):
                     + "; ".join(f"seed {v.seed}: {v.not_counted or 'no verdict'}" for v in verdicts))
 
 
-# Found by the catalogue's safe-build sweep and not yet explained: after the quiet period one
-# up replica holds far fewer rows than the others (seed 1: {1: 20, 2: 155, 3: 155}). Either
-# the row comparison judges a replica still rebuilding, or a replica is stuck: the database
-# actor's owners are told; strict, so the test says when it passes again.
-_DATABASE_SAFE_BUILD = pytest.param("database", marks=pytest.mark.xfail(
-    strict=True, reason="replicas differ in the safe build (a lagging or stuck replica), under investigation"))
-
-
-@pytest.mark.parametrize("profile", [
-    _DATABASE_SAFE_BUILD if name == "database" else name for name in sorted({m.profile for m in CATALOGUE})])
+@pytest.mark.parametrize("profile", sorted({m.profile for m in CATALOGUE}))
 def test_safe_build_passes_the_same_seeds(profile):
     for seed in SEEDS:
         verdict = run_seed(PROFILES[profile], seed, SAFE)
