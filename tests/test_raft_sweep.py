@@ -18,6 +18,10 @@ def run_sweep(seeds: range, nodes: int) -> None:
                    fault_points=FAULT_POINTS, fault_points_text="all", progress=None, out=out)
     assert result.failures == [], out.getvalue()
     assert result.runs == len(seeds)
+    # A chunk of at least the standard budget (sim/coverage.py: 50 seeds, 3 nodes, every
+    # nemesis) is judged: every named path must have been reached in it.
+    if len(seeds) >= 50 and nodes == 3:
+        assert result.coverage_judged and result.coverage_missing == [], result.render()
 
 
 def chunks(nodes: int, first: int, last: int, size: int) -> list[tuple[int, range]]:
