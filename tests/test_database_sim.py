@@ -124,10 +124,7 @@ def test_a_partitioned_leader_never_serves_its_uncommitted_write():
     assert rows_of(sim, leader, "SELECT a FROM t") == []
 
 
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("nodes, seeds", [(3, range(1, 31)), (3, range(31, 61)), (5, range(1, 16)), (5, range(16, 31))],
-                         ids=["n3-1..30", "n3-31..60", "n5-1..15", "n5-16..30"])
-def test_database_sweep_keeps_replicas_identical_and_acknowledged_writes(nodes, seeds):
+def database_sweep(nodes: int, seeds: range) -> None:
     """Every fault kind; after the final heal all replicas hold the same rows, pass
     integrity_check, keep every acknowledged write and no write reported as failed."""
     import io
@@ -139,6 +136,20 @@ def test_database_sweep_keeps_replicas_identical_and_acknowledged_writes(nodes, 
     result = sweep(seeds=seeds, nodes=nodes, nemesis=NEMESIS_KINDS, nemesis_text="all", duration_s=10.0,
                    progress=None, out=out, actor="database")
     assert result.failures == [], out.getvalue()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("nodes, seeds", [(3, range(1, 13)), (3, range(13, 25)), (5, range(1, 13))],
+                         ids=["n3-1..12", "n3-13..24", "n5-1..12"])
+def test_database_sweep_keeps_replicas_identical_and_acknowledged_writes(nodes, seeds):
+    database_sweep(nodes, seeds)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("nodes, seeds", [(3, range(25, 201)), (5, range(13, 101))], ids=["n3-25..200", "n5-13..100"])
+def test_long_database_sweep(nodes, seeds):
+    database_sweep(nodes, seeds)
 
 
 def test_interactive_transactions_queue_writers_without_blocking_readers():
