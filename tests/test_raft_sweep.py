@@ -29,7 +29,7 @@ def chunks(nodes: int, first: int, last: int, size: int) -> list[tuple[int, rang
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("nodes, seeds", chunks(3, 1, 200, 50) + chunks(5, 1, 100, 25),
+@pytest.mark.parametrize("nodes, seeds", chunks(3, 1, 150, 50) + chunks(5, 1, 75, 25),
                          ids=lambda value: f"{value.start}..{value.stop - 1}" if isinstance(value, range) else f"n{value}")
 def test_sweep_finds_no_violation(nodes, seeds):
     run_sweep(seeds, nodes)
