@@ -350,6 +350,12 @@ class RaftNode:
             for batch in self.unsubmitted:
                 if batch.ready.snapshot is not None:
                     break
+                if merged and batch.ready.truncate_after is not None:
+                    # A truncation (a new term's leader replacing entries) starts a group
+                    # of its own: merged with earlier Readys it could cut entries they
+                    # acknowledge, and their acknowledgements, sent after the merged
+                    # persist, would vouch for entries that never became durable.
+                    break
                 merged.append(batch)
         del self.unsubmitted[: len(merged)]
         group = self.next_group
