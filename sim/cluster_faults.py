@@ -40,7 +40,7 @@ from raftlite.sim.network import isolate
 from raftlite.sim.simulation import NodeState, Simulation
 
 __all__ = ["CLUSTER_EVENT_PARAMETERS", "CLUSTER_FAULT_KINDS", "EXTRA_NODES", "apply_cluster_fault",
-           "choose_cluster_fault", "extra_nodes_for"]
+           "choose_cluster_fault", "extra_nodes_for", "install_voter_minority_guard"]
 
 CLUSTER_FAULT_KINDS = ("membership", "transfer", "leader-partition")
 CLUSTER_EVENT_PARAMETERS: dict[str, dict[str, str]] = {
@@ -95,7 +95,13 @@ def choose_cluster_fault(sim: Simulation, kind: str, duration_ms: float, rng) ->
         options.append("add")
     if non_voters:
         options.append("promote")
-    if len(configuration.voters) > 1:
+    # Storage damaged at rest (the disk nemesis) may stop a node for good; it is allowed
+    # on a minority of nodes only, so a removal must keep the damaged nodes a minority of
+    # the voters that remain, or the cluster could lose its quorum for good.
+    damaged = set().union(*sim.corrupted.values()) if sim.corrupted else set()
+    removable = [voter for voter in configuration.voters
+                 if 2 * len(damaged & (set(configuration.voters) - {voter})) < len(configuration.voters) - 1]
+    if len(configuration.voters) > 1 and removable:
         options.append("remove")
     if not options:
         return None
@@ -106,7 +112,7 @@ def choose_cluster_fault(sim: Simulation, kind: str, duration_ms: float, rng) ->
         return {"action": "add", "node": rng.choice(outsiders), "role": rejoin_role, "step_ms": step_ms}
     if action == "promote":
         return {"action": "promote", "node": rng.choice(non_voters), "role": "voter", "step_ms": step_ms}
-    return {"action": "remove", "node": rng.choice(configuration.voters), "role": rejoin_role, "step_ms": step_ms}
+    return {"action": "remove", "node": rng.choice(removable), "role": rejoin_role, "step_ms": step_ms}
 
 
 class _CutAfterTimeoutNow:
@@ -185,3 +191,28 @@ def apply_cluster_fault(sim: Simulation, kind: str, params: dict[str, Any],
     later(step_ms, _ask_leaders, sim, ChangeMembership(node=node, role=role))
     later(2 * step_ms, _ask_leaders, sim, promote)
     return True
+
+
+def install_voter_minority_guard(sim: Simulation) -> None:
+    """Keep damage at rest (which may stop a node for good) on a minority of the *current*
+    voters, not of the nodes the run started with: once a membership fault has shrunk the
+    voters to two, one damaged voter would be half of them and the cluster could never
+    recover its quorum. The voters are those of the newest configuration any live node holds."""
+    default_guard = sim.corruption_guard
+
+    def guard(node_id: int, file: str, offset: int) -> bool:
+        newest = None
+        for other in sim.node_ids:
+            raft = getattr(sim.nodes[other].actor, "raft", None)
+            if raft is not None and (newest is None or raft.configuration_index > newest.configuration_index):
+                newest = raft
+        if newest is None:
+            return default_guard(node_id, file, offset)
+        voters = set(newest.configuration.voters)
+        damaged = set().union(*sim.corrupted.values()) if sim.corrupted else set()
+        if node_id in damaged:
+            return True
+        return 2 * len((damaged | {node_id}) & voters) < len(voters) and default_guard(node_id, file, offset)
+
+    sim.corruption_guard = guard
+

@@ -16,7 +16,7 @@ from raftlite.actors.heartbeat import HeartbeatDetector
 from raftlite.actors.raft_node import Propose, ProposeResult, RaftNode, settings_from_config
 from raftlite.core.raft import SAFE, State, UnsafeSwitches
 from raftlite.core.raft_types import Configuration, Role
-from raftlite.sim.cluster_faults import CLUSTER_FAULT_KINDS, extra_nodes_for
+from raftlite.sim.cluster_faults import CLUSTER_FAULT_KINDS, extra_nodes_for, install_voter_minority_guard
 from raftlite.sim.coverage import attach_coverage
 from raftlite.sim.fault_points import FaultPoints, swarm_fault_points
 from raftlite.sim.liveness import LIVENESS_BUDGET_ELECTION_TIMEOUTS, LivenessMode
@@ -239,12 +239,17 @@ def run_config(seed: int, actor: str, config: Config | None = None) -> Config:
 
 def build_simulation(*, seed: int, nodes: int, actor: str, config: Config, unsafe: UnsafeSwitches = SAFE,
                      trace: Trace | None = None, extra_nodes: int = 0) -> Simulation:
-    """Nodes 1..nodes are the founding members; `extra_nodes` more start with no configuration."""
+    """Nodes 1..nodes are the founding members; `extra_nodes` more start with no configuration
+    (membership changes may then shrink or grow the voters: damage at rest is kept to a
+    minority of the current voters, not of the founders)."""
     founders = list(range(1, nodes + 1))
-    return Simulation(
+    sim = Simulation(
         seed=seed, node_ids=range(1, nodes + extra_nodes + 1), actor_factory=ACTORS[actor](founders, config, unsafe),
         config=config, trace=trace, scratch_dir=actor == "database",
     )
+    if extra_nodes and actor in ("raft", "database"):
+        install_voter_minority_guard(sim)
+    return sim
 
 
 CHECKER_SETS = ("all", "end-to-end")
