@@ -332,7 +332,12 @@ def mount_small_tmpfs(directory: Path) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_a_full_disk_on_the_leader_fails_writes_clearly_and_it_recovers_when_space_returns(tmp_path):
+def test_a_full_disk_on_the_leader_moves_leadership_and_it_recovers_when_space_returns(tmp_path):
+    """The leader's disk fills up: it cannot write its WAL, so it steps down (an I/O error
+    while executing a write; certainly-not-applied writes fail with 10250 and the client
+    retries them elsewhere), a healthy node leads and the writes go on there; the full node
+    stays up, neither campaigns nor votes while its storage fails, and catches up once
+    space returns. No acknowledged write is lost."""
     disk = tmp_path / "cluster" / "node1"
     mount_small_tmpfs(disk)
     cluster = ProcessCluster(tmp_path / "cluster")
@@ -354,24 +359,18 @@ def test_a_full_disk_on_the_leader_fails_writes_clearly_and_it_recovers_when_spa
                     while True:
                         fill.write(bytes(1 << 16))
                         fill.flush()
-            time.sleep(1.0)                       # what was in flight settles
-            acknowledged, failed = writer.count("ok"), writer.count("failed")
-            time.sleep(3.0)
-            assert cluster.nodes[1].alive and (cluster.leader() or (0,))[0] == 1, cluster.logs()
-            assert writer.count("ok") == acknowledged, "writes were acknowledged by a leader whose disk is full"
-            full_errors = {writer.errors[key] for key in sorted(writer.keys("failed"))[failed:]}
-            assert writer.count("failed") > failed and all("disk is full" in error for error in full_errors), (
-                f"no clear error while the leader's disk is full: {full_errors or writer.summary()}")
-
+            wait_for(lambda: (cluster.leader() or (1,))[0] != 1, 30, "a leader other than node 1", cluster)
+            writer.wait_acknowledged(100, timeout_s=30)   # on the healthy nodes, while node 1 is full
+            assert cluster.nodes[1].alive, cluster.logs()
             filler.unlink()
-            writer.wait_acknowledged(200, timeout_s=30)
+            writer.wait_acknowledged(100, timeout_s=30)
         finally:
             writer.stop()
         assert cluster.nodes[1].alive
         cluster.wait_converged()
         rows = check_same_everywhere(cluster.dumps())
         check_history(writer, rows)
-        print(f"while full: {sorted(full_errors)}; writes {writer.summary()}; {len(rows)} rows")
+        print(f"writes {writer.summary()}; {len(rows)} rows")
     finally:
         cluster.close()
         subprocess.run(["umount", str(disk)], check=False)
