@@ -33,7 +33,6 @@ configuration, so that growing the cluster has a node to add.
 from typing import Any, Callable
 
 from raftlite.actors.raft_node import ChangeMembership, TransferLeadership
-from raftlite.core.raft import State
 from raftlite.core.raft_messages import TimeoutNow
 from raftlite.core.raft_types import Role
 from raftlite.sim.network import isolate
@@ -57,19 +56,9 @@ def extra_nodes_for(kinds, actor: str) -> int:
     return EXTRA_NODES if "membership" in kinds and actor in ("raft", "database") else 0
 
 
-def _leaders(sim: Simulation, states=(NodeState.UP, NodeState.PAUSED)) -> list[int]:
-    found = []
-    for node_id in sim.node_ids:
-        node = sim.nodes[node_id]
-        raft = getattr(node.actor, "raft", None)
-        if node.state in states and raft is not None and raft.state == State.LEADER:
-            found.append(node_id)
-    return found
-
-
 def _current_leader(sim: Simulation) -> int | None:
     """The up node leading the highest term: the configuration a client would see."""
-    leaders = _leaders(sim, (NodeState.UP,))
+    leaders = sim.leaders()
     return max(leaders, key=lambda node: sim.nodes[node].actor.raft.term) if leaders else None
 
 
@@ -147,7 +136,7 @@ class _CutAfterTimeoutNow:
 
 
 def _ask_leaders(sim: Simulation, request: Any) -> bool:
-    targets = _leaders(sim)
+    targets = sim.leaders((NodeState.UP, NodeState.PAUSED))
     if not targets:
         up = sim.up_nodes()
         if not up:

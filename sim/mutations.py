@@ -61,7 +61,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
 from raftlite.core.raft_messages import AppendResponse
-from raftlite.actors.raft_node import ChangeMembership, ClientError, DigestStateMachine, ProposeResult, Read, ReadResult
+from raftlite.actors.raft_node import ChangeMembership, DigestStateMachine, ProposeResult, Read, ReadResult
 from raftlite.core.raft import SAFE, State, UnsafeSwitches
 from raftlite.core.raft_types import Role
 from raftlite.sim.cluster_faults import CLUSTER_FAULT_KINDS
@@ -242,11 +242,6 @@ class RaftReads:
     def start(self) -> None:
         pass   # reads go out from `_after_step`, as leaderships begin
 
-    def _leaders(self) -> list[int]:
-        return [n for n in self.sim.node_ids if self.sim.nodes[n].state == NodeState.UP
-                and getattr(self.sim.nodes[n].actor, "raft", None) is not None
-                and self.sim.nodes[n].actor.raft.state == State.LEADER]
-
     def _read(self, node: int) -> None:
         self.pending[self.sim.submit(node, Read())] = (self.sim.now_ms, node)
 
@@ -254,7 +249,7 @@ class RaftReads:
         # The first moment of a leadership: the new leader has not committed in its term.
         if sim.now_ms >= self.stop_at_ms:
             return
-        for node in self._leaders():
+        for node in self.sim.leaders():
             raft = sim.nodes[node].actor.raft
             key = (node, sim.nodes[node].incarnation, raft.term)
             if key not in self.leaderships_read:
@@ -319,12 +314,8 @@ class MembershipChurn:
         self.sim.call_later(self.rng.uniform(1000.0, 2000.0), self._tick)
 
     def _leader(self):
-        for node in self.sim.node_ids:
-            actor = self.sim.nodes[node].actor
-            raft = getattr(actor, "raft", None)
-            if self.sim.nodes[node].state == NodeState.UP and raft is not None and raft.state == State.LEADER:
-                return node, raft
-        return None, None
+        leaders = self.sim.leaders()
+        return (leaders[0], self.sim.nodes[leaders[0]].actor.raft) if leaders else (None, None)
 
     def _tick(self) -> None:
         if self.sim.now_ms >= self.stop_at_ms:

@@ -33,7 +33,6 @@ from typing import Any
 
 from raftlite.actors.contract import Client
 from raftlite.actors.raft_node import Propose, ProposeResult, Read, ReadResult
-from raftlite.core.raft import State
 from raftlite.core.raft_types import Entry, EntryKind
 from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
@@ -52,15 +51,7 @@ def fnv_fold(digest: int, data: bytes) -> int:
 def believed_leaders(sim: Simulation) -> list[int]:
     """Nodes whose raft core is in the leader state, whether or not it still leads (a
     paused node's requests wait in its backlog, as a real socket's would)."""
-    leaders = []
-    for node_id in sim.node_ids:
-        node = sim.nodes[node_id]
-        if node.state not in (NodeState.UP, NodeState.PAUSED):
-            continue
-        raft = getattr(node.actor, "raft", None)
-        if raft is not None and raft.state == State.LEADER:
-            leaders.append(node_id)
-    return leaders
+    return sim.leaders((NodeState.UP, NodeState.PAUSED))
 
 
 def apply_observer(sim: Simulation, callback) -> None:

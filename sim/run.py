@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence, TextIO
 from raftlite.actors.config import Config
 from raftlite.actors.heartbeat import HeartbeatDetector
 from raftlite.actors.raft_node import Propose, ProposeResult, RaftNode, settings_from_config
-from raftlite.core.raft import SAFE, State, UnsafeSwitches
+from raftlite.core.raft import SAFE, UnsafeSwitches
 from raftlite.core.raft_types import Configuration, Role
 from raftlite.sim.cluster_faults import CLUSTER_FAULT_KINDS, extra_nodes_for, install_voter_minority_guard
 from raftlite.sim.coverage import attach_coverage
@@ -24,7 +24,7 @@ from raftlite.sim.durability_checker import DurabilityChecker
 from raftlite.sim.nemesis import FaultEvent, Nemesis
 from raftlite.sim.raft_checkers import RaftChecker
 from raftlite.sim.rng import derive_rng
-from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
+from raftlite.sim.simulation import Simulation, SimulationFailure
 from raftlite.sim.trace import Trace
 
 __all__ = [
@@ -196,11 +196,9 @@ def swarm_config(seed: int, *, small_snapshots: bool = True) -> Config:
 
 
 def leader_of(sim: Simulation) -> int | None:
-    for node_id in sim.node_ids:
-        raft = getattr(sim.nodes[node_id].actor, "raft", None)
-        if raft is not None and raft.state == State.LEADER and sim.nodes[node_id].state == NodeState.UP:
-            return node_id
-    return None
+    """The lowest-numbered up node that believes it leads, or None."""
+    leaders = sim.leaders()
+    return leaders[0] if leaders else None
 
 
 def _propose_probe(sim: Simulation, leader: int):

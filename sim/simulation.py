@@ -31,6 +31,7 @@ from raftlite.actors.contract import (
     CancelTimer, Client, Context, DISK_COMMAND_TYPES, Halt, Reply, Send, SetTimer, Write,
 )
 from raftlite.core.invariant import InvariantViolation
+from raftlite.core.raft import State
 from raftlite.sim.clock import NodeClock
 from raftlite.sim.disk import DiskProfile, SimDisk
 from raftlite.sim.network import LinkProfile, Network
@@ -335,6 +336,17 @@ class Simulation:
 
     def up_nodes(self) -> list[int]:
         return [n for n in self.node_ids if self.nodes[n].state == NodeState.UP]
+
+    def leaders(self, states: Sequence[str] = (NodeState.UP,)) -> list[int]:
+        """Nodes in one of `states` whose raft core believes it leads (it may have been
+        deposed without knowing), in node order. Actors without a raft core lead nothing."""
+        found = []
+        for node_id in self.node_ids:
+            node = self.nodes[node_id]
+            raft = getattr(node.actor, "raft", None)
+            if node.state in states and raft is not None and raft.state == State.LEADER:
+                found.append(node_id)
+        return found
 
     # -- the network ---------------------------------------------------------------------
 

@@ -83,7 +83,57 @@ class _Partitions:
             network.blocked = network.blocked | blocked
 
 
-class CrashNewLeader:
+class _RoundDriver:
+    """What every targeted driver shares: rounds ("strikes") on a settled cluster. A
+    strike waits for a leader that has committed in its term, `_begin`s the round
+    (the driver's own steps, which may end it early through `_end_round`); ending it
+    undoes the driver's faults (`_undo`), heals its partitions, forgets the round's
+    state (`_forget`) and strikes again after a cooldown. Callbacks carry the round
+    number they belong to, so one of a finished round falls on the floor."""
+
+    def __init__(self, sim: Simulation, stop_at_ms: float, name: str, *, settle_timeouts: float) -> None:
+        self.sim = sim
+        self.stop_at_ms = stop_at_ms
+        self.rng = derive_rng(sim.seed, f"targeted/{name}")
+        self.election_ms = sim.config.election_timeout_ms
+        self.settle_ms = settle_timeouts * self.election_ms
+        self.cooldown_ms = 2.0 * self.election_ms
+        self.partitions = _Partitions(sim, name)
+        self.round = 0
+        self.strikes = 0
+
+    def start(self) -> None:
+        self.sim.call_later(self.rng.uniform(500.0, 1500.0), self._strike, self.round)
+
+    def _strike(self, round_number: int) -> None:
+        if round_number != self.round or self.sim.now_ms >= self.stop_at_ms:
+            return
+        found = leader_with_own_commit(self.sim)
+        if found is None:
+            self.sim.call_later(50.0, self._strike, round_number)
+            return
+        self._begin(round_number, *found)
+
+    def _begin(self, round_number: int, leader: int, raft: Any) -> None:
+        raise NotImplementedError
+
+    def _end_round(self, round_number: int) -> None:
+        if round_number != self.round:
+            return
+        self._undo()
+        self.partitions.heal()
+        self.round += 1
+        self._forget()
+        self.sim.call_later(self.cooldown_ms, self._strike, self.round)
+
+    def _undo(self) -> None:
+        """Undo the round's faults other than partitions (a slow disk, a pause)."""
+
+    def _forget(self) -> None:
+        """Drop the round's state."""
+
+
+class CrashNewLeader(_RoundDriver):
     """Aims at the window between "a new leader acts in its term" and "that term (and
     what the leader wrote with it) is durable on the leader's disk".
 
@@ -109,34 +159,18 @@ class CrashNewLeader:
     no vote, votes for L in T+1, and T+1 has two leaders (election safety)."""
 
     def __init__(self, sim: Simulation, stop_at_ms: float, *, name: str = "crash-new-leader") -> None:
-        self.sim = sim
-        self.stop_at_ms = stop_at_ms
-        self.rng = derive_rng(sim.seed, f"targeted/{name}")
-        election_ms = sim.config.election_timeout_ms
-        self.settle_ms = 5.0 * election_ms     # L's step-down and its own campaign, with room
-        self.cooldown_ms = 2.0 * election_ms
-        self.partitions = _Partitions(sim, name)
-        self.round = 0
+        # settle: L's step-down and its own campaign, with room
+        super().__init__(sim, stop_at_ms, name, settle_timeouts=5.0)
         self.phase: str | None = None
         self.old: tuple[int, int] | None = None     # (L, T)
         self.candidate: int | None = None
         self.slow_ms = 0.0
-        self.strikes = 0   # crashes landed
+        # (self.strikes: crashes landed)
         sim.send_observers.append(self._on_send)
-
-    def start(self) -> None:
-        self.sim.call_later(self.rng.uniform(500.0, 1500.0), self._strike, self.round)
 
     # -- the strike ----------------------------------------------------------------------
 
-    def _strike(self, round_number: int) -> None:
-        if round_number != self.round or self.sim.now_ms >= self.stop_at_ms:
-            return
-        found = leader_with_own_commit(self.sim)
-        if found is None:
-            self.sim.call_later(50.0, self._strike, round_number)
-            return
-        leader, raft = found
+    def _begin(self, round_number: int, leader: int, raft: Any) -> None:
         self.old = (leader, raft.term)
         # Drawn per strike: a slow disk of tens of milliseconds dwarfs a vote's round
         # trip (a millisecond or two), so the campaign's persists are still in flight
@@ -144,7 +178,7 @@ class CrashNewLeader:
         self.slow_ms = round(self.rng.uniform(10.0, 60.0), 3)
         self.partitions.cut("isolate-leader", isolate(leader, self.sim.node_ids))
         self.phase = "campaign"
-        self.sim.call_later(self.settle_ms + 2.0 * self.sim.config.election_timeout_ms, self._end_round, round_number)
+        self.sim.call_later(self.settle_ms + 2.0 * self.election_ms, self._end_round, round_number)
 
     def _on_send(self, src: int, dst: int, message: Any) -> None:
         if self.phase == "campaign":
@@ -196,22 +230,19 @@ class CrashNewLeader:
         self.phase = "elect"
         self.sim.call_later(self.settle_ms, self._end_round, round_number)
 
-    def _end_round(self, round_number: int) -> None:
-        if round_number != self.round:
-            return
+    def _undo(self) -> None:
         if self.candidate is not None:
             self.sim.nodes[self.candidate].disk.persist_delay_ms = 0.0
-        self.partitions.heal()
-        self.round += 1
+
+    def _forget(self) -> None:
         self.phase, self.old, self.candidate = None, None, None
-        self.sim.call_later(self.cooldown_ms, self._strike, self.round)
 
 
 def _is_leader_message(message: Any) -> bool:
     return type(message) in (AppendRequest, HeartbeatRequest)
 
 
-class DivergentTails:
+class DivergentTails(_RoundDriver):
     """Leaders in a row with divergent tails: the Raft paper's Figure 8, on three nodes.
 
     One strike, on a settled cluster with leader A of term T:
@@ -239,33 +270,16 @@ class DivergentTails:
     the quorum, meets the same divergent tails at every step."""
 
     def __init__(self, sim: Simulation, stop_at_ms: float, *, name: str = "divergent-tails") -> None:
-        self.sim = sim
-        self.stop_at_ms = stop_at_ms
-        self.rng = derive_rng(sim.seed, f"targeted/{name}")
-        election_ms = sim.config.election_timeout_ms
-        self.settle_ms = 5.0 * election_ms
-        self.cooldown_ms = 2.0 * election_ms
-        self.round_limit_ms = 12.0 * election_ms
-        self.partitions = _Partitions(sim, name)
-        self.round = 0
+        super().__init__(sim, stop_at_ms, name, settle_timeouts=5.0)
+        self.round_limit_ms = 12.0 * self.election_ms
         self.phase: str | None = None
         self.first: tuple[int, int] | None = None    # (A, T)
         self.second: tuple[int, int] | None = None   # (B, T')
-        self.strikes = 0   # rounds that reached step 4
+        # (self.strikes: rounds that reached step 4)
         self.write = propose_write(sim)
         sim.send_observers.append(self._on_send)
 
-    def start(self) -> None:
-        self.sim.call_later(self.rng.uniform(500.0, 1500.0), self._strike, self.round)
-
-    def _strike(self, round_number: int) -> None:
-        if round_number != self.round or self.sim.now_ms >= self.stop_at_ms:
-            return
-        found = leader_with_own_commit(self.sim)
-        if found is None:
-            self.sim.call_later(50.0, self._strike, round_number)
-            return
-        leader, raft = found
+    def _begin(self, round_number: int, leader: int, raft: Any) -> None:
         self.first = (leader, raft.term)
         self.partitions.cut("isolate-first", isolate(leader, self.sim.node_ids))
         # More writes than one append carries: A's first batch to C in step 3 then holds
@@ -307,16 +321,11 @@ class DivergentTails:
         self.partitions.cut("isolate-first", isolate(self.first[0], self.sim.node_ids))
         self.sim.call_later(self.settle_ms, self._end_round, round_number)
 
-    def _end_round(self, round_number: int) -> None:
-        if round_number != self.round:
-            return
-        self.partitions.heal()
-        self.round += 1
+    def _forget(self) -> None:
         self.phase, self.first, self.second = None, None, None
-        self.sim.call_later(self.cooldown_ms, self._strike, self.round)
 
 
-class PausedLeader:
+class PausedLeader(_RoundDriver):
     """A leader paused (a long GC pause, a stopped VM) wakes up still believing it leads,
     just as its successor's first entries land on a follower.
 
@@ -337,33 +346,15 @@ class PausedLeader:
     heartbeat (commit safety)."""
 
     def __init__(self, sim: Simulation, stop_at_ms: float, *, name: str = "paused-leader") -> None:
-        self.sim = sim
-        self.stop_at_ms = stop_at_ms
-        self.rng = derive_rng(sim.seed, f"targeted/{name}")
-        election_ms = sim.config.election_timeout_ms
-        self.settle_ms = 4.0 * election_ms
-        self.cooldown_ms = 2.0 * election_ms
-        self.round_limit_ms = 6.0 * election_ms
-        self.partitions = _Partitions(sim, name)
-        self.round = 0
+        super().__init__(sim, stop_at_ms, name, settle_timeouts=4.0)
+        self.round_limit_ms = 6.0 * self.election_ms
         self.phase: str | None = None
         self.paused: tuple[int, int] | None = None   # (A, T)
         self.hold_ms = 0.0
-        self.strikes = 0
         self.write = propose_write(sim)
         sim.send_observers.append(self._on_send)
 
-    def start(self) -> None:
-        self.sim.call_later(self.rng.uniform(500.0, 1500.0), self._strike, self.round)
-
-    def _strike(self, round_number: int) -> None:
-        if round_number != self.round or self.sim.now_ms >= self.stop_at_ms:
-            return
-        found = leader_with_own_commit(self.sim)
-        if found is None:
-            self.sim.call_later(50.0, self._strike, round_number)
-            return
-        leader, raft = found
+    def _begin(self, round_number: int, leader: int, raft: Any) -> None:
         self.paused = (leader, raft.term)
         self.hold_ms = round(self.rng.uniform(5.0, 30.0), 3)
         self.sim.pause(leader)
@@ -397,18 +388,15 @@ class PausedLeader:
         self.partitions.heal("new-leader-to-follower")
         self.sim.call_later(self.settle_ms, self._end_round, round_number)
 
-    def _end_round(self, round_number: int) -> None:
-        if round_number != self.round:
-            return
+    def _undo(self) -> None:
         if self.paused is not None:
             self.sim.resume(self.paused[0])
-        self.partitions.heal()
-        self.round += 1
+
+    def _forget(self) -> None:
         self.phase, self.paused = None, None
-        self.sim.call_later(self.cooldown_ms, self._strike, self.round)
 
 
-class SplitVote:
+class SplitVote(_RoundDriver):
     """Two candidates in one term, both asking the same voter at the same moment.
 
     One strike, on a settled cluster with leader L of term T and followers V and X:
@@ -426,29 +414,12 @@ class SplitVote:
     votes twice in a term elects both (election safety)."""
 
     def __init__(self, sim: Simulation, stop_at_ms: float, *, name: str = "split-vote") -> None:
-        self.sim = sim
-        self.stop_at_ms = stop_at_ms
-        self.rng = derive_rng(sim.seed, f"targeted/{name}")
-        self.election_ms = sim.config.election_timeout_ms
-        self.settle_ms = 4.0 * self.election_ms
-        self.cooldown_ms = 2.0 * self.election_ms
-        self.partitions = _Partitions(sim, name)
-        self.round = 0
+        super().__init__(sim, stop_at_ms, name, settle_timeouts=4.0)
         self.leader: int | None = None
         self.voter: int | None = None
-        self.strikes = 0
 
-    def start(self) -> None:
-        self.sim.call_later(self.rng.uniform(500.0, 1500.0), self._strike, self.round)
-
-    def _strike(self, round_number: int) -> None:
-        if round_number != self.round or self.sim.now_ms >= self.stop_at_ms:
-            return
-        found = leader_with_own_commit(self.sim)
-        if found is None:
-            self.sim.call_later(50.0, self._strike, round_number)
-            return
-        self.leader = found[0]
+    def _begin(self, round_number: int, leader: int, raft: Any) -> None:
+        self.leader = leader
         self.voter = self.rng.choice([n for n in self.sim.node_ids if n != self.leader])
         for node in self.sim.node_ids:
             self.partitions.cut(f"isolate-{node}", isolate(node, self.sim.node_ids))
@@ -470,13 +441,8 @@ class SplitVote:
         self.partitions.cut("leader-from-others", symmetric_cut([self.leader], others))
         self.sim.clog(self.voter, clog_ms)
 
-    def _end_round(self, round_number: int) -> None:
-        if round_number != self.round:
-            return
-        self.partitions.heal()
-        self.round += 1
+    def _forget(self) -> None:
         self.leader, self.voter = None, None
-        self.sim.call_later(self.cooldown_ms, self._strike, self.round)
 
 
 # Driver name (as a mutation profile lists it) -> constructor(sim, stop_at_ms).
