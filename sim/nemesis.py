@@ -87,9 +87,11 @@ class NemesisError(ValueError):
     pass
 
 
-def parse_kind_list(text: str, kinds: Sequence[str], what: str, error: type[ValueError]) -> tuple[str, ...]:
+def parse_kind_list(text: str, kinds: Sequence[str], what: str, error: type[ValueError], *,
+                    where: str = "") -> tuple[str, ...]:
     """'all', 'none', '' or a comma list of `kinds` (duplicates dropped, order kept); a
-    clear `error` names what is unknown. Nemesis kinds and fault points both use it."""
+    clear `error` names what is unknown (and `where`, e.g. " for --runtime real"). Nemesis
+    kinds, jepsen_like's nemesis lists and fault points all use it."""
     text = text.strip()
     if text in ("", "none"):
         return ()
@@ -98,7 +100,7 @@ def parse_kind_list(text: str, kinds: Sequence[str], what: str, error: type[Valu
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [name for name in names if name not in kinds]
     if unknown:
-        raise error(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(kinds)}, 'all' or 'none'")
+        raise error(f"unknown {what} {', '.join(unknown)}{where}; choose from {', '.join(kinds)}, 'all' or 'none'")
     return tuple(dict.fromkeys(names))
 
 
