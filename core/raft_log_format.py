@@ -519,10 +519,11 @@ def recover(files: Mapping[str, bytes]) -> Recovered:
     expected = None
     for layout, _ in live:
         if expected is None:
-            if snapshot is not None and layout.first_index > snapshot_index + 1:
-                raise StorageCorruption(
-                    layout.file, 0, f"log starts at {layout.first_index}, after the snapshot at {snapshot_index}",
-                )
+            # With no snapshot the log must start at entry 1: anything later means the
+            # snapshot that covered the missing entries is gone (e.g. deleted by hand).
+            if layout.first_index > snapshot_index + 1:
+                covered_by = f"the snapshot at {snapshot_index}" if snapshot is not None else "no snapshot"
+                raise StorageCorruption(layout.file, 0, f"log starts at {layout.first_index}, after {covered_by}")
         elif layout.first_index != expected:
             relation = "gap" if layout.first_index > expected else "overlap"
             raise StorageCorruption(

@@ -385,6 +385,17 @@ def test_gaps_between_segments_and_unknown_versions_are_refused():
         recover(misnamed)
 
 
+def test_a_log_that_does_not_start_at_one_needs_its_snapshot():
+    # Entries 1..k went into a snapshot that is now missing: starting from the rest
+    # would apply later entries to an empty state machine.
+    sim = written_log(segment_bytes_max=400)
+    files = durable(sim)
+    first = node(sim).storage.segment_files[0]
+    del files[first]
+    with pytest.raises(StorageCorruption, match="after no snapshot"):
+        recover(files)
+
+
 # -- (d) metadata survives a crash between its two writes --------------------------------------
 
 
