@@ -1,5 +1,5 @@
 """`python -m raftlite ...` is the same as the `raftlite` command."""
 
-from raftlite.cli import main
+from .cli import main
 
 raise SystemExit(main())

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raftlite.io.bench import (
+from raftlite.commands.bench import (
     BenchError, BenchSettings, WORKLOADS, Summary, compare, render_comparison, summarize,
 )
 

@@ -31,10 +31,9 @@ of after an election timeout; then everything is closed.
 """
 
 import asyncio
-import json
 import logging
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from raftlite.actors.config import Config
 from raftlite.actors.database import DatabaseNode, SessionClosed
@@ -57,10 +56,6 @@ JOIN_REQUEST_TIMEOUT_S = 10.0
 # A promotion waits for the node to catch up; generous, a big database takes a while.
 JOIN_PROMOTION_TIMEOUT_S = 120.0
 TRANSFER_WAIT_S = 5.0
-# TEST-ONLY hook (jepsen_like's real runtime, which cuts links with a fault-injecting TCP
-# proxy per directed link): JSON {peer id: "host:port"}; the node dials that address for
-# that peer instead of the peer's configured one. Never set it in production.
-TEST_DIAL_VIA_ENVIRONMENT = "RAFTLITE_TEST_DIAL_VIA"
 # In the data directory while a join is under way (RESERVED_PREFIX keeps it out of
 # raft storage): FRESH before any ADD was sent; ADD_MAY_HAVE_HAPPENED once one was.
 JOIN_MARKER_FILE = RESERVED_PREFIX + "join-in-progress"
@@ -106,6 +101,7 @@ class Node:
         tls: TlsSettings | None = None,
         disk_backend: str | None = None,
         role: Role = Role.VOTER,
+        dial_via: Mapping[int, str] | None = None,
     ) -> None:
         if node_id <= 0:
             raise ValueError(f"node id must be a positive number, got {node_id}")
@@ -117,6 +113,9 @@ class Node:
         self.tls = tls
         self.disk_backend = disk_backend
         self.role = role
+        # {peer id: "host:port"} to dial instead of the peer's own address (a proxy in
+        # between, e.g. toxiproxy or jepsen_like's LinkProxy); the peer keeps its identity.
+        self.dial_via = dict(dial_via or {})
         self.metadata = NodeMetadata()
         self.runtime: NodeRuntime | None = None
         self.wire: WireServer | None = None
@@ -194,14 +193,15 @@ class Node:
     async def _watch_peers(self) -> None:
         """Keep the transport dialling every member of the configuration."""
         known: dict[int, str] | None = None
-        dial_via = _test_dial_via()
+        if self.dial_via:
+            log.info("node %s: dialling peers via %s", self.node_id, self.dial_via)
         while True:
             raft = getattr(self.actor, "raft", None)
             if raft is not None:
                 peers = dict(self.learned_peers)
                 peers.update(raft.configuration.addresses)
                 peers.pop(self.node_id, None)
-                peers.update({peer: address for peer, address in dial_via.items() if peer in peers})
+                peers.update({peer: address for peer, address in self.dial_via.items() if peer in peers})
                 if peers != known:
                     known = peers
                     self.runtime.set_peers(peers)
@@ -329,15 +329,6 @@ class Node:
             self.runtime.close_client(client)
         log.info("node %s: handed leadership over to node %s before stopping", self.node_id, target)
 
-
-def _test_dial_via() -> dict[int, str]:
-    """The TEST-ONLY peer address overrides of TEST_DIAL_VIA_ENVIRONMENT (empty when unset)."""
-    text = os.environ.get(TEST_DIAL_VIA_ENVIRONMENT)
-    if not text:
-        return {}
-    overrides = {int(peer): str(address) for peer, address in json.loads(text).items()}
-    log.warning("TEST ONLY: dialling peers via %s (%s)", overrides, TEST_DIAL_VIA_ENVIRONMENT)
-    return overrides
 
 
 async def _leader_connection(address: str, connection_class, ssl_context):

@@ -40,7 +40,7 @@ from raftlite.actors.raft_node import ChangeMembership, TransferLeadership
 from raftlite.core.raft import State
 from raftlite.core.raft_types import Role
 from raftlite.sim.disk import CRASH_MODES
-from raftlite.sim.nemesis import NEMESIS_KINDS, Nemesis, NemesisError
+from raftlite.sim.nemesis import NEMESIS_KINDS, Nemesis, NemesisError, parse_kind_list
 from raftlite.sim.network import isolate
 from raftlite.sim.simulation import NodeState, Simulation
 from raftlite.sim.trace import Trace
@@ -70,18 +70,7 @@ FAULT_EVENTS = frozenset({
 
 def parse_nemesis_schedule(text: str) -> tuple[str, ...]:
     """'all', 'none', '' or a comma list of kinds (the simulator's and the cluster ones)."""
-    text = text.strip()
-    if text in ("", "none"):
-        return ()
-    if text == "all":
-        return NEMESIS_CHOICES
-    kinds = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [kind for kind in kinds if kind not in NEMESIS_CHOICES]
-    if unknown:
-        raise NemesisError(
-            f"unknown nemesis {', '.join(unknown)}; choose from {', '.join(NEMESIS_CHOICES)}, 'all' or 'none'"
-        )
-    return tuple(dict.fromkeys(kinds))
+    return parse_kind_list(text, NEMESIS_CHOICES, "nemesis", NemesisError)
 
 
 class FaultTrace(Trace):

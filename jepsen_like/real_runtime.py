@@ -18,9 +18,10 @@ threads, with wall-clock time, and a nemesis that acts on the processes:
                        start it: it must refuse to start (exit 1, naming the file);
                        then its files are put back as they were and it starts again
 
+The node processes are raftlite.process_cluster's (`RealCluster` adds the proxies).
 Partitions need no root: every node dials each peer through a `LinkProxy` of its own
-(one per directed link src -> dst), told so by the test-only RAFTLITE_TEST_DIAL_VIA
-environment variable (raftlite.io.node). A cut link black-holes: the proxy keeps
+(one per directed link src -> dst), told so by its `--dial-via` option (raftlite.io.node's
+`dial_via`: the transport dials that address for that peer). A cut link black-holes: the proxy keeps
 accepting and reading what src sends and drops it (src notices only by raft's timeouts,
 as with a real partition); the healed link closes those black-holed connections so src
 dials afresh. Clients reach every node directly, as Jepsen's control node does.
@@ -40,25 +41,26 @@ simulator a seed fixes the nemesis' and the workload's choices, not the history.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import random
 import shutil
-import signal
-import socket
-import sqlite3
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from raftlite.actors.database import Execute, Query
+from raftlite.client.connection import Connection, ConnectionBroken, RequestFailed
+from raftlite.core.raft_log_format import METADATA_FILES, segment_first_index, snapshot_index_of
+from raftlite.core.wire import WireProtocolError
 from raftlite.jepsen_like.history import Event, HistoryError, Keyword
 from raftlite.jepsen_like.nemesis_schedule import NemesisInterval
+from raftlite.jepsen_like.run_result import RunResult
 from raftlite.jepsen_like.workloads import DATABASE, Workload, make_workload
+from raftlite.process_cluster import ClusterError, NotConverged, ProcessCluster, free_ports
+from raftlite.sim.nemesis import NemesisError, parse_kind_list
 from raftlite.sim.network import bridge, halves, isolate, majorities_ring, one_way
 from raftlite.sim.rng import derive_rng
 
@@ -66,20 +68,16 @@ __all__ = [
     "LinkProxy",
     "REAL_NEMESIS_CHOICES",
     "RealCluster",
-    "RealNode",
     "parse_real_nemesis",
     "run_jepsen_real",
 ]
 
 REAL_NEMESIS_CHOICES = ("partition", "leader-partition", "kill", "pause", "corrupt")
-DIAL_VIA_ENVIRONMENT = "RAFTLITE_TEST_DIAL_VIA"   # raftlite.io.node.TEST_DIAL_VIA_ENVIRONMENT
 NOT_LEADER = 10250
 LEADERSHIP_LOST = 10506
-STATUS_TIMEOUT_S = 1.0
 DISCOVERY_TIMEOUT_S = 1.0
 START_TIMEOUT_S = 60.0
 REFUSAL_TIMEOUT_S = 30.0      # a node started on damaged files must exit within this
-KILL_WAIT_S = 10.0
 CONVERGENCE_TIMEOUT_S = 60.0
 MONITOR_INTERVAL_S = 0.1
 
@@ -90,30 +88,7 @@ class RealRunError(Exception):
 
 def parse_real_nemesis(text: str) -> tuple[str, ...]:
     """'all', 'none', '' or a comma list of the real runtime's nemesis kinds."""
-    from raftlite.sim.nemesis import NemesisError
-
-    text = text.strip()
-    if text in ("", "none"):
-        return ()
-    if text == "all":
-        return REAL_NEMESIS_CHOICES
-    kinds = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [kind for kind in kinds if kind not in REAL_NEMESIS_CHOICES]
-    if unknown:
-        raise NemesisError(f"unknown nemesis {', '.join(unknown)} for --runtime real; choose from "
-                           f"{', '.join(REAL_NEMESIS_CHOICES)}, 'all' or 'none'")
-    return tuple(dict.fromkeys(kinds))
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    return parse_kind_list(text, REAL_NEMESIS_CHOICES, "nemesis", NemesisError, where=" for --runtime real")
 
 
 # --------------------------------------------------------------------------------------
@@ -143,8 +118,8 @@ class _Link:
 class LinkProxy:
     """A TCP proxy per directed link between nodes, on its own asyncio thread.
 
-    `dial_via(src)` is what node src must dial for each peer (its environment's
-    RAFTLITE_TEST_DIAL_VIA); `cut(pairs)` black-holes links (src, dst), `heal()` restores
+    `dial_via(src)` is what node src must dial for each peer (its `--dial-via`);
+    `cut(pairs)` black-holes links (src, dst), `heal()` restores
     every link."""
 
     def __init__(self, addresses: dict[int, str]) -> None:
@@ -268,221 +243,31 @@ def _close(writer: asyncio.StreamWriter | None) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Node processes and the cluster
+# The cluster: node processes, each dialling its peers through the proxy
 # --------------------------------------------------------------------------------------
 
-@dataclass
-class RealNode:
-    node_id: int
-    address: str
-    data_dir: Path
-    log_path: Path
-    join: tuple[str, ...]
-    election_timeout_ms: float
-    environment: dict[str, str]
-    process: subprocess.Popen | None = None
-    paused: bool = False
-    expected_up: bool = False     # the monitor reports it if it exits while this holds
-    unexpected_exit_reported: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    @property
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def start(self, *, expect_up: bool = True) -> None:
-        """Start the process; with `expect_up` False (a node that must refuse to start)
-        its exit is no problem for the monitor."""
-        if self.alive:
-            raise RealRunError(f"node {self.node_id} is already running (PID {self.pid})")
-        command = [sys.executable, "-m", "raftlite", "node", "--id", str(self.node_id), "--address", self.address,
-                   "--data-dir", str(self.data_dir), "--election-timeout", str(self.election_timeout_ms),
-                   "--heartbeat-interval", str(min(100.0, self.election_timeout_ms / 10))]
-        if self.join:
-            command += ["--join", ",".join(self.join)]
-        with open(self.log_path, "ab") as log:
-            log.write(f"---- {time.strftime('%H:%M:%S')} start: {' '.join(command[3:])}\n".encode())
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            start_new_session=True, env={**os.environ, **self.environment})
-        self.paused = False
-        with self.lock:
-            self.expected_up = expect_up
-
-    def kill(self) -> int | None:
-        """SIGKILL by PID and reap; the exit status (None if it never ran)."""
-        with self.lock:
-            self.expected_up = False
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-        self.paused = False
-        return self.process.wait(KILL_WAIT_S)
-
-    def pause(self) -> None:
-        if self.alive:
-            os.kill(self.process.pid, signal.SIGSTOP)
-            self.paused = True
-
-    def resume(self) -> None:
-        if self.alive and self.paused:
-            os.kill(self.process.pid, signal.SIGCONT)
-        self.paused = False
-
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def log_tail(self, lines: int = 12) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def status(self, timeout_s: float = STATUS_TIMEOUT_S) -> dict | None:
-        if not self.alive or self.paused:
-            return None
-        return status_of(self.address, timeout_s)
-
-
-def status_of(address: str, timeout_s: float = STATUS_TIMEOUT_S) -> dict | None:
-    """A node's admin status, or None when it does not answer in time."""
-    from raftlite.io.admin import AdminError, node_status
-
-    try:
-        return node_status(address, timeout_seconds=timeout_s)
-    except AdminError:
-        return None
-
-
-class RealCluster:
-    """N node processes on loopback, each dialling its peers through a `LinkProxy`."""
+class RealCluster(ProcessCluster):
+    """N node processes on loopback (raftlite.process_cluster), each dialling its peers
+    through a `LinkProxy`; `partition` and `heal` act on the proxy's links."""
 
     def __init__(self, directory: Path, nodes: int = 3, *, election_timeout_ms: float = 1000.0) -> None:
         if election_timeout_ms < 1000.0:
             raise ValueError("real runs use election timeouts of at least 1000 ms")
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        ports = free_ports(nodes)
-        addresses = {node_id: f"127.0.0.1:{port}" for node_id, port in zip(range(1, nodes + 1), ports)}
+        addresses = {node_id: f"127.0.0.1:{port}" for node_id, port in zip(range(1, nodes + 1), free_ports(nodes))}
         self.proxy = LinkProxy(addresses)
-        self.nodes: dict[int, RealNode] = {}
-        first = min(addresses)
-        for node_id, address in addresses.items():
-            self.nodes[node_id] = RealNode(
-                node_id=node_id, address=address, data_dir=self.directory / f"node{node_id}",
-                log_path=self.directory / f"node{node_id}.log",
-                join=() if node_id == first else (addresses[first],), election_timeout_ms=election_timeout_ms,
-                environment={DIAL_VIA_ENVIRONMENT: json.dumps(self.proxy.dial_via(node_id))},
-            )
-
-    # lifecycle
-
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> "RealCluster":
-        for node in self.nodes.values():
-            node.start()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            found = self.leader()
-            if found is not None:
-                voters = {m["id"] for m in found[1].get("members", []) if m["role"] == "voter"}
-                if voters == set(self.nodes):
-                    return self
-            for node in self.nodes.values():
-                if not node.alive:
-                    raise RealRunError(f"node {node.node_id} exited during start-up "
-                                       f"(status {node.process.returncode}):\n{node.log_tail()}")
-            time.sleep(0.1)
-        raise RealRunError(f"the cluster did not form within {timeout_s:.0f} s\n{self.logs()}")
+        super().__init__(directory, addresses=addresses, election_timeout_ms=election_timeout_ms,
+                         dial_via={node_id: self.proxy.dial_via(node_id) for node_id in addresses})
 
     def close(self) -> None:
         """SIGKILL every node process by PID (paused ones too), stop the proxies."""
-        for node in self.nodes.values():
-            try:
-                node.kill()
-            except Exception:
-                pass
+        super().close()
         self.proxy.close()
-
-    def __enter__(self) -> "RealCluster":
-        return self
-
-    def __exit__(self, *_exception) -> None:
-        self.close()
-
-    def addresses(self) -> list[str]:
-        return [node.address for node in self.nodes.values()]
-
-    def logs(self) -> str:
-        return "\n".join(f"== node {n} (PID {node.pid}, alive {node.alive}):\n{node.log_tail()}"
-                         for n, node in self.nodes.items())
-
-    # network
 
     def partition(self, blocked: Iterable[tuple[int, int]]) -> None:
         self.proxy.cut(blocked)
 
     def heal(self) -> None:
         self.proxy.heal()
-
-    # observation
-
-    def statuses(self) -> dict[int, dict]:
-        answers = {}
-        for node_id, node in self.nodes.items():
-            status = node.status()
-            if status is not None:
-                answers[node_id] = status
-        return answers
-
-    def leader(self) -> tuple[int, dict] | None:
-        """The node that says it leads in the highest term, with its status."""
-        leaders = [(status.get("term", 0), node_id, status) for node_id, status in self.statuses().items()
-                   if status.get("role") == "leader"]
-        if not leaders:
-            return None
-        _, node_id, status = max(leaders)
-        return node_id, status
-
-    def wait_converged(self, timeout_s: float = CONVERGENCE_TIMEOUT_S) -> tuple[int | None, dict[int, Any]]:
-        """Waits until one leader's commit index is applied on every node; returns
-        (that index or None, the last applied indexes seen)."""
-        deadline = time.monotonic() + timeout_s
-        last: dict[int, Any] = {}
-        while time.monotonic() < deadline:
-            statuses = self.statuses()
-            last = {n: statuses.get(n, {}).get("applied_index") for n in self.nodes}
-            leaders = [n for n, status in statuses.items() if status.get("role") == "leader"]
-            if len(leaders) == 1:
-                commit = statuses[leaders[0]].get("commit")
-                if all(applied == commit for applied in last.values()):
-                    return commit, last
-            time.sleep(0.1)
-        return None, last
-
-    def dump_rows(self, node_id: int, database: str = DATABASE) -> dict[str, list[tuple]]:
-        """Every table's rows in a DUMP of the node's copy of `database` (integrity-checked)."""
-        from raftlite.client.connection import Connection
-
-        with Connection.connect(self.nodes[node_id].address, timeout_s=30.0) as connection:
-            files = connection.dump(database)
-        with tempfile.TemporaryDirectory(prefix="raftlite-dump-") as scratch:
-            for dump_file in files:
-                Path(scratch, dump_file.name).write_bytes(dump_file.data)
-            copy = sqlite3.connect(os.path.join(scratch, database))
-            try:
-                (check,) = copy.execute("PRAGMA integrity_check").fetchone()
-                if check != "ok":
-                    raise AssertionError(f"node {node_id}: integrity_check of its DUMP says {check}")
-                tables = [row[0] for row in copy.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-                return {table: [tuple(row) for row in copy.execute(f'SELECT * FROM "{table}" ORDER BY 1')]
-                        for table in tables}
-            finally:
-                copy.close()
 
 
 # --------------------------------------------------------------------------------------
@@ -531,9 +316,6 @@ class _Session:
 
 def _connect_leader(addresses: Sequence[str], rng: random.Random, timeout_s: float) -> _Session | None:
     """Ask the nodes (in a random order) who leads, and open the database there."""
-    from raftlite.client.connection import Connection, ConnectionBroken, RequestFailed
-    from raftlite.core.wire import WireProtocolError
-
     order = list(addresses)
     rng.shuffle(order)
     for address in order:
@@ -563,10 +345,6 @@ class _Outcome(Exception):
 def run_plan(session: _Session, plan, deadline: float) -> tuple[str, Any]:
     """Run an operation plan (workloads.Plan) on one session; raises _Outcome for fail
     or info, as the simulator's driver judges answers."""
-    from raftlite.actors.database import Execute, Query
-    from raftlite.client.connection import ConnectionBroken, RequestFailed
-    from raftlite.core.wire import WireProtocolError
-
     answer = None
     try:
         while True:
@@ -872,8 +650,6 @@ def damage_raft_files(data_dir: Path, rng: random.Random) -> tuple[str, str]:
     start: flip bytes in (or truncate) every metadata file holding data (one good copy
     would be enough to start), or empty a closed segment the snapshot does not cover.
     Returns (what was done, the file the refusal must name)."""
-    from raftlite.core.raft_log_format import METADATA_FILES, segment_first_index, snapshot_index_of
-
     names = os.listdir(data_dir)
     snapshot_index = max((index for name in names if (index := snapshot_index_of(name)) is not None), default=0)
     segments = sorted((first, name) for name in names if (first := segment_first_index(name)) is not None)
@@ -958,13 +734,14 @@ def _log_problems(cluster: RealCluster, expected_refusals: dict[int, int]) -> li
 
 
 def _convergence_problems(cluster: RealCluster) -> tuple[list[str], dict[int, dict]]:
-    commit, applied = cluster.wait_converged()
-    if commit is None:
-        return [f"replicas did not converge within {CONVERGENCE_TIMEOUT_S:.0f} s: applied indexes {applied}"], {}
+    try:
+        commit = cluster.wait_converged(CONVERGENCE_TIMEOUT_S, nodes=sorted(cluster.nodes))
+    except NotConverged as error:
+        return [str(error)], {}
     dumps, problems = {}, []
     for node_id in sorted(cluster.nodes):
         try:
-            dumps[node_id] = cluster.dump_rows(node_id)
+            dumps[node_id] = cluster.dump_tables(node_id, database=DATABASE)
         except Exception as error:
             problems.append(f"DUMP of node {node_id} failed: {type(error).__name__}: {error}")
     first = next(iter(dumps.items()), None)
@@ -973,17 +750,14 @@ def _convergence_problems(cluster: RealCluster) -> tuple[list[str], dict[int, di
             counts = {table: len(rows) for table, rows in tables.items()}
             problems.append(f"node {node_id}'s DUMP differs from node {first[0]}'s (rows per table {counts} vs "
                             f"{ {table: len(rows) for table, rows in first[1].items()} })")
-    return problems, {node_id: {"applied_index": applied.get(node_id),
-                                "rows": {table: len(rows) for table, rows in tables.items()}}
+    return problems, {node_id: {"applied_index": commit, "rows": {table: len(rows) for table, rows in tables.items()}}
                       for node_id, tables in dumps.items()}
 
 
 def run_jepsen_real(options, directory: str | os.PathLike, *, election_timeout_ms: float = 1000.0,
                     progress: Callable[[str], None] | None = None):
     """One run against real node processes in `directory` (node data and logs stay there
-    as evidence); returns a runner.RunResult with ``runtime == "real"``."""
-    from raftlite.jepsen_like.runner import RunResult
-
+    as evidence); returns a RunResult (jepsen_like/run_result.py) with ``runtime == "real"``."""
     unknown = [kind for kind in options.nemesis if kind not in REAL_NEMESIS_CHOICES]
     if unknown:
         raise ValueError(f"unknown nemesis {', '.join(unknown)} for the real runtime")
@@ -1022,7 +796,7 @@ def run_jepsen_real(options, directory: str | os.PathLike, *, election_timeout_m
         time.sleep(options.quiet_period_s)
         convergence, status = _convergence_problems(cluster)
         problems.extend(convergence)
-    except RealRunError as error:
+    except (RealRunError, ClusterError) as error:
         problems.append(f"setup: {error}")
     finally:
         nemesis.stop_event.set()
@@ -1046,9 +820,6 @@ def run_jepsen_real(options, directory: str | os.PathLike, *, election_timeout_m
 
 def _create_schema(cluster: RealCluster, workload: Workload, options) -> None:
     """The schema exists before any fault; retried while the leader settles."""
-    from raftlite.client.connection import ConnectionBroken, RequestFailed
-    from raftlite.core.wire import WireProtocolError
-
     rng = derive_rng(options.seed, "jepsen-real-setup")
     deadline = time.monotonic() + options.setup_timeout_s
     last_error = "no leader"

@@ -26,10 +26,9 @@ import base64
 import html
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover - typing only
-    from raftlite.jepsen_like.runner import RunResult
+from raftlite.jepsen_like.run_result import RunResult
 
 __all__ = ["matplotlib_available", "render_report"]
 

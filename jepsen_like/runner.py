@@ -23,171 +23,45 @@ The run is valid when the checker says valid and nothing else was found; "unknow
 the checker ran out of time. Everything derives from ``seed``: the same options give the
 same history.
 
-`write_outputs` writes history.edn, verdict.json and report.html into a directory;
-`add_jepsen_parser` / `run_jepsen_command` are the ``raftlite jepsen`` command.
+`write_outputs` writes history.edn, verdict.json and report.html into a directory. The
+options and the result are jepsen_like/run_result.py's; the ``raftlite jepsen`` command
+is commands/jepsen.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
-from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence, TextIO
+import traceback
+from dataclasses import replace
+from typing import Any, Callable, Sequence
 
-from raftlite.argument_types import non_negative_int, positive_float, positive_int
+from raftlite.actors.database import DatabaseNode
+from raftlite.actors.raft_node import settings_from_config
 from raftlite.core.raft import SAFE, UnsafeSwitches
 from raftlite.core.raft_types import Configuration, Role
-from raftlite.jepsen_like.history import Event, HistoryError, Verdict, to_json_value, write_edn_history
-from raftlite.jepsen_like.nemesis_schedule import (
-    MEMBERSHIP_SPARE_NODES, NEMESIS_CHOICES, FaultTrace, NemesisInterval, NemesisSchedule, parse_nemesis_schedule,
-)
+from raftlite.jepsen_like.history import HistoryError, write_edn_history
+from raftlite.jepsen_like.nemesis_schedule import MEMBERSHIP_SPARE_NODES, FaultTrace, NemesisSchedule
+from raftlite.jepsen_like.report import render_report
+from raftlite.jepsen_like.run_result import JepsenOptions, RunResult
+from raftlite.jepsen_like.targeted_nemesis import CrashAfterVote
 from raftlite.jepsen_like.workloads import (
-    DATABASE, WORKLOADS, HistoryRecorder, WorkloadDriver, WorkloadOptions, leaders, make_workload,
+    DATABASE, HistoryRecorder, WorkloadDriver, WorkloadOptions, leaders, make_workload,
 )
+from raftlite.sim.client import SimDatabaseClient, SqlFailure, Unavailable
+from raftlite.sim.database_workload import replica_page_digest
+from raftlite.sim.raft_checkers import RaftChecker
+from raftlite.sim.run import swarm_config
+from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
 
-__all__ = [
-    "EXIT_INVALID", "EXIT_UNKNOWN", "EXIT_USAGE", "EXIT_VALID", "JepsenOptions", "RunResult", "add_jepsen_parser",
-    "run_jepsen", "run_jepsen_command", "write_outputs",
-]
-
-EXIT_VALID = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
-EXIT_UNKNOWN = 3
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class JepsenOptions:
-    workload: str = "register"
-    nemesis: tuple[str, ...] = ()
-    time_limit_s: float = 10.0
-    seed: int = 1
-    nodes: int = 3
-    concurrency: int = 5
-    rate_per_s: float = 100.0
-    operation_timeout_ms: float = 3000.0
-    nemesis_interval_ms: tuple[float, float] = (300.0, 2000.0)
-    nemesis_duration_ms: tuple[float, float] = (200.0, 3000.0)
-    checker_time_limit_s: float = 30.0
-    quiet_period_s: float = 3.0
-    setup_timeout_s: float = 30.0
-    unsafe: UnsafeSwitches = SAFE   # test-only deliberate bugs (core/raft.py)
-    raft_checker: bool = True       # the raft safety checkers after every step
-    # Simulator only: crash a node right after it grants a vote (jepsen_like/targeted_nemesis.py),
-    # the teeth of the vote_before_persist switch.
-    crash_after_vote: bool = False
-
-    def validate(self) -> "JepsenOptions":
-        if self.workload not in WORKLOADS:
-            raise ValueError(f"unknown workload {self.workload!r}; choose from {', '.join(WORKLOADS)}")
-        unknown = [kind for kind in self.nemesis if kind not in NEMESIS_CHOICES]
-        if unknown:
-            raise ValueError(f"unknown nemesis {', '.join(unknown)}")
-        if not self.time_limit_s > 0:
-            raise ValueError("the time limit must be positive")
-        if self.nodes < 1 or self.concurrency < 1 or not self.rate_per_s > 0:
-            raise ValueError("nodes, concurrency and rate must be positive")
-        return self
-
-
-@dataclass
-class RunResult:
-    options: JepsenOptions
-    events: list[Event]
-    verdict: Verdict | None
-    problems: list[str]
-    intervals: list[NemesisInterval]
-    heal_ms: float | None
-    simulated_ms: float
-    wall_seconds: float
-    faults: dict[str, int] = field(default_factory=dict)
-    status: dict[int, dict[str, Any]] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)   # paths, once written
-    origin_ms: float = 0.0   # simulation time of the history's time zero (intervals are in simulation time)
-    runtime: str = "sim"     # "real": node processes (jepsen_like/real_runtime.py), wall-clock time
-
-    @property
-    def valid(self) -> bool | str:
-        if self.problems or self.verdict is None or self.verdict.valid is False:
-            return False
-        return self.verdict.valid
-
-    def counts(self) -> dict[str, int]:
-        counts = {"invoke": 0, "ok": 0, "fail": 0, "info": 0}
-        for event in self.events:
-            if isinstance(event.process, int):
-                counts[event.type] += 1
-        return counts
-
-    def latencies_ms(self) -> list[tuple[float, float, str, str, Any]]:
-        """(invoke time s, latency ms, completion type, f, process) of each completed operation."""
-        from raftlite.jepsen_like.history import pair_operations
-
-        found = []
-        for operation in pair_operations(self.events):
-            if not isinstance(operation.process, int) or operation.complete is None:
-                continue
-            start, end = operation.invoke.time or 0, operation.complete.time or 0
-            found.append((start / 1e9, (end - start) / 1e6, operation.type, str(operation.f), operation.process))
-        return found
-
-    def summary(self) -> str:
-        options, counts = self.options, self.counts()
-        nemesis = ",".join(options.nemesis) or "none"
-        verdict = self.verdict.valid if self.verdict is not None else "not checked"
-        clock = "simulated s" if self.runtime == "sim" else f"s of history on {options.nodes} node processes,"
-        lines = [
-            f"jepsen {options.workload} seed {options.seed} nemesis {nemesis}: {self.simulated_ms / 1000:.1f} "
-            f"{clock} in {self.wall_seconds:.1f} wall s",
-            f"operations {counts['invoke']}: ok {counts['ok']}, fail {counts['fail']}, info {counts['info']}; "
-            f"faults " + (", ".join(f"{kind}={count}" for kind, count in sorted(self.faults.items())) or "none"),
-            f"checker: {verdict}",
-        ]
-        if self.verdict is not None:
-            for anomaly in self.verdict.anomalies[:5]:
-                lines.append(f"  ANOMALY {anomaly.kind}: {anomaly.description[:300]}")
-        for problem in self.problems[:10]:
-            lines.append(f"  PROBLEM {problem[:300]}")
-        lines.append(f"valid: {json.dumps(self.valid)}")
-        return "\n".join(lines)
-
-    def to_json(self) -> dict[str, Any]:
-        options = self.options
-        return {
-            "valid": self.valid,
-            "workload": options.workload,
-            "runtime": self.runtime,
-            "seed": options.seed,
-            "nemesis": list(options.nemesis),
-            "time_limit_s": options.time_limit_s,
-            "unsafe": list(options.unsafe.enabled()),
-            "checker": self.verdict.to_json() if self.verdict is not None else None,
-            "problems": list(self.problems),
-            "operations": self.counts(),
-            "faults": dict(sorted(self.faults.items())),
-            "nemesis_intervals": [
-                {**interval.to_json(), "start_s": round((interval.start_ms - self.origin_ms) / 1000, 6),
-                 "end_s": round((interval.end_ms - self.origin_ms) / 1000, 6)}
-                for interval in self.intervals
-            ],
-            "final_heal_ms": self.heal_ms,
-            "simulated_s": round(self.simulated_ms / 1000, 3),
-            "wall_s": round(self.wall_seconds, 3),
-            "nodes": to_json_value({str(node): status for node, status in self.status.items()}),
-        }
-
+__all__ = ["database_actor_factory", "run_jepsen", "write_outputs"]
 
 # --------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------
 
 def database_actor_factory(founders: Sequence[int], config, unsafe: UnsafeSwitches) -> Callable[[int], Any]:
-    from raftlite.actors.database import DatabaseNode
-    from raftlite.actors.raft_node import settings_from_config
-
     bootstrap = Configuration.of({node: Role.VOTER for node in founders})
     # With every switch off the node computes its settings itself, exactly as in production.
     settings = replace(settings_from_config(config), unsafe=unsafe) if unsafe != SAFE else None
@@ -196,11 +70,6 @@ def database_actor_factory(founders: Sequence[int], config, unsafe: UnsafeSwitch
 
 def run_jepsen(options: JepsenOptions, *, progress: Callable[[str], None] | None = None) -> RunResult:
     """Run one seeded simulation with the workload and nemesis, and judge it."""
-    from raftlite.sim.client import SimDatabaseClient, SqlFailure, Unavailable
-    from raftlite.sim.raft_checkers import RaftChecker
-    from raftlite.sim.run import swarm_config
-    from raftlite.sim.simulation import Simulation, SimulationFailure
-
     options = options.validate()
     config = swarm_config(options.seed, small_snapshots=False)
     founders = list(range(1, options.nodes + 1))
@@ -220,8 +89,6 @@ def run_jepsen(options: JepsenOptions, *, progress: Callable[[str], None] | None
                               interval_ms=options.nemesis_interval_ms, duration_ms=options.nemesis_duration_ms)
     crasher = None
     if options.crash_after_vote:
-        from raftlite.jepsen_like.targeted_nemesis import CrashAfterVote
-
         crasher = CrashAfterVote(sim, from_ms=float("inf"))   # armed when the workload starts
     driver = WorkloadDriver(sim, workload, recorder, WorkloadOptions(
         concurrency=options.concurrency, rate_per_s=options.rate_per_s,
@@ -289,8 +156,6 @@ class _SetupFailed(Exception):
 
 def _crash_description(error: BaseException) -> str:
     """The exception and the innermost frames of the project's code that raised it."""
-    import traceback
-
     frames = [frame for frame in traceback.extract_tb(error.__traceback__) if "site-packages" not in frame.filename]
     where = " <- ".join(f"{os.path.basename(frame.filename)}:{frame.lineno} {frame.name}" for frame in reversed(frames[-4:]))
     return f"{type(error).__name__}: {error} at {where}"
@@ -319,9 +184,6 @@ def _corrupted_nodes(sim) -> set[int]:
 def _convergence_problems(sim, checker, limit_ms: float) -> list[str]:
     """After the heal and a quiet period: no unexpected halt, one leader, and every up
     member at the same applied index with the same pages."""
-    from raftlite.sim.database_workload import replica_page_digest
-    from raftlite.sim.simulation import NodeState
-
     problems = []
     corrupted = _corrupted_nodes(sim)
     for node_id in sim.node_ids:
@@ -371,8 +233,6 @@ def _convergence_problems(sim, checker, limit_ms: float) -> list[str]:
 
 def write_outputs(result: RunResult, directory: str) -> dict[str, str]:
     """history.edn, verdict.json and report.html in `directory` (created); their paths."""
-    from raftlite.jepsen_like.report import render_report
-
     os.makedirs(directory, exist_ok=True)
     paths = {
         "history": os.path.join(directory, "history.edn"),
@@ -388,100 +248,3 @@ def write_outputs(result: RunResult, directory: str) -> dict[str, str]:
         handle.write(render_report(result))
     result.outputs = paths
     return paths
-
-
-# --------------------------------------------------------------------------------------
-# The command
-# --------------------------------------------------------------------------------------
-
-_DESCRIPTION = """\
-Run a Jepsen-style test: a workload through SQL clients, a nemesis injecting faults on a
-schedule, a final heal, then the history checker, the raft safety checkers and a
-convergence check. Writes history.edn, verdict.json and report.html into --out.
-
-workloads: register (linearizable read/write/cas per key), bank (transfers; totals hold),
-set (unique inserts; nothing lost), append (Elle list-append; strict serializability).
-
---runtime real starts node processes on 127.0.0.1 (partitions through a TCP proxy per
-directed link; kill -9, SIGSTOP, damaged files that a node must refuse to start on) and
-also checks that no node process died unexpectedly and that a DUMP of every node holds
-the same rows. Wall-clock time: a seed fixes the choices, not the history.
-
-exit status: 0 valid, 1 invalid, 3 unknown (the checker ran out of time), 2 usage error."""
-
-
-def add_jepsen_parser(commands: Any) -> argparse.ArgumentParser:
-    """Register ``jepsen`` on an argparse sub-command set."""
-    parser = commands.add_parser("jepsen", help="Jepsen-style test: workload, nemesis, checkers, report",
-                                 description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runtime", choices=("sim", "real"), default="sim",
-                        help="sim (deterministic simulator; default) or real (node processes on 127.0.0.1; their "
-                             "data and logs go under OUT/cluster)")
-    parser.add_argument("--workload", required=True, choices=tuple(WORKLOADS), metavar="WORKLOAD",
-                        help="one of: " + ", ".join(WORKLOADS))
-    parser.add_argument("--nemesis", default="none", metavar="LIST",
-                        help="comma list of: " + ", ".join(NEMESIS_CHOICES) + "; or 'all' or 'none' (default). "
-                        "--runtime real: partition, leader-partition, kill, pause, corrupt")
-    parser.add_argument("--time-limit", type=positive_float, default=10.0, metavar="S",
-                        help="seconds of workload and faults (simulated seconds under sim); default 10")
-    parser.add_argument("--seed", type=non_negative_int, default=1, help="the run's seed (default 1)")
-    parser.add_argument("--nodes", type=positive_int, default=3, help="founding voters (default 3)")
-    parser.add_argument("--concurrency", type=positive_int, default=5, help="client processes (default 5)")
-    parser.add_argument("--rate", type=positive_float, default=100.0, help="operations per second (default 100)")
-    parser.add_argument("--checker-time-limit", type=positive_float, default=30.0, metavar="S",
-                        help="wall seconds the checker may search before answering unknown (default 30)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="directory for history.edn, verdict.json, report.html")
-    return parser
-
-
-def run_jepsen_command(args: argparse.Namespace, *, stdout: TextIO | None = None,
-                       stderr: TextIO | None = None) -> int:
-    stdout = stdout if stdout is not None else sys.stdout
-    stderr = stderr if stderr is not None else sys.stderr
-    from raftlite.sim.nemesis import NemesisError
-
-    def usage(message: str) -> int:
-        print(f"raftlite: error: {message}", file=stderr)
-        return EXIT_USAGE
-
-    try:
-        if args.runtime == "real":
-            from raftlite.jepsen_like.real_runtime import parse_real_nemesis
-
-            kinds = parse_real_nemesis(args.nemesis)
-        else:
-            kinds = parse_nemesis_schedule(args.nemesis)
-    except NemesisError as error:
-        return usage(str(error))
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        return usage(f"--out {args.out} exists and is not a directory")
-    try:
-        os.makedirs(args.out, exist_ok=True)
-        probe = os.path.join(args.out, ".raftlite-write-test")
-        with open(probe, "w", encoding="utf-8"):
-            pass
-        os.remove(probe)
-    except OSError as error:
-        return usage(f"cannot write into --out {args.out}: {error.strerror}")
-    options = JepsenOptions(workload=args.workload, nemesis=kinds, time_limit_s=args.time_limit, seed=args.seed,
-                            nodes=args.nodes, concurrency=args.concurrency, rate_per_s=args.rate,
-                            checker_time_limit_s=args.checker_time_limit)
-    progress = lambda line: print(line, file=stderr, flush=True)  # noqa: E731
-    if args.runtime == "real":
-        from raftlite.jepsen_like.real_runtime import run_jepsen_real
-
-        print(f"jepsen: {options.workload} on {options.nodes} node processes on 127.0.0.1, seed {options.seed}, "
-              f"nemesis {','.join(kinds) or 'none'}, {options.time_limit_s:g} s", file=stderr)
-        result = run_jepsen_real(options, os.path.join(args.out, "cluster"), progress=progress)
-    else:
-        print(f"jepsen: {options.workload} on {options.nodes} simulated nodes, seed {options.seed}, "
-              f"nemesis {','.join(kinds) or 'none'}, {options.time_limit_s:g} s", file=stderr)
-        result = run_jepsen(options, progress=progress)
-    paths = write_outputs(result, args.out)
-    print(result.summary(), file=stdout)
-    print(f"wrote {paths['history']}, {paths['verdict']}, {paths['report']}", file=stdout)
-    if result.valid is True:
-        return EXIT_VALID
-    if result.valid is False:
-        return EXIT_INVALID
-    return EXIT_UNKNOWN

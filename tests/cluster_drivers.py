@@ -121,7 +121,7 @@ class ProcessDriver:
         self.cluster.wait_converged(nodes=self.node_ids)
 
     def rows(self, node_id: int, sql: str) -> list[tuple]:
-        return self.cluster.dump_rows(node_id, sql)
+        return self.cluster.kv_rows(node_id, sql)
 
     def close(self) -> None:
         self.cluster.close()

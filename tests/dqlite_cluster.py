@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dqlite_debian  # tests/ is on sys.path (conftest.py)
+from raftlite.process_cluster import free_ports
 
 __all__ = ["DqliteCluster", "DqliteProcess", "ServerProcess"]
 
@@ -92,13 +93,13 @@ class DqliteCluster:
 
     @classmethod
     def start(cls, directory: Path, size: int = 3) -> "DqliteCluster":
-        free_port = dqlite_debian._free_port
+        ports = iter(free_ports(2 * size))   # an address and an API address per node
         cluster = cls()
         try:
-            first = f"127.0.0.1:{free_port()}"
+            first = f"127.0.0.1:{next(ports)}"
             for index in range(size):
-                node = DqliteProcess(address=first if index == 0 else f"127.0.0.1:{free_port()}",
-                                     api_address=f"127.0.0.1:{free_port()}",
+                node = DqliteProcess(address=first if index == 0 else f"127.0.0.1:{next(ports)}",
+                                     api_address=f"127.0.0.1:{next(ports)}",
                                      directory=directory / f"node{index + 1}",
                                      join=[] if index == 0 else [first])
                 cluster.nodes.append(node)

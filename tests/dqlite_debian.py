@@ -12,12 +12,13 @@ run them.
 from dataclasses import dataclass
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+
+from raftlite.process_cluster import free_ports
 
 __all__ = ["DqliteNode", "ensure_dqlite_demo", "package_version"]
 
@@ -64,12 +65,6 @@ def package_version(package: str) -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @dataclass
 class DqliteNode:
     address: str        # the dqlite protocol address (host:port)
@@ -80,8 +75,7 @@ class DqliteNode:
     def start(cls, directory: Path) -> "DqliteNode":
         executable = ensure_dqlite_demo()
         directory.mkdir(parents=True, exist_ok=True)
-        address = f"127.0.0.1:{_free_port()}"
-        api_address = f"127.0.0.1:{_free_port()}"
+        address, api_address = (f"127.0.0.1:{port}" for port in free_ports(2))
         log_path = directory / "dqlite-demo.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(

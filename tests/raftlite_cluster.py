@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dqlite_cluster import DqliteCluster, ServerProcess
-from raftlite_inprocess import free_ports
+from raftlite.process_cluster import free_ports
 
 
 @dataclass(kw_only=True)

@@ -7,7 +7,7 @@ import threading
 
 from raftlite.actors.config import Config
 from raftlite.io.node import Node
-from raftlite.jepsen_like.real_runtime import free_ports  # noqa: F401  (re-exported for the tests)
+from raftlite.process_cluster import free_ports  # noqa: F401  (re-exported for the tests)
 
 # Generous: a shared 2-core machine must not see elections from scheduling delays.
 TEST_CONFIG = Config(election_timeout_ms=1000, heartbeat_interval_ms=100)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from raftlite.io.bench import parse_dqlite_results, summarize_profile
+from raftlite.commands.bench import parse_dqlite_results, summarize_profile
 
 pytestmark = pytest.mark.timeout(90)
 

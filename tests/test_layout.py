@@ -10,7 +10,7 @@ import zipfile
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SUBPACKAGES = ["core", "actors", "sim", "io", "io.native", "jepsen_like", "client"]
+SUBPACKAGES = ["core", "actors", "sim", "io", "io.native", "jepsen_like", "client", "commands"]
 FORBIDDEN_EVERYWHERE = {"time", "random", "socket", "asyncio", "simpy", "threading", "subprocess"}
 # In actors/, only the SQLite state machine's one named file module may touch `os`.
 ACTORS_MODULES_ALLOWED_OS: set[str] = {"database_files"}
@@ -100,7 +100,8 @@ def test_wheel_from_git_archive_holds_every_subpackage_and_nothing_else(tmp_path
     top_level_files = sorted(
         name for name in code_files if name.count("/") == 1 and name.startswith("raftlite/")
     )
-    assert top_level_files == ["raftlite/__init__.py", "raftlite/__main__.py", "raftlite/argument_types.py", "raftlite/cli.py"]
+    assert top_level_files == ["raftlite/__init__.py", "raftlite/__main__.py", "raftlite/argument_types.py",
+                               "raftlite/cli.py", "raftlite/process_cluster.py"]
     assert all(name.startswith(("raftlite/", "raftlite-")) for name in names), "stray files outside the package"
 
     # The built wheel works when installed: import every sub-package from it.
@@ -118,3 +119,20 @@ def test_wheel_from_git_archive_holds_every_subpackage_and_nothing_else(tmp_path
     result = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, cwd="/", timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() in ("kernel-aio", "portable")
+
+
+# The join procedure of io/node.py still asks the cluster to take the node in through the
+# dqlite client (client/connection.py's AsyncConnection); the only io module allowed to.
+IO_MODULES_USING_THE_CLIENT = {"node"}
+
+
+def test_io_is_the_runtime_only_and_does_not_import_the_client():
+    offenders = []
+    for path in sorted((ROOT / "io").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [("." * node.level) + (node.module or "")] if isinstance(node, ast.ImportFrom) else []
+            if any(name.startswith(("raftlite.client", "..client")) for name in names) \
+                    and path.stem not in IO_MODULES_USING_THE_CLIENT:
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []

@@ -159,7 +159,7 @@ def test_acknowledged_writes_survive_leader_kills_snapshot_kills_and_a_full_rest
     wait_for(lambda: (alone.status() or {}).get("applied_index") == index, 30,
              f"node {follower} alone applying up to {index}", cluster)
     assert alone.status()["role"] != "leader"
-    assert cluster.dump_rows(follower) == rows
+    assert cluster.kv_rows(follower) == rows
 
 
 # -- 3. a follower stopped for a minute ------------------------------------------------------------

@@ -18,7 +18,7 @@ leader, prepares its statements once and then sends EXEC / QUERY, as go-dqlite's
 database/sql driver does. Latencies are those of successful operations (as in
 dqlite-benchmark's result files); failures are counted by kind.
 
-One run = a fresh cluster: `start_cluster` (raftlite) or three `dqlite-benchmark`
+One run = a fresh cluster: raftlite.process_cluster's `ProcessCluster` or three `dqlite-benchmark`
 processes (the first is the driver: it bootstraps, leads and runs the workers in its
 own process), the load for `duration_s`, then the processes are stopped by PID. With
 `--vs-dqlite` and `--runs R`, runs alternate raftlite, dqlite, raftlite, ... so that
@@ -42,7 +42,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -54,11 +53,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from raftlite.io import event_loop
+from ..argument_types import positive_int
+from ..client.connection import AsyncConnection, Connection, ConnectionBroken, RequestFailed
+from ..core.wire import WireProtocolError
+from ..io import event_loop
+from ..process_cluster import ClusterError, ProcessCluster, free_ports
 
 __all__ = [
-    "BenchError", "BenchSettings", "RunResult", "Summary", "add_bench_parser", "compare", "render_comparison",
-    "render_run", "run_bench_command", "run_dqlite", "run_raftlite", "summarize",
+    "BenchError", "BenchSettings", "RunResult", "Summary", "compare", "register", "render_comparison",
+    "render_run", "run", "run_dqlite", "run_raftlite", "summarize",
 ]
 
 WORKLOADS = ("kvwrite", "kvreadwrite")
@@ -518,24 +521,10 @@ def summarize_profile(collapsed: str, top: int = PROFILE_TOP) -> ProfileSummary:
     )
 
 
-_OWN_PREFIXES = tuple(f"{folder}/" for folder in ("actors", "core", "io", "client", "sim", "jepsen_like"))
+_OWN_PREFIXES = tuple(f"{folder}/" for folder in ("actors", "core", "io", "client", "sim", "jepsen_like", "commands"))
 
 
 # -- raftlite ---------------------------------------------------------------------------------
-
-
-def _free_ports(count: int) -> list[int]:
-    probes, ports = [], []
-    try:
-        for _ in range(count):
-            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            probe.bind(("127.0.0.1", 0))
-            probes.append(probe)
-            ports.append(probe.getsockname()[1])
-    finally:
-        for probe in probes:
-            probe.close()
-    return ports
 
 
 class _Progress:
@@ -556,9 +545,6 @@ class _Progress:
 
 async def _async_worker(index: int, address: str, settings: BenchSettings, recorder: _Recorder,
                         stop_at: float) -> None:
-    from raftlite.client.connection import AsyncConnection, ConnectionBroken, RequestFailed
-    from raftlite.core.wire import WireProtocolError
-
     workload = _Workload(settings, seed=index)
     connection = None
     while time.monotonic() < stop_at:
@@ -599,9 +585,6 @@ async def _async_load(address: str, settings: BenchSettings, recorder: _Recorder
 
 
 def _thread_worker(index: int, address: str, settings: BenchSettings, recorder: _Recorder, stop_at: float) -> None:
-    from raftlite.client.connection import Connection, ConnectionBroken, RequestFailed
-    from raftlite.core.wire import WireProtocolError
-
     workload = _Workload(settings, seed=index)
     connection = None
     try:
@@ -646,26 +629,7 @@ def _threaded_load(address: str, settings: BenchSettings, recorder: _Recorder, p
             progress.tick(len(recorder.latencies_s), recorder.error_count)
 
 
-def _leader_of(addresses: dict[int, str]) -> tuple[int, str]:
-    from raftlite.client.connection import Connection, ConnectionBroken, RequestFailed
-
-    deadline = time.monotonic() + 30.0
-    while time.monotonic() < deadline:
-        for address in addresses.values():
-            try:
-                with Connection.connect(address, timeout_s=2.0) as connection:
-                    leader = connection.leader()
-            except (ConnectionBroken, RequestFailed):
-                continue
-            if leader is not None:
-                return leader.node_id, leader.address
-        time.sleep(0.1)
-    raise BenchError(f"no leader among {', '.join(addresses.values())} within 30 s")
-
-
 def _create_schema(address: str) -> None:
-    from raftlite.client.connection import Connection
-
     with Connection.connect(address, timeout_s=REQUEST_TIMEOUT_S) as connection:
         db = connection.open(DATABASE_NAME)
         connection.exec_sql(db, SCHEMA_SQL)
@@ -673,21 +637,19 @@ def _create_schema(address: str) -> None:
 
 def run_raftlite(settings: BenchSettings, directory: Path, report: Report, *, run_label: str = "raftlite") -> RunResult:
     """One run against a fresh raftlite cluster started from `directory`."""
-    from raftlite.io.node_command import NodeCommandError, start_cluster, stop_cluster
-
-    ports = _free_ports(settings.nodes)
-    addresses = {node_id: f"127.0.0.1:{port}" for node_id, port in enumerate(ports, start=1)}
+    cluster = ProcessCluster(directory, settings.nodes)
     profiler = None
     try:
         try:
-            elapsed = start_cluster(directory, addresses, report=lambda line: None)
-        except NodeCommandError as error:
+            cluster.start()
+            leader_id = cluster.wait_leader()
+        except ClusterError as error:
             raise BenchError(str(error)) from None
-        leader_id, leader_address = _leader_of(addresses)
-        report(f"  [{run_label}] cluster of {settings.nodes} up in {elapsed:.1f} s; leader node {leader_id} "
+        leader_address = cluster.address(leader_id)
+        report(f"  [{run_label}] cluster of {settings.nodes} up in {cluster.formed_in_s:.1f} s; leader node {leader_id} "
                f"at {leader_address}; {settings.workers} workers ({settings.client}) for {settings.duration_s} s")
         _create_schema(leader_address)
-        pids = {node_id: int((directory / f"node{node_id}.pid").read_text()) for node_id in addresses}
+        pids = {node_id: node.pid for node_id, node in cluster.nodes.items()}
         roles = {("leader" if node_id == leader_id else f"follower {node_id}"): pid for node_id, pid in pids.items()}
         roles["client"] = os.getpid()
         recorder = _Recorder()
@@ -719,7 +681,7 @@ def run_raftlite(settings: BenchSettings, directory: Path, report: Report, *, ru
     finally:
         if profiler is not None:
             profiler.kill()
-        stop_cluster(directory)
+        cluster.stop()
 
 
 # -- dqlite (Debian's dqlite-benchmark) ----------------------------------------------------------
@@ -774,7 +736,7 @@ def run_dqlite(settings: BenchSettings, directory: Path, report: Report, *, run_
     if executable is None:
         raise BenchError(f"`{DQLITE_BENCHMARK}` not found (Debian: apt-get install go-dqlite)")
     directory.mkdir(parents=True, exist_ok=True)
-    addresses = [f"127.0.0.1:{port}" for port in _free_ports(settings.nodes)]
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(settings.nodes)]
     processes: list[subprocess.Popen] = []
     logs = [directory / f"dqlite{index}.log" for index in range(1, settings.nodes + 1)]
 
@@ -989,7 +951,7 @@ def compare(settings: BenchSettings, report: Report = print) -> tuple[list[RunRe
 # -- the command ---------------------------------------------------------------------------------
 
 
-def add_bench_parser(commands, positive_int) -> None:
+def register(commands) -> None:
     bench = commands.add_parser("bench", help="a local cluster under a key/value load (optionally beside dqlite)")
     bench.add_argument("--workload", choices=WORKLOADS, default="kvwrite")
     bench.add_argument("--workers", type=positive_int, default=1, help="concurrent clients (default 1)")
@@ -1004,9 +966,10 @@ def add_bench_parser(commands, positive_int) -> None:
     bench.add_argument("--profile", metavar="DIR", help="py-spy the leader, a follower and the client into DIR")
     bench.add_argument("--json", metavar="FILE", help="also write every run and the summaries as JSON to FILE")
     bench.add_argument("--keep", action="store_true", help="keep the clusters' files and logs")
+    bench.set_defaults(func=run)
 
 
-def run_bench_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     try:
         settings = BenchSettings(
             workload=args.workload, workers=args.workers, duration_s=args.duration, nodes=args.nodes,

@@ -1,0 +1,158 @@
+"""`raftlite node`: run one node (real runtime) in the foreground.
+
+    raftlite node --id N --address HOST:PORT --data-dir DIR [--join ADDR,...]
+                  [--dial-via NODE=HOST:PORT,...]
+
+It runs until SIGTERM or SIGINT, which stop it gracefully (a leader first hands
+leadership over). Its log goes to stderr, one line per event: `time level logger:
+message`, or with `--log-format json` one JSON object (time, level, logger, node,
+message). Exit status: 0 after a graceful stop, 1 when the node halted (e.g. corrupt
+storage: the message names the file), 2 for a user mistake (bad flag, address in use,
+directory already used by a running node).
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+from ..actors.config import Config, ConfigError
+from ..argument_types import positive_float, positive_int
+from ..core.raft_types import Role
+from ..io.admin import parse_address
+from ..io.event_loop import EVENT_LOOP_CHOICES, loop_factory
+from ..io.node import Node
+from ..io.runtime import DataDirectoryInUse
+from ..io.transport import TlsSettings
+from . import CommandError
+
+__all__ = ["parse_dial_via", "register"]
+
+
+def register(commands) -> None:
+    node = commands.add_parser("node", help="run one raftlite node (real runtime) in the foreground")
+    node.add_argument("--id", type=positive_int, required=True, help="this node's id (unique in the cluster)")
+    node.add_argument("--address", required=True, help="HOST:PORT to listen on (clients and peers)")
+    node.add_argument("--data-dir", required=True, help="directory for raft state and SQLite files")
+    node.add_argument("--join", default="", help="comma list of ADDRs of cluster members; omit to bootstrap")
+    node.add_argument("--role", choices=("voter", "standby", "spare"), default="voter",
+                      help="role to join with (default voter)")
+    node.add_argument("--election-timeout", type=positive_float, default=1000.0, metavar="MS",
+                      help="election timeout in milliseconds (default 1000)")
+    node.add_argument("--heartbeat-interval", type=positive_float, default=100.0, metavar="MS",
+                      help="heartbeat interval in milliseconds (default 100)")
+    node.add_argument("--disk-backend", choices=("kernel-aio", "portable"), default=None,
+                      help="disk I/O backend (default: kernel AIO when available)")
+    node.add_argument("--event-loop", choices=EVENT_LOOP_CHOICES, default="auto",
+                      help="asyncio event loop (default auto: uvloop when installed)")
+    node.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    node.add_argument("--log-format", choices=("text", "json"), default="text",
+                      help="text lines (default) or one JSON object per line (time, level, logger, node, message)")
+    node.add_argument("--tls-cert", metavar="PEM", help="this node's certificate chain: TLS on every connection "
+                      "(peers and clients must present certificates signed by --tls-ca)")
+    node.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    node.add_argument("--tls-ca", metavar="PEM", help="the cluster's CA certificate")
+    node.add_argument("--dial-via", default="", metavar="NODE=HOST:PORT,...",
+                      help="dial a peer through a proxy, e.g. toxiproxy: for peer NODE connect to HOST:PORT "
+                           "instead of the peer's own address")
+    node.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLogFormatter(args.id) if args.log_format == "json"
+                         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), handlers=[handler])
+    join = tuple(address.strip() for address in args.join.split(",") if address.strip())
+    try:
+        parse_address(args.address)
+        for address in join:
+            parse_address(address)
+        dial_via = parse_dial_via(args.dial_via)
+        config = Config(election_timeout_ms=args.election_timeout, heartbeat_interval_ms=args.heartbeat_interval).validate()
+        tls = _tls_settings(args)
+        factory = loop_factory(args.event_loop)
+    except (ValueError, ConfigError) as error:
+        raise CommandError(str(error)) from None
+    node = Node(node_id=args.id, address=args.address, data_dir=args.data_dir, join=join, config=config,
+                disk_backend=args.disk_backend, role=Role[args.role.upper()], tls=tls, dial_via=dial_via)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_serve(node))
+
+
+def parse_dial_via(text: str) -> dict[int, str]:
+    """'2=127.0.0.1:7002,3=127.0.0.1:7003' -> {2: '127.0.0.1:7002', 3: '127.0.0.1:7003'};
+    ValueError with a clear message."""
+    dial_via = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        peer, separator, address = item.partition("=")
+        if not separator or not peer.strip().isdigit() or int(peer) <= 0:
+            raise ValueError(f"--dial-via {item!r} is not NODE=HOST:PORT (NODE a positive node id)")
+        parse_address(address.strip())
+        dial_via[int(peer)] = address.strip()
+    return dial_via
+
+
+class _JsonLogFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def __init__(self, node_id: int) -> None:
+        super().__init__()
+        self.node_id = node_id
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = {"time": record.created, "level": record.levelname.lower(), "logger": record.name,
+                 "node": self.node_id, "message": record.getMessage()}
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event)
+
+
+def _tls_settings(args: argparse.Namespace) -> TlsSettings | None:
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise ValueError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
+    return TlsSettings.from_files(certificate_chain_file=args.tls_cert, private_key_file=args.tls_key, ca_file=args.tls_ca)
+
+
+async def _serve(node: Node) -> int:
+    try:
+        os.makedirs(node.data_dir, exist_ok=True)
+        await node.start()
+    except DataDirectoryInUse as error:
+        raise CommandError(str(error)) from None
+    except OSError as error:
+        raise CommandError(f"cannot start node {node.node_id} on {node.address}: {error.strerror or error}") from None
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop_requested.set)
+    stopped = asyncio.create_task(node.wait_stopped())
+    requested = asyncio.create_task(stop_requested.wait())
+    join_failed = asyncio.create_task(node.join_failed.wait())
+    await asyncio.wait({stopped, requested, join_failed}, return_when=asyncio.FIRST_COMPLETED)
+    if join_failed.done():
+        print(f"raftlite node {node.node_id}: {node.join_error}", file=sys.stderr)
+        requested.cancel()
+        stopped.cancel()
+        await node.stop(hand_over=False)
+        return 1
+    join_failed.cancel()
+    if requested.done():
+        logging.getLogger("raftlite.node").info("node %s: stopping (signal)", node.node_id)
+        await node.stop(hand_over=True)
+        stopped.cancel()
+        return 0
+    requested.cancel()
+    runtime = node.runtime
+    reason = runtime.halt_reason or (repr(runtime.failure) if runtime.failure else "stopped")
+    print(f"raftlite node {node.node_id}: {reason}", file=sys.stderr)
+    await node.stop(hand_over=False)
+    return 1
