@@ -78,6 +78,7 @@ from raftlite.client.errors import (
     Error, InterfaceError, NoLeaderError, OperationalError, OutcomeUnknownError, TransactionLostError,
     error_from_failure,
 )
+from raftlite.client.types import parameters_to_wire, row_from_wire
 from raftlite.core.wire import ErrorCode, NodeInfo, WireProtocolError
 
 __all__ = [
@@ -419,8 +420,6 @@ class ConnectionSetup:
         self._db_id = db_id
 
     def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> list[tuple]:
-        from raftlite.client.types import parameters_to_wire, row_from_wire
-
         wire_parameters = parameters_to_wire(parameters)
         try:
             if describe_statement(sql).returns_rows:
@@ -439,8 +438,6 @@ class AsyncConnectionSetup:
         self._db_id = db_id
 
     async def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> list[tuple]:
-        from raftlite.client.types import parameters_to_wire, row_from_wire
-
         wire_parameters = parameters_to_wire(parameters)
         try:
             if describe_statement(sql).returns_rows:

@@ -21,6 +21,12 @@ import sys
 from typing import Any, TextIO
 
 from raftlite.argument_types import positive_seconds as _positive_seconds
+from raftlite.jepsen_like.bank import check_bank
+from raftlite.jepsen_like.history import HistoryError, parse_edn_value, parse_history
+from raftlite.jepsen_like.linearizability import LinearizabilityLimits, check_linearizability
+from raftlite.jepsen_like.list_append import check_list_append
+from raftlite.jepsen_like.models import make_model
+from raftlite.jepsen_like.set_checker import check_set
 
 __all__ = ["EXIT_INVALID", "EXIT_UNKNOWN", "EXIT_USAGE", "EXIT_VALID", "MODEL_CHOICES", "add_check_parser",
            "run_check"]
@@ -76,8 +82,6 @@ def run_check(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr:
     """Run the check the parsed arguments describe; returns the exit status."""
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
-    from raftlite.jepsen_like.history import HistoryError
-
     try:
         verdict = _judge(args)
     except _UsageError as error:
@@ -101,8 +105,6 @@ class _UsageError(Exception):
 
 
 def _judge(args: argparse.Namespace):
-    from raftlite.jepsen_like.history import parse_history
-
     try:
         with open(args.file, encoding="utf-8") as handle:
             text = handle.read()
@@ -118,34 +120,23 @@ def _judge(args: argparse.Namespace):
 
     match args.model:
         case "cas-register" | "register" | "etcd-register":
-            from raftlite.jepsen_like.linearizability import LinearizabilityLimits, check_linearizability
-            from raftlite.jepsen_like.models import make_model
-
             model = make_model(args.model, _initial_value(args.initial_value))
             independent = {"auto": None, "yes": True, "no": False}[args.independent]
             return check_linearizability(events, model, independent=independent,
                                          limits=LinearizabilityLimits(time_limit_s=args.time_limit))
         case "set":
-            from raftlite.jepsen_like.set_checker import check_set
-
             return check_set(events)
         case "bank":
-            from raftlite.jepsen_like.bank import check_bank
-
             total = args.total
             if total is not None and total == int(total):
                 total = int(total)
             return check_bank(events, total=total, negative_balances_allowed=args.negative_balances)
         case "list-append":
-            from raftlite.jepsen_like.list_append import check_list_append
-
             return check_list_append(events, consistency=args.consistency)
     raise _UsageError(f"unknown model {args.model!r}")
 
 
 def _initial_value(text: str) -> Any:
-    from raftlite.jepsen_like.history import HistoryError, parse_edn_value
-
     try:
         return parse_edn_value(text)
     except HistoryError:

@@ -39,8 +39,14 @@ from typing import Any, Callable
 
 import pytest
 
+from raftlite.core.raft import SAFE
 from raftlite.jepsen_like.nemesis_schedule import parse_nemesis_schedule
-from raftlite.jepsen_like.runner import JepsenOptions, RunResult, run_jepsen, write_outputs
+from raftlite.jepsen_like.real_runtime import RealCluster, parse_real_nemesis, run_jepsen_real
+from raftlite.jepsen_like.runner import JepsenOptions, RunResult, database_actor_factory, run_jepsen, write_outputs
+from raftlite.jepsen_like.workloads import DATABASE, leaders
+from raftlite.sim.client import SimDatabaseClient
+from raftlite.sim.run import swarm_config
+from raftlite.sim.simulation import Simulation
 
 __all__ = ["SimCluster", "assert_valid", "jepsen_run", "real_cluster", "sim_cluster"]
 
@@ -51,8 +57,6 @@ class SimCluster:
     client: Any
 
     def leader(self) -> int | None:
-        from raftlite.jepsen_like.workloads import leaders
-
         found = leaders(self.sim)
         return found[0] if len(found) == 1 else None
 
@@ -73,8 +77,6 @@ def jepsen_run(tmp_path) -> Callable[..., RunResult]:
         runs += 1
         nemesis = options.pop("nemesis", ())
         if runtime == "real":
-            from raftlite.jepsen_like.real_runtime import parse_real_nemesis, run_jepsen_real
-
             if isinstance(nemesis, str):
                 nemesis = parse_real_nemesis(nemesis)
             options = replace(JepsenOptions(), nemesis=tuple(nemesis), **options)
@@ -93,13 +95,6 @@ def jepsen_run(tmp_path) -> Callable[..., RunResult]:
 
 @pytest.fixture
 def sim_cluster() -> Callable[..., SimCluster]:
-    from raftlite.jepsen_like.runner import database_actor_factory
-    from raftlite.jepsen_like.workloads import DATABASE, leaders
-    from raftlite.core.raft import SAFE
-    from raftlite.sim.client import SimDatabaseClient
-    from raftlite.sim.run import swarm_config
-    from raftlite.sim.simulation import Simulation
-
     clusters: list[SimCluster] = []
 
     def start(*, seed: int = 1, nodes: int = 3, config: Any = None, unsafe=SAFE,
@@ -125,8 +120,6 @@ def sim_cluster() -> Callable[..., SimCluster]:
 
 @pytest.fixture
 def real_cluster(tmp_path) -> Callable[..., Any]:
-    from raftlite.jepsen_like.real_runtime import RealCluster
-
     clusters: list[Any] = []
 
     def start(*, nodes: int = 3, election_timeout_ms: float = 1000.0) -> RealCluster:

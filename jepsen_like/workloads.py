@@ -48,7 +48,12 @@ from raftlite.actors.database import (
     LEADERSHIP_LOST, NOT_LEADER, Execute, ExecuteResult, Query, QueryResult, SessionClosed, SqlError,
 )
 from raftlite.core.raft import State
+from raftlite.jepsen_like.bank import check_bank
 from raftlite.jepsen_like.history import Event, Keyword, Verdict
+from raftlite.jepsen_like.linearizability import LinearizabilityLimits, check_linearizability
+from raftlite.jepsen_like.list_append import check_list_append
+from raftlite.jepsen_like.models import make_model
+from raftlite.jepsen_like.set_checker import check_set
 from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation
 
@@ -237,9 +242,6 @@ class RegisterWorkload(Workload):
         return ("ok" if answer.rows_affected == 1 else "fail"), (key, (old, new))
 
     def check(self, events: Sequence[Event], *, time_limit_s: float) -> Verdict:
-        from raftlite.jepsen_like.linearizability import LinearizabilityLimits, check_linearizability
-        from raftlite.jepsen_like.models import make_model
-
         return check_linearizability(events, make_model("cas-register"), independent=True,
                                      limits=LinearizabilityLimits(time_limit_s=time_limit_s))
 
@@ -291,8 +293,6 @@ class BankWorkload(Workload):
         return [("read", None, self._read)]
 
     def check(self, events: Sequence[Event], *, time_limit_s: float) -> Verdict:
-        from raftlite.jepsen_like.bank import check_bank
-
         return check_bank(events, total=self.total, accounts=range(self.accounts))
 
 
@@ -327,8 +327,6 @@ class SetWorkload(Workload):
         return [("read", None, self._read)]
 
     def check(self, events: Sequence[Event], *, time_limit_s: float) -> Verdict:
-        from raftlite.jepsen_like.set_checker import check_set
-
         return check_set(events)
 
 
@@ -387,8 +385,6 @@ class AppendWorkload(Workload):
         return [("txn", value, lambda: self._transaction(value))]
 
     def check(self, events: Sequence[Event], *, time_limit_s: float) -> Verdict:
-        from raftlite.jepsen_like.list_append import check_list_append
-
         return check_list_append(events, consistency="strict-serializable")
 
 

@@ -12,17 +12,21 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Sequence, TextIO
 
 from raftlite.actors.config import Config
+from raftlite.actors.database import DatabaseNode
 from raftlite.actors.heartbeat import HeartbeatDetector
 from raftlite.actors.raft_node import Propose, ProposeResult, RaftNode, settings_from_config
 from raftlite.core.raft import SAFE, UnsafeSwitches
 from raftlite.core.raft_types import Configuration, Role
 from raftlite.sim.cluster_faults import CLUSTER_FAULT_KINDS, extra_nodes_for, install_voter_minority_guard
 from raftlite.sim.coverage import attach_coverage
+from raftlite.sim.database_workload import KeyValueLoad
 from raftlite.sim.fault_points import FaultPoints, swarm_fault_points
 from raftlite.sim.liveness import LIVENESS_BUDGET_ELECTION_TIMEOUTS, LivenessMode
 from raftlite.sim.durability_checker import DurabilityChecker
+from raftlite.sim.liveness import RecoveryProbe
 from raftlite.sim.nemesis import FaultEvent, Nemesis
 from raftlite.sim.raft_checkers import RaftChecker
+from raftlite.sim.raft_load import RaftLoad
 from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import Simulation, SimulationFailure
 from raftlite.sim.trace import Trace
@@ -69,8 +73,6 @@ def _raft(founders: Sequence[int], config: Config | None = None, unsafe: UnsafeS
 
 
 def _database(founders: Sequence[int], config: Config | None = None, unsafe: UnsafeSwitches = SAFE) -> Callable[[int], Any]:
-    from raftlite.actors.database import DatabaseNode
-
     bootstrap = Configuration.of({node: Role.VOTER for node in founders})
     settings = _raft_settings(config, unsafe)
     return lambda node_id: DatabaseNode(bootstrap=bootstrap if node_id in founders else None, settings=settings)
@@ -210,8 +212,6 @@ def _await_recovery(sim: Simulation, limit_ms: float, probe=_propose_probe,
     """After the final heal: the exact time until a leader (among `nodes`, default all)
     commits a fresh write, up to the delivery of its reply, or None after `limit_ms`.
     `probe(sim, leader)` sends one write and returns (client, is_success)."""
-    from raftlite.sim.liveness import RecoveryProbe
-
     return RecoveryProbe(sim, sim.node_ids if nodes is None else nodes, probe).run(limit_ms)
 
 
@@ -270,12 +270,8 @@ def attach_checkers(sim: Simulation, actor: str, checkers: str = "all") -> RaftC
 def start_load(sim: Simulation, actor: str, interval_ms: float, stop_at_ms: float):
     """The client load of a run: proposals (raft) or key-value transactions (database)."""
     if actor == "raft":
-        from raftlite.sim.raft_load import RaftLoad
-
         load = RaftLoad(sim, interval_ms, stop_at_ms=stop_at_ms)
     elif actor == "database":
-        from raftlite.sim.database_workload import KeyValueLoad
-
         load = KeyValueLoad(sim, interval_ms, stop_at_ms=stop_at_ms)
     else:
         return None
