@@ -284,9 +284,10 @@ class DqliteSession:
         """The actor's reply to request `token`: its answer, or the next actor request
         of a request that takes several round trips. A reply no request waits for (the
         session closed meanwhile) is dropped."""
-        if self.closed or token != self._awaiting:
+        finish = self._continue
+        if self.closed or token != self._awaiting or finish is None:
             return []
-        finish, self._continue, self._awaiting = self._continue, None, None
+        self._continue = self._awaiting = None
         effects = finish(reply)
         self._decode_next()
         return effects
@@ -329,7 +330,7 @@ class DqliteSession:
         if transfer.expired:
             return self._transfer_done(FailureResponse(
                 code=ErrorCode.ERROR, message=f"leadership did not move to node {transfer.target} in time"))
-        return self._submit(DescribeCluster(), self._transfer_polled)
+        return self._poll(transfer)
 
     def close(self) -> list[Effect]:
         """The connection is gone (or being closed): what the actor must be told. Later
@@ -347,6 +348,8 @@ class DqliteSession:
         """Takes the version word from the front of `data`; returns the rest, and the
         effects if the connection ends here."""
         handshake = self._handshake
+        if handshake is None:
+            return data, []
         taken = WORD_BYTES - len(handshake)
         handshake += data[:taken]
         if len(handshake) < WORD_BYTES:
@@ -560,11 +563,13 @@ class DqliteSession:
         if not isinstance(reply, ProposeResult):
             return [self._send(_failure(reply))]
         self._tokens += 1
-        self._transfer = _Transfer(target=target, deadline_token=self._tokens)
-        return [StartTimer(self._tokens, self.transfer_timeout_ms), *self._submit(DescribeCluster(), self._transfer_polled)]
+        transfer = self._transfer = _Transfer(target=target, deadline_token=self._tokens)
+        return [StartTimer(self._tokens, self.transfer_timeout_ms), *self._poll(transfer)]
 
-    def _transfer_polled(self, description: ClusterDescription) -> list[Effect]:
-        transfer = self._transfer
+    def _poll(self, transfer: _Transfer) -> list[Effect]:
+        return self._submit(DescribeCluster(), lambda description: self._transfer_polled(description, transfer))
+
+    def _transfer_polled(self, description: ClusterDescription, transfer: _Transfer) -> list[Effect]:
         if description.leader == transfer.target:
             return self._transfer_done(EmptyResponse())
         self._tokens += 1
