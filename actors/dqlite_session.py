@@ -15,8 +15,8 @@ runtimes may import it.
 
 Theory of operation
 -------------------
-The driver (the shell around the session) calls four kinds of methods and carries out
-the effects each returns, in order:
+The driver (the shell around the session) calls these methods and carries out the
+effects each returns, in order:
 
     receive_bytes(data)      bytes the client sent (b"" once it closed its side)
     step()                   answer the next request, when `ready`
