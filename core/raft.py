@@ -44,20 +44,37 @@ Safety rules enforced here (Raft paper §5, §6, the Raft thesis §3.10, §4, §
 
 Roles change only in `_become_follower`, `_become_pre_candidate`, `_become_candidate`
 and `_become_leader`.
+
+Parts
+-----
+This module is the state machine: roles, terms, the log, elections, replication and
+the Ready contract. It composes four parts, split the way etcd-io/raft splits raft.go:
+- core/raft_progress.py: each follower's `Progress` (probe / replicate / snapshot, the
+  window of appends in flight) and the `ProgressTracker` holding them and the votes;
+- core/raft_quorum.py: majority arithmetic (the committed index, election results);
+- core/raft_read_only.py: the ReadIndex queue and the heartbeat sequence confirming it;
+- core/raft_membership.py: the configurations in the log, the rules for the next
+  change, and a promotion waiting for its node to catch up.
+The parts decide nothing on their own that depends on a test-only `UnsafeSwitches`:
+every deliberate bug is switched here. `Raft.progress`, `votes`, `configurations` and
+`pending_promotion` are views of the parts, for the node actor and the checkers.
 """
 
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Sequence
 
-from raftlite.core.errors import NotLeader, ProposalDropped
-from raftlite.core.invariant import invariant
-from raftlite.core.raft_messages import (
+from .errors import NotLeader, ProposalDropped
+from .invariant import invariant
+from .raft_membership import Membership
+from .raft_messages import (
     AppendRequest, AppendResponse, HeartbeatRequest, HeartbeatResponse, SnapshotChunk, SnapshotResponse,
     TimeoutNow, VoteRequest, VoteResponse,
 )
-from raftlite.core.raft_types import Configuration, Entry, EntryKind, HardState, Role, Snapshot, SnapshotMeta
+from .raft_progress import Progress, ProgressState, ProgressTracker
+from .raft_quorum import VoteResult, committed_index, has_quorum, vote_result
+from .raft_read_only import ReadOnly, ReadState
+from .raft_types import Configuration, Entry, EntryKind, HardState, Role, Snapshot, SnapshotMeta
 
 __all__ = ["Progress", "Raft", "RaftSettings", "Ready", "ReadState", "SAFE", "State", "UnsafeSwitches"]
 
@@ -125,12 +142,6 @@ class RaftSettings:
         return self
 
 
-@dataclass(frozen=True, slots=True)
-class ReadState:
-    context: Any
-    index: int
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ready:
     hard_state: HardState | None
@@ -144,52 +155,6 @@ class Ready:
 
     def needs_persist(self) -> bool:
         return bool(self.hard_state or self.entries or self.snapshot or self.truncate_after is not None)
-
-
-# Heartbeat answers in a row showing a follower's log stuck behind appends in flight
-# before the leader presumes those appends lost.
-_STALLED_HEARTBEATS_MAX = 3
-
-
-class ProgressState(str, Enum):
-    PROBE = "probe"          # one append at a time until the match point is found
-    REPLICATE = "replicate"  # optimistic pipelining, bounded by the inflight limits
-    SNAPSHOT = "snapshot"    # sending a snapshot, chunk by chunk
-
-
-@dataclass(slots=True)
-class Progress:
-    """The leader's view of one replica."""
-
-    match: int = 0
-    next: int = 1
-    state: ProgressState = ProgressState.PROBE
-    probe_sent: bool = False
-    inflight: deque = field(default_factory=deque)   # (last index, bytes) of appends in flight
-    inflight_bytes: int = 0
-    recent_active: bool = False
-    snapshot_offset: int = 0
-    # The snapshot being sent: kept until the transfer ends even if a newer one is taken
-    # meanwhile, so a slow transfer is never restarted from scratch by compaction.
-    snapshot: Snapshot | None = None
-    heartbeat_sequence: int = 0
-    stalled_last_index: int = -1
-    stalled_heartbeats: int = 0
-
-    def release_inflight(self, index: int) -> None:
-        while self.inflight and self.inflight[0][0] <= index:
-            self.inflight_bytes -= self.inflight.popleft()[1]
-
-    def reset_inflight(self) -> None:
-        self.inflight.clear()
-        self.inflight_bytes = 0
-
-
-@dataclass(slots=True)
-class _PendingRead:
-    context: Any
-    index: int
-    sequence: int
 
 
 def _carries_future_term(message: Any) -> bool:
@@ -239,15 +204,12 @@ class Raft:
         self.commit = max(self.log_base_index, min(commit, self.last_index))
         self.applied = self.log_base_index if applied is None else applied
         self.apply_requested_index = self.applied
-        # Membership history: (index of the CONFIG entry, configuration), oldest first.
+        # The configurations in the log, and a promotion to voter waiting (if any).
         if snapshot:
-            base = [(snapshot.meta.configuration_index, snapshot.meta.configuration)]
+            self.membership = Membership.from_log(
+                snapshot.meta.configuration_index, snapshot.meta.configuration, self.entries)
         else:
-            base = [(0, configuration)]
-        self.configurations: list[tuple[int, Configuration]] = base
-        for entry in self.entries:
-            if entry.kind == EntryKind.CONFIG and entry.index > base[0][0]:
-                self.configurations.append((entry.index, Configuration.decode(entry.data)))
+            self.membership = Membership.from_log(0, configuration, self.entries)
 
         self.state = State.FOLLOWER
         # A node whose storage may have been wiped must not vote or campaign: it may have
@@ -261,14 +223,11 @@ class Raft:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_ticks = settings.election_ticks
-        self.votes: dict[int, bool] = {}
-        self.progress: dict[int, Progress] = {}
+        # Votes received as (pre-)candidate; each follower's progress as leader.
+        self.tracker = ProgressTracker()
         self.transfer_target: int | None = None
         self.transfer_elapsed = 0
-        self.pending_promotion: tuple[int, int] | None = None  # (node, ticks waited)
-        self.heartbeat_sequence = 0
-        self.pending_reads: list[_PendingRead] = []
-        self.reads_waiting_for_commit: list[Any] = []
+        self.read_only = ReadOnly()   # reads waiting for a quorum's heartbeat answers
         self.incoming_snapshot: tuple[SnapshotMeta, bytearray] | None = None
         self.snapshot_to_persist: Snapshot | None = None
 
@@ -313,8 +272,7 @@ class Raft:
     def _truncate_after(self, index: int) -> None:
         invariant(index >= self.commit, f"node {self.id}: truncating committed entries ({index} < {self.commit})")
         del self.entries[index - self.log_base_index :]
-        while self.configurations[-1][0] > index:
-            self.configurations.pop()  # a configuration is reverted when its entry goes
+        self.membership.truncated_after(index)
         self.stable_index = min(self.stable_index, index)
         if index < self.persist_requested_index:
             self.persist_requested_index = index
@@ -324,36 +282,50 @@ class Raft:
         for entry in entries:
             invariant(entry.index == self.last_index + 1, f"node {self.id}: appending index {entry.index} after {self.last_index}")
             self.entries.append(entry)
-            if entry.kind == EntryKind.CONFIG:
-                self.configurations.append((entry.index, Configuration.decode(entry.data)))
+            self.membership.appended(entry)
 
     def _is_up_to_date(self, last_index: int, last_term: int) -> bool:
         return last_term > self.last_term or (last_term == self.last_term and last_index >= self.last_index)
 
     # ------------------------------------------------------------------------------------
-    # Membership
+    # Views of the parts (core/raft_membership.py, core/raft_progress.py), as the node
+    # actor, the simulator and the checkers read them
 
     @property
     def configuration(self) -> Configuration:
-        return self.configurations[-1][1]
+        return self.membership.current
 
     @property
     def configuration_index(self) -> int:
-        return self.configurations[-1][0]
+        return self.membership.current_index
 
-    def _configuration_at(self, index: int) -> tuple[int, Configuration]:
-        for entry_index, configuration in reversed(self.configurations):
-            if entry_index <= index:
-                return entry_index, configuration
-        return self.configurations[0]
+    @property
+    def configurations(self) -> list[tuple[int, Configuration]]:
+        """The configurations in the log: (index of the CONFIG entry, configuration),
+        oldest first."""
+        return self.membership.history
+
+    @property
+    def pending_promotion(self) -> tuple[int, int] | None:
+        """(node, ticks waited) of a promotion to voter waiting for its node to catch up."""
+        return self.membership.pending_promotion
+
+    @property
+    def progress(self) -> dict[int, Progress]:
+        """As leader, the progress of every other replica."""
+        return self.tracker.progress
+
+    @property
+    def votes(self) -> dict[int, bool]:
+        """As (pre-)candidate, the votes received so far."""
+        return self.tracker.votes
 
     @property
     def is_voter(self) -> bool:
         return self.configuration.role(self.id) == Role.VOTER
 
     def _quorum_reached(self, members: set[int]) -> bool:
-        voters = self.configuration.voters
-        return sum(1 for voter in voters if voter in members) >= len(voters) // 2 + 1
+        return has_quorum(self.configuration.voters, members)
 
     # ------------------------------------------------------------------------------------
     # Role transitions (the only places the role changes)
@@ -366,11 +338,10 @@ class Raft:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self._reset_election_timer()
-        self.votes = {}
+        self.tracker.reset_votes()
         self.transfer_target = None
-        self.pending_promotion = None
-        self.pending_reads.clear()
-        self.reads_waiting_for_commit.clear()
+        self.membership.pending_promotion = None
+        self.read_only.clear()
 
     def _reset_election_timer(self) -> None:
         ticks = self.settings.election_ticks
@@ -380,13 +351,13 @@ class Raft:
         self._reset(term)
         self.state = State.FOLLOWER
         self.leader = leader
-        self.progress = {}
+        self.tracker.stop_leading()
 
     def _become_pre_candidate(self) -> None:
         invariant(self.state != State.LEADER, "a leader does not pre-campaign")
         # Pre-vote changes neither term nor vote: a partitioned node cannot inflate terms.
         self.state = State.PRE_CANDIDATE
-        self.votes = {}
+        self.tracker.reset_votes()
         self.leader = None
         self.election_elapsed = 0
         self._reset_election_timer()
@@ -402,10 +373,7 @@ class Raft:
         self._reset(self.term)
         self.state = State.LEADER
         self.leader = self.id
-        self.progress = {}
-        for node in self.configuration.replicas:
-            if node != self.id:
-                self.progress[node] = Progress(match=0, next=self.last_index + 1)
+        self.tracker.start_leading(self.configuration.replicas, self.id, self.last_index + 1)
         # Commit entries of earlier terms by committing one of our own (Raft §5.4.2).
         self._append([Entry(self.term, self.last_index + 1, EntryKind.NOOP)])
         self._broadcast_append()
@@ -437,21 +405,13 @@ class Raft:
         if self.election_elapsed >= self.settings.election_ticks:
             self.election_elapsed = 0
             if self.settings.check_quorum:
-                active = {self.id} | {n for n, p in self.progress.items() if p.recent_active}
-                for progress in self.progress.values():
-                    progress.recent_active = False
-                if not self._quorum_reached(active):
+                if not self._quorum_reached(self.tracker.take_recently_active(self.id)):
                     self._become_follower(self.term, None)
                     return
             if self.transfer_target is not None:
                 self.transfer_target = None  # the transfer did not finish in time
-        if self.pending_promotion is not None:
-            node, waited = self.pending_promotion
-            if waited + 1 >= self.settings.promotion_timeout_ticks:
-                self.pending_promotion = None
-            else:
-                self.pending_promotion = (node, waited + 1)
-                self._maybe_promote()
+        if self.membership.promotion_tick(self.settings.promotion_timeout_ticks):
+            self._maybe_promote()
         if self.heartbeat_elapsed >= self.settings.heartbeat_ticks:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -475,7 +435,7 @@ class Raft:
             return
         self._become_pre_candidate()
         # A pre-vote promises nothing and changes no durable state: counted at once.
-        self.votes[self.id] = True
+        self.tracker.record_vote(self.id, True)
         if self._quorum_reached({self.id}):
             self._campaign_after_pre_vote()
             return
@@ -504,7 +464,7 @@ class Raft:
         vote for another candidate of the same term, and two leaders share it. The
         requests themselves carry the new term, so `_send` holds them until then too."""
         if self.settings.unsafe.self_vote_before_persist:
-            self.votes[self.id] = True
+            self.tracker.record_vote(self.id, True)
             if self._quorum_reached({self.id}):
                 self._become_leader()
                 return
@@ -550,12 +510,11 @@ class Raft:
         expected = State.PRE_CANDIDATE if message.pre_vote else State.CANDIDATE
         if self.state != expected:
             return
-        self.votes[src] = message.granted
-        granted = {node for node, yes in self.votes.items() if yes}
-        rejected = {node for node, yes in self.votes.items() if not yes}
-        if self._quorum_reached(granted):
+        self.tracker.record_vote(src, message.granted)
+        result = vote_result(self.configuration.voters, self.tracker.votes)
+        if result == VoteResult.WON:
             self._win_vote(message.pre_vote)
-        elif len(rejected) >= len(self.configuration.voters) - self.configuration.quorum() + 1:
+        elif result == VoteResult.LOST:
             self._become_follower(self.term, None)
 
     # ------------------------------------------------------------------------------------
@@ -709,9 +668,7 @@ class Raft:
         self.entries = kept
         self.snapshot = snapshot
         self.log_base_index, self.log_base_term = meta.index, meta.term
-        self.configurations = [(meta.configuration_index, meta.configuration)] + [
-            (e.index, Configuration.decode(e.data)) for e in kept if e.kind == EntryKind.CONFIG
-        ]
+        self.membership.restored(meta, kept)
         self.commit = max(self.commit, meta.index)
         self.applied = self.apply_requested_index = meta.index
         if kept:
@@ -727,14 +684,7 @@ class Raft:
 
     def _send_append(self, node: int, *, allow_empty: bool = False) -> bool:
         progress = self.progress[node]
-        if progress.state == ProgressState.SNAPSHOT:
-            return False
-        if progress.state == ProgressState.PROBE and progress.probe_sent:
-            return False
-        if progress.state == ProgressState.REPLICATE and (
-            len(progress.inflight) >= self.settings.inflight_appends_max
-            or progress.inflight_bytes >= self.settings.inflight_bytes_max
-        ):
+        if progress.is_paused(self.settings.inflight_appends_max, self.settings.inflight_bytes_max):
             return False
         prev_index = progress.next - 1
         prev_term = self.term_at(prev_index)
@@ -754,13 +704,7 @@ class Raft:
         self._send(node, AppendRequest(
             term=self.term, prev_index=prev_index, prev_term=prev_term, entries=tuple(entries), commit=self.commit,
         ))
-        if progress.state == ProgressState.REPLICATE:
-            if entries:
-                progress.next = entries[-1].index + 1
-                progress.inflight.append((entries[-1].index, size))
-                progress.inflight_bytes += size
-        else:
-            progress.probe_sent = True
+        progress.sent_append(entries[-1].index if entries else None, size)
         return True
 
     def _broadcast_append(self) -> None:
@@ -768,20 +712,16 @@ class Raft:
             self._send_append(node, allow_empty=True)
 
     def _broadcast_heartbeat(self) -> None:
-        self.heartbeat_sequence += 1
+        sequence = self.read_only.next_heartbeat()
         for node, progress in self.progress.items():
             self._send(node, HeartbeatRequest(
-                term=self.term, commit=min(self.commit, progress.match), sequence=self.heartbeat_sequence,
+                term=self.term, commit=min(self.commit, progress.match), sequence=sequence,
             ))
         self._release_reads()
 
     def _start_snapshot(self, node: int) -> None:
         invariant(self.snapshot is not None, f"node {self.id}: log compacted without a snapshot")
-        progress = self.progress[node]
-        progress.state = ProgressState.SNAPSHOT
-        progress.snapshot_offset = 0
-        progress.snapshot = self.snapshot
-        progress.reset_inflight()
+        self.progress[node].become_snapshot(self.snapshot)
         self._send_snapshot_chunk(node)
 
     def _send_snapshot_chunk(self, node: int) -> None:
@@ -803,11 +743,7 @@ class Raft:
             self._start_snapshot(src)
             return
         if message.done:
-            progress.match = max(progress.match, message.index)
-            progress.next = progress.match + 1
-            progress.snapshot = None
-            progress.state = ProgressState.PROBE
-            progress.probe_sent = False
+            progress.snapshot_installed(message.index)
             self._send_append(src, allow_empty=True)
             return
         progress.snapshot_offset = message.next_offset
@@ -819,16 +755,7 @@ class Raft:
             return
         progress.recent_active = True
         if message.success:
-            if message.index > progress.match:
-                progress.match = message.index
-            progress.next = max(progress.next, progress.match + 1)
-            progress.release_inflight(progress.match)
-            if progress.state == ProgressState.PROBE:
-                progress.state = ProgressState.REPLICATE
-                progress.probe_sent = False
-            elif progress.state == ProgressState.SNAPSHOT and progress.match >= (self.log_base_index if self.snapshot else 0):
-                progress.state = ProgressState.PROBE
-                progress.probe_sent = False
+            progress.append_accepted(message.index, self.log_base_index if self.snapshot else 0)
             self._maybe_commit()
             if self.state != State.LEADER:
                 return   # the commit removed this leader from the voters: it stepped down
@@ -837,14 +764,7 @@ class Raft:
             self._maybe_promote()
             while self._send_append(src):
                 pass
-        else:
-            if progress.state == ProgressState.SNAPSHOT:
-                return
-            # Back off to the follower's hint (never below what it has acknowledged).
-            progress.next = max(progress.match + 1, min(progress.next - 1, message.index + 1))
-            progress.state = ProgressState.PROBE
-            progress.probe_sent = False
-            progress.reset_inflight()
+        elif progress.append_rejected(message.index):   # backs off to the follower's hint
             self._send_append(src, allow_empty=True)
 
     def _handle_heartbeat_response(self, src: int, message: HeartbeatResponse) -> None:
@@ -855,13 +775,10 @@ class Raft:
         progress.heartbeat_sequence = max(progress.heartbeat_sequence, message.sequence)
         if message.last_index < progress.match:
             # The follower lost entries it had acknowledged (a tail cut off at restart:
-            # DESIGN.md §3's undetectable last-batch damage). Raft assumes this never
-            # happens; re-replicating from what it still has is the only way forward.
-            progress.match = message.last_index
-            progress.next = message.last_index + 1
-            progress.state = ProgressState.PROBE
-            progress.probe_sent = False
-            progress.reset_inflight()
+            # damage to the last batch written cannot be told from a torn write). Raft
+            # assumes this never happens; re-replicating from what it still has is the
+            # only way forward.
+            progress.entries_lost(message.last_index)
         if progress.state == ProgressState.PROBE:
             progress.probe_sent = False  # the probe may have been lost: send it again
         elif progress.state == ProgressState.SNAPSHOT:
@@ -869,17 +786,8 @@ class Raft:
             # the follower answers with the offset it really needs.
             self._send_snapshot_chunk(src)
         elif progress.state == ProgressState.REPLICATE and progress.inflight and message.last_index < progress.next - 1:
-            # Appends are in flight beyond the follower's log. If its log has not grown
-            # for several heartbeats, they were lost: find the match point again.
-            if message.last_index == progress.stalled_last_index:
-                progress.stalled_heartbeats += 1
-            else:
-                progress.stalled_last_index, progress.stalled_heartbeats = message.last_index, 0
-            if progress.stalled_heartbeats >= _STALLED_HEARTBEATS_MAX:
-                progress.state = ProgressState.PROBE
-                progress.probe_sent = False
-                progress.next = max(progress.match + 1, min(progress.next, message.last_index + 1))
-                progress.reset_inflight()
+            # Appends are in flight beyond the follower's log: lost, if it stays stuck.
+            progress.heartbeat_behind_window(message.last_index)
         elif progress.state == ProgressState.REPLICATE and progress.match < progress.next - 1 <= message.last_index:
             # The follower holds everything sent but its acknowledgements were lost: an
             # empty append at the window's end (outside the window) gets a fresh one.
@@ -895,15 +803,13 @@ class Raft:
         self._release_reads()
 
     def _maybe_commit(self) -> None:
-        matches = sorted(
-            (self.stable_index if voter == self.id else self.progress[voter].match if voter in self.progress else 0)
-            for voter in self.configuration.voters
-        )
-        if not matches:
+        # The leader counts itself only for the entries it has persisted.
+        matches = self.tracker.match_indexes(self.configuration.voters, self.id, self.stable_index)
+        candidate = committed_index(matches)
+        if candidate is None:
             return
-        candidate = matches[len(matches) - self.configuration.quorum()]
         if self.settings.unsafe.commit_past_quorum:
-            candidate = matches[-1]   # a deliberate bug for tests: the best replica's match, not a quorum's
+            candidate = max(matches)   # a deliberate bug for tests: the best replica's match, not a quorum's
         own_term = self.term_at(candidate) == self.term
         if self.settings.unsafe.commit_without_current_term:
             own_term = True   # a deliberate bug for tests: Figure 8's unsafe commit
@@ -912,9 +818,8 @@ class Raft:
             self._on_leader_commit()
 
     def _on_leader_commit(self) -> None:
-        if self.reads_waiting_for_commit and self._committed_own_term():
-            waiting, self.reads_waiting_for_commit = self.reads_waiting_for_commit, []
-            for context in waiting:
+        if self.read_only.waiting_for_commit and self._committed_own_term():
+            for context in self.read_only.take_waiting_for_commit():
                 self._queue_read(context)
         # A leader that is no longer a voter in a committed configuration steps down.
         if self.configuration_index <= self.commit and not self.is_voter:
@@ -950,38 +855,23 @@ class Raft:
         self._require_leader()
         if not self._committed_own_term():
             raise ProposalDropped("the leader has not yet committed an entry of its term")
-        if ((self.configuration_index > self.commit or self.pending_promotion is not None)
+        if (self.membership.change_pending(self.commit)
                 and not self.settings.unsafe.concurrent_membership_changes):   # (a deliberate bug for tests)
             raise ProposalDropped("a membership change is already in progress")
-        current = self.configuration.role(node)
-        if current == role and (address is None or address == self.configuration.address(node)):
-            raise ProposalDropped(f"node {node} already has that role")
-        if role is None and current is None:
-            raise ProposalDropped(f"node {node} is not a member")
-        if role == Role.VOTER and current != Role.VOTER and not self._caught_up(node):
-            if current is None:
-                raise ProposalDropped(f"node {node} must join as a standby or spare before it can vote")
-            self.pending_promotion = (node, 0)
-            if current == Role.SPARE:
-                return self._propose_configuration(self.configuration.with_role(node, Role.STANDBY, address))
-            return None
-        return self._propose_configuration(self.configuration.with_role(node, role, address))
+        configuration = self.membership.plan_change(node, role, address, caught_up=self._caught_up(node))
+        return None if configuration is None else self._propose_configuration(configuration)
 
     def _caught_up(self, node: int) -> bool:
-        progress = self.progress.get(node)
-        return progress is not None and progress.match + self.settings.promotion_lag_entries_max >= self.last_index
+        return self.tracker.caught_up(node, self.last_index, self.settings.promotion_lag_entries_max)
 
     def _maybe_promote(self) -> None:
         # Not during a leadership transfer either: proposals are refused then, and the
         # promotion is retried on a later tick (or by the next leader, if asked again).
-        if self.pending_promotion is None or self.configuration_index > self.commit or self.transfer_target is not None:
+        if self.transfer_target is not None:
             return
-        node, _ = self.pending_promotion
-        if self.configuration.role(node) is None:
-            self.pending_promotion = None
-        elif self._caught_up(node):
-            self.pending_promotion = None
-            self._propose_configuration(self.configuration.with_role(node, Role.VOTER))
+        configuration = self.membership.due_promotion(self.commit, self._caught_up)
+        if configuration is not None:
+            self._propose_configuration(configuration)
 
     def _propose_configuration(self, configuration: Configuration) -> int:
         index = self.propose(configuration.encode(), EntryKind.CONFIG)
@@ -989,9 +879,7 @@ class Raft:
             if node != self.id and node not in self.progress:
                 self.progress[node] = Progress(match=0, next=self.last_index)
                 self._send_append(node, allow_empty=True)
-        for node in list(self.progress):
-            if node not in configuration.replicas:
-                del self.progress[node]
+        self.tracker.forget_absent(configuration.replicas)
         self._maybe_commit()
         return index
 
@@ -1020,25 +908,21 @@ class Raft:
         self._require_leader()
         # (a deliberate bug for tests skips the wait: the commit index may lag the last leader's)
         if not self._committed_own_term() and not self.settings.unsafe.read_index_without_own_term_commit:
-            self.reads_waiting_for_commit.append(context)
+            self.read_only.wait_for_own_term_commit(context)
             return
         self._queue_read(context)
 
     def _queue_read(self, context: Any) -> None:
-        self.pending_reads.append(_PendingRead(context, self.commit, self.heartbeat_sequence + 1))
+        self.read_only.queue(context, self.commit)
         self._broadcast_heartbeat()
 
     def _release_reads(self) -> None:
-        released = 0
-        for read in self.pending_reads:
-            acknowledged = {self.id} | {
-                node for node, p in self.progress.items() if p.heartbeat_sequence >= read.sequence
-            }
-            if not self._quorum_reached(acknowledged):
-                break
-            self.read_states.append(ReadState(read.context, read.index))
-            released += 1
-        del self.pending_reads[:released]
+        self.read_states.extend(self.read_only.release(self._heartbeat_confirmed))
+
+    def _heartbeat_confirmed(self, sequence: int) -> bool:
+        """A quorum answered heartbeat `sequence` (or a later one): this node was still
+        the leader when it was sent."""
+        return self._quorum_reached(self.tracker.heartbeat_acknowledged(sequence, self.id))
 
     def compact(self, index: int, data: bytes, trailing: int = 0) -> Snapshot | None:
         """The state machine's image at applied `index` becomes the snapshot served to
@@ -1047,7 +931,7 @@ class Raft:
         invariant(index <= self.applied, f"node {self.id}: snapshot at {index} beyond applied {self.applied}")
         if self.snapshot is not None and index <= self.snapshot.meta.index:
             return None
-        configuration_index, configuration = self._configuration_at(index)
+        configuration_index, configuration = self.membership.at(index)
         meta = SnapshotMeta(index=index, term=self.term_at(index), configuration=configuration,
                             configuration_index=configuration_index)
         self.snapshot = Snapshot(meta, bytes(data))
