@@ -1,6 +1,6 @@
 """One scenario, two runtimes: a small driver interface over a 3-node replicated-SQLite
 cluster, implemented by the simulator (raftlite.sim, simulated time) and by real
-`raftlite node` processes (tests/process_cluster.py), and `run_scenario`, which plays a
+`raftlite node` processes (tests/cluster_helpers.py), and `run_scenario`, which plays a
 text script on either:
 
     start                 start the cluster
@@ -25,7 +25,7 @@ from raftlite.sim.database_workload import read_replica
 from raftlite.sim.run import ACTORS, leader_of
 from raftlite.sim.simulation import NodeState, Simulation
 
-from process_cluster import ProcessCluster
+from cluster_helpers import ProcessCluster
 
 DATABASE = "app"
 CREATE_TABLE = "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"

@@ -15,7 +15,7 @@ import pytest
 from raftlite.core.raft_log_format import segment_first_index, snapshot_index_of
 
 from cluster_drivers import ProcessDriver, SimDriver, run_scenario
-from process_cluster import (
+from cluster_helpers import (
     IN_DELETE, TABLE_SQL, ClusterError, KillOnFile, ProcessCluster, Writer, check_history, check_same_everywhere,
 )
 
