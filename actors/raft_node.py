@@ -1,5 +1,5 @@
-"""The raft node actor: the raft core, its durable storage and a state machine, behind
-the actor contract.
+"""The raft node actor: the raft core, its durable storage, and the state machine it
+drives, behind the actor contract.
 
 Theory of operation
 -------------------
@@ -21,149 +21,42 @@ every tick and never acknowledges anything that is not durable; it never reuses 
 index (the raft core assigns indexes, and a failed group is rewritten byte for byte).
 Corrupt durable state makes the node refuse to start (`Halt`, naming file and offset).
 
-Client requests are the small message set below; the wire protocol (a later layer)
-maps onto them. A proposal is answered only once its entry is committed and applied;
-if leadership is lost while it is in the log, it fails with `LeadershipLost` (outcome
-unknown); if it never entered the log, with `NotLeader`.
+The application is a component, not a subclass: a `StateMachine` (actors/state_machine.py)
+made at every start by `state_machine_factory`. The node calls it through that one
+interface — apply (in bounded steps for big entries), snapshot, restore, leadership
+gained and lost, the client requests and timers the node does not know, the answer to a
+refusal — and gives it a `_Host` handle for what it may ask back (propose and be
+answered once applied, ReadIndex reads, snapshots, stepping down). The replicated SQLite
+of actors/database.py is such a component; so is `DigestStateMachine`, the default.
+
+Client requests are the small message set of actors/raft_requests.py; the wire protocol
+(a later layer) maps onto them. A proposal is answered only once its entry is committed
+and applied; if leadership is lost while it is in the log, it fails with
+`LeadershipLost` (outcome unknown); if it never entered the log, with `NotLeader`.
 """
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Mapping, Protocol
+from typing import Any, Callable, Hashable, Mapping
 
-from raftlite.actors.contract import Client, Context, IoResult, NodeId, StatusRequest, StatusResponse
-from raftlite.actors.raft_storage import RaftStorage
-from raftlite.core.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError
-from raftlite.core.raft import Raft, RaftSettings, Ready, State
-from raftlite.core.raft_log_format import COMMIT_HINT_FILE, StorageCorruption, encode_commit_hint, recover
-from raftlite.core.raft_types import Configuration, Entry, EntryKind, Role, Snapshot
+from ..core.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError
+from ..core.raft import Raft, RaftSettings, Ready, State, UnsafeSwitches
+from ..core.raft_log_format import COMMIT_HINT_FILE, StorageCorruption, encode_commit_hint, recover
+from ..core.raft_types import Configuration, Entry, EntryKind, Role, Snapshot
+from .contract import Client, Context, IoResult, NodeId, StatusRequest, StatusResponse
+from .raft_requests import (
+    AllowVoting, ChangeMembership, ClientError, ClusterDescription, DescribeCluster, Propose, ProposeResult, Read,
+    ReadResult, TransferLeadership,
+)
+from .raft_storage import RaftStorage
+from .state_machine import DigestStateMachine, StateMachine, StateMachineHost
 
+# The request and answer types (actors/raft_requests.py) and the state machine interface
+# (actors/state_machine.py) are named here too: callers import them from this module.
 __all__ = [
     "AllowVoting", "ChangeMembership", "ClientError", "ClusterDescription", "DescribeCluster", "DigestStateMachine", "Propose", "ProposeResult", "RaftNode", "Read",
     "ReadResult", "StateMachine", "StatusRequest", "StatusResponse", "TransferLeadership", "settings_from_config",
 ]
-
-
-# -- client requests and answers ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Propose:
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Read:
-    """A linearizable read of the state machine (ReadIndex)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChangeMembership:
-    node: NodeId
-    role: Role | None  # None removes the node
-    address: str | None = None   # where the node is reached ("host:port"); kept if None
-    must_be_new: bool = False    # refuse if the node is already a member (dqlite's ADD)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TransferLeadership:
-    target: NodeId
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class AllowVoting:
-    """The node's own join completed: from now on it may vote and campaign (see
-    `RaftNode.start_voting_blocked`). Answered with a ProposeResult."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DescribeCluster:
-    """Who leads and who is a member, as this node knows it (not linearizable: any node
-    answers at once, as dqlite's LEADER and CLUSTER requests do)."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClusterDescription:
-    node_id: NodeId
-    leader: NodeId | None
-    term: int
-    members: tuple[tuple[NodeId, Role, str | None], ...]   # (node, role, address)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProposeResult:
-    index: int
-    term: int
-    result: Any = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReadResult:
-    index: int
-    value: Any
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientError:
-    """A refusal: `kind` is "not-leader" (certainly not applied), "leadership-lost"
-    (outcome unknown) or "dropped" (refused before entering the log)."""
-
-    kind: str
-    message: str
-    leader: NodeId | None = None
-
-
-def _client_error(error: RaftError) -> ClientError:
-    if isinstance(error, NotLeader):
-        return ClientError(kind="not-leader", message=str(error), leader=error.leader_hint)
-    if isinstance(error, LeadershipLost):
-        return ClientError(kind="leadership-lost", message=str(error))
-    return ClientError(kind="dropped", message=str(error))
-
-
-# -- the state machine interface -------------------------------------------------------------
-
-
-class StateMachine(Protocol):
-    def apply(self, entry: Entry) -> Any: ...
-
-    def read(self) -> Any: ...
-
-    def snapshot(self) -> bytes: ...
-
-    def restore(self, data: bytes) -> None: ...
-
-
-class DigestStateMachine:
-    """A minimal real state machine for raft tests: a running digest of applied commands.
-
-    Two replicas that applied the same commands in the same order hold the same digest;
-    its `read` returns (count, digest)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.digest = 0
-
-    def apply(self, entry: Entry) -> Any:
-        if entry.kind != EntryKind.NORMAL:
-            return None
-        self.count += 1
-        # FNV-1a over the previous digest and the command: order-sensitive and cheap.
-        value = self.digest ^ 0xCBF29CE484222325
-        for byte in entry.data:
-            value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-        self.digest = value
-        return self.count
-
-    def read(self) -> Any:
-        return (self.count, self.digest)
-
-    def snapshot(self) -> bytes:
-        return self.count.to_bytes(8, "little") + self.digest.to_bytes(8, "little")
-
-    def restore(self, data: bytes) -> None:
-        self.count = int.from_bytes(data[:8], "little")
-        self.digest = int.from_bytes(data[8:16], "little")
 
 
 def settings_from_config(config) -> RaftSettings:
@@ -195,10 +88,23 @@ class _PendingProposal:
     response: Any = None   # sent once committed; None: a ProposeResult
 
 
+@dataclass(slots=True)
+class _WaitingRead:
+    """A linearizable read waiting for its ReadIndex round and for the state machine to
+    catch up; `response` is its prepared answer, a callable computing it, or None (then
+    the state machine is read)."""
+
+    index: int | None      # the read index, once the round confirmed leadership
+    min_index: int         # what the answer may depend on must be applied too
+    response: Any
+
+
 class RaftNode:
-    """An actor. `bootstrap` is the initial configuration of a new cluster: a founding
-    node whose storage is empty writes it as log entry 1. A node joining an existing
-    cluster gets None and learns its configuration from the leader."""
+    """An actor driving a `StateMachine` component (actors/state_machine.py).
+    `bootstrap` is the initial configuration of a new cluster: a founding node whose
+    storage is empty writes it as log entry 1. A node joining an existing cluster gets
+    None and learns its configuration from the leader. `state_machine_factory` makes the
+    component at every start."""
 
     TICK = "tick"
     # Set (before start) for a node that starts with empty storage to join a cluster:
@@ -223,6 +129,7 @@ class RaftNode:
         self.state_machine_factory = state_machine_factory
         self.settings_override = settings
         self.raft: Raft | None = None
+        self.state_machine: StateMachine | None = None
         # Observers for the simulator's checkers (None outside tests).
         self.on_apply: Callable[[NodeId, Entry], None] | None = None
         self.on_acknowledge: Callable[[NodeId, Entry], None] | None = None
@@ -231,6 +138,10 @@ class RaftNode:
 
     def on_start(self, ctx: Context) -> None:
         self.ctx = ctx
+        # The component starts first: it may prepare what its restore needs (the
+        # database clears its scratch directory, whose files are derived state).
+        self.state_machine = self.state_machine_factory()
+        self.state_machine.start(_Host(self), ctx)
         self.batches: deque[_Batch] = deque()
         self.unsubmitted: list[_Batch] = []   # batches waiting for the next persist group
         self.group_in_flight: int | None = None
@@ -241,9 +152,7 @@ class RaftNode:
         self.own_snapshot_waiting: Snapshot | None = None
         self.proposals: dict[int, _PendingProposal] = {}   # log index -> waiting client
         self.pending_membership: dict[int, Client] = {}     # CONFIG index -> client
-        # Linearizable reads waiting: client -> [read index once known, minimum applied
-        # index, prepared response or None (then the state machine is read)].
-        self.reads: dict[Client, list] = {}
+        self.reads: dict[Client, _WaitingRead] = {}   # linearizable reads waiting
         self.read_contexts = 0
         self.applied_since_snapshot = 0
         self.applied_bytes_since_snapshot = 0
@@ -264,7 +173,6 @@ class RaftNode:
             ctx.halt(f"refusing to start: {error}")
             return
         self.storage = RaftStorage(ctx, recovered, segment_bytes_max=ctx.config.segment_bytes_max)
-        self.state_machine = self.state_machine_factory()
         self.applied_index = 0
         if recovered.snapshot is not None:
             self.state_machine.restore(recovered.snapshot.data)
@@ -313,6 +221,9 @@ class RaftNode:
                 self.storage.retry()
             self._process()
             self._write_commit_hint()   # once a tick at most: it is only a hint
+            return
+        if self.state_machine.on_timer(timer):
+            self._process()
 
     def on_io_done(self, token: Hashable, result: IoResult) -> None:
         if token == self.COMMIT_HINT_WRITTEN:
@@ -377,42 +288,51 @@ class RaftNode:
     # -- clients -------------------------------------------------------------------------
 
     def _handle_client(self, client: Client, message: Any) -> None:
-        raft = self.raft
+        """Raft's own requests (actors/raft_requests.py); the rest go to the state machine."""
         try:
-            match message:
-                case Propose(data=data):
-                    index = raft.propose(data)
-                    self.proposals[index] = _PendingProposal(client, raft.term)
-                case Read():
-                    self._start_read(client)
-                case ChangeMembership(node=node, role=role, address=address, must_be_new=must_be_new):
-                    if must_be_new and raft.configuration.role(node) is not None:
-                        raise ProposalDropped(f"node {node} is already a member")
-                    index = raft.change_membership(node, role, address)
-                    if raft.pending_promotion is not None:
-                        # Answered when the node finally becomes a voter (or gives up).
-                        self.promotion_client = (client, node)
-                    elif index is not None:
-                        self.pending_membership[index] = client
-                case TransferLeadership(target=target):
-                    raft.transfer_leadership(target)
-                    self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="transfer started"))
-                case StatusRequest():
-                    self.ctx.reply(client, StatusResponse(node_id=self.ctx.node_id, status=self._full_status()))
-                case AllowVoting():
-                    raft.voting_blocked = False
-                    self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="voting allowed"))
-                case DescribeCluster():
-                    configuration = raft.configuration
-                    self.ctx.reply(client, ClusterDescription(
-                        node_id=self.ctx.node_id, leader=raft.leader, term=raft.term,
-                        members=tuple((node, role, configuration.address(node)) for node, role in configuration.members),
-                    ))
-                case _:
-                    self.ctx.reply(client, ClientError(kind="bad-request", message=f"unknown request {type(message).__name__}"))
+            handled = self._handle_raft_request(client, message)
         except RaftError as error:
             self.reads.pop(client, None)
             self.ctx.reply(client, self._refusal(error))
+            return
+        if not handled and not self.state_machine.handle_request(client, message):
+            self.ctx.reply(client, ClientError(kind="bad-request", message=f"unknown request {type(message).__name__}"))
+
+    def _handle_raft_request(self, client: Client, message: Any) -> bool:
+        """Handle one of raft's requests; False if `message` is none of them."""
+        raft = self.raft
+        match message:
+            case Propose(data=data):
+                index = raft.propose(data)
+                self.proposals[index] = _PendingProposal(client, raft.term)
+            case Read():
+                self._start_read(client)
+            case ChangeMembership(node=node, role=role, address=address, must_be_new=must_be_new):
+                if must_be_new and raft.configuration.role(node) is not None:
+                    raise ProposalDropped(f"node {node} is already a member")
+                index = raft.change_membership(node, role, address)
+                if raft.pending_promotion is not None:
+                    # Answered when the node finally becomes a voter (or gives up).
+                    self.promotion_client = (client, node)
+                elif index is not None:
+                    self.pending_membership[index] = client
+            case TransferLeadership(target=target):
+                raft.transfer_leadership(target)
+                self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="transfer started"))
+            case StatusRequest():
+                self.ctx.reply(client, StatusResponse(node_id=self.ctx.node_id, status=self._full_status()))
+            case AllowVoting():
+                raft.voting_blocked = False
+                self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="voting allowed"))
+            case DescribeCluster():
+                configuration = raft.configuration
+                self.ctx.reply(client, ClusterDescription(
+                    node_id=self.ctx.node_id, leader=raft.leader, term=raft.term,
+                    members=tuple((node, role, configuration.address(node)) for node, role in configuration.members),
+                ))
+            case _:
+                return False
+        return True
 
     def _start_read(self, client: Client, *, response: Any = None, min_index: int = 0) -> None:
         """Answer `client` once a ReadIndex round that starts now confirms leadership and
@@ -422,16 +342,21 @@ class RaftNode:
             # A deliberate bug for tests: answered at once from the node's own state, with
             # no round confirming leadership and no wait for what it ran but has not
             # committed (a deposed leader serves stale or never-committed data).
-            self.reads[client] = [0, 0, response]
-            self._answer_reads()
+            self._answer_from_applied_state(client, response)
             return
         self.read_contexts += 1
-        self.reads[client] = [None, min_index, response]
+        self.reads[client] = _WaitingRead(None, min_index, response)
         self.raft.read_index((client, self.read_contexts))
 
+    def _answer_from_applied_state(self, client: Client, response: Any) -> None:
+        """Answer `client` from what is applied, with no ReadIndex round (see `_start_read`)."""
+        self.reads[client] = _WaitingRead(0, 0, response)
+        self._answer_reads()
+
     def _refusal(self, error: RaftError) -> Any:
-        """The answer a client gets for a refusal (the database node answers in SQL terms)."""
-        return _client_error(error)
+        """The answer a client gets for a refusal (the state machine's: the database
+        answers in SQL terms)."""
+        return self.state_machine.refusal(error)
 
     # -- the Ready loop ------------------------------------------------------------------
 
@@ -452,11 +377,11 @@ class RaftNode:
         leading = raft.state == State.LEADER
         if self.leading and not leading:
             self._fail_pending(LeadershipLost("leadership lost: the outcome is unknown"))
-            self._on_leadership_lost()
-        self.leading = leading
-
-    def _on_leadership_lost(self) -> None:
-        """Subclasses drop leader-only state here (pending work has been failed)."""
+            self.leading = False
+            self.state_machine.leadership_lost()
+        elif leading and not self.leading:
+            self.leading = True
+            self.state_machine.leadership_gained()
 
     def _complete_batches(self) -> None:
         while self.batches and self.batches[0].durable:
@@ -476,6 +401,7 @@ class RaftNode:
         self._apply_some()
         self._answer_reads()
         self._maybe_snapshot()
+        self.state_machine.progressed()
 
     def _write_commit_hint(self) -> None:
         """Record the commit index for the next start (one write in flight, no fsync).
@@ -497,14 +423,14 @@ class RaftNode:
         zero-delay timer. While a snapshot is being taken nothing is applied: the
         snapshot must show the state at exactly its index."""
         budget = self.APPLY_STEP_BYTES
-        applies_during_snapshot = getattr(self.state_machine, "applies_during_snapshot", None)
+        machine = self.state_machine
         while budget > 0 and (self.step_in_progress is not None or (self.apply_queue and self.snapshot_in_progress is None)):
-            if (self.snapshot_in_progress is not None and self.apply_queue and applies_during_snapshot is not None
-                    and isinstance(self.apply_queue[0], Entry) and applies_during_snapshot(self.apply_queue[0])):
+            if (self.snapshot_in_progress is not None and self.apply_queue
+                    and isinstance(self.apply_queue[0], Entry) and machine.applies_during_snapshot(self.apply_queue[0])):
                 # An entry that leaves what the snapshot reads untouched need not wait
                 # for it (on a leader: its own transactions, already in its WAL).
                 item = self.apply_queue.popleft()
-                result = self.state_machine.apply(item)
+                result = machine.apply(item)
                 budget -= max(1, len(item.data))
                 self._applied(item, result)
                 continue
@@ -517,27 +443,24 @@ class RaftNode:
                     finish(finished.value)
                 continue
             item = self.apply_queue.popleft()
+            big = machine.works_in_steps and len(item.data) > self.APPLY_STEP_BYTES
             if isinstance(item, Snapshot):
-                restore_steps = getattr(self.state_machine, "restore_steps", None)
-                if restore_steps is not None and len(item.data) > self.APPLY_STEP_BYTES:
-                    self.step_in_progress = (restore_steps(item.data, self.APPLY_STEP_BYTES),
+                if big:
+                    self.step_in_progress = (machine.restore_steps(item.data, self.APPLY_STEP_BYTES),
                                              lambda _, snapshot=item: self._restored(snapshot))
                     continue
-                self.state_machine.restore(item.data)
+                machine.restore(item.data)
                 self._restored(item)
                 budget -= len(item.data)
                 continue
-            apply_steps = getattr(self.state_machine, "apply_steps", None)
-            if apply_steps is not None and len(item.data) > self.APPLY_STEP_BYTES:
-                self.step_in_progress = (apply_steps(item, self.APPLY_STEP_BYTES),
+            if big:
+                self.step_in_progress = (machine.apply_steps(item, self.APPLY_STEP_BYTES),
                                          lambda result, entry=item: self._applied(entry, result))
                 continue
-            result = self.state_machine.apply(item)
+            result = machine.apply(item)
             budget -= max(1, len(item.data))
             self._applied(item, result)
-        flush = getattr(self.state_machine, "flush", None)
-        if flush is not None:
-            flush()   # a state machine may batch the writes of one step (the database does)
+        machine.flush()   # a state machine may batch the writes of one step (the database does)
         if self.step_in_progress is not None or (self.apply_queue and self.snapshot_in_progress is None):
             self.ctx.set_timer(self.APPLY, 0.0)
 
@@ -602,15 +525,16 @@ class RaftNode:
     def _read_index_known(self, context: Any, index: int) -> None:
         client, _ = context
         waiting = self.reads.get(client)
-        if waiting is not None and waiting[0] is None:
-            waiting[0] = index
+        if waiting is not None and waiting.index is None:
+            waiting.index = index
 
     def _answer_reads(self) -> None:
         if not self.reads:
             return
         applied = self.applied_index
-        for client in [c for c, (index, minimum, _) in self.reads.items() if index is not None and applied >= max(index, minimum)]:
-            response = self.reads[client][2]
+        for client in [c for c, waiting in self.reads.items()
+                       if waiting.index is not None and applied >= max(waiting.index, waiting.min_index)]:
+            response = self.reads[client].response
             if callable(response):
                 # Computed now, from the state machine as applied: not while an entry
                 # or a restore is half written.
@@ -625,18 +549,17 @@ class RaftNode:
     def _maybe_snapshot(self) -> None:
         if not self._snapshot_due() or self.snapshot_in_progress is not None:
             return
-        can_snapshot = getattr(self.state_machine, "can_snapshot", None)
-        if can_snapshot is not None and not can_snapshot():
+        if not self.state_machine.can_snapshot():
             return  # e.g. a leader whose WAL holds transactions not yet committed
         if self.apply_queue or self.step_in_progress is not None:
             return  # the state machine is between entries only when nothing is pending
         index = self.applied_index
-        snapshot_steps = getattr(self.state_machine, "snapshot_steps", None)
-        if snapshot_steps is None:
+        if not self.state_machine.works_in_steps:
             self._snapshot_taken(index, self.state_machine.snapshot())
             return
         self.snapshot_in_progress = index
-        self.step_in_progress = (snapshot_steps(self.APPLY_STEP_BYTES), lambda data: self._snapshot_taken(index, data))
+        self.step_in_progress = (self.state_machine.snapshot_steps(self.APPLY_STEP_BYTES),
+                                 lambda data: self._snapshot_taken(index, data))
         self._apply_some()
 
     def _snapshot_due(self) -> bool:
@@ -683,6 +606,11 @@ class RaftNode:
             self.step_in_progress = None
             self.snapshot_in_progress = None
 
+    def release_resources(self) -> None:
+        """The process is going away: the state machine lets go of its open files."""
+        if self.state_machine is not None:
+            self.state_machine.close()
+
     # -- introspection -------------------------------------------------------------------
 
     def _full_status(self) -> dict[str, Any]:
@@ -709,6 +637,7 @@ class RaftNode:
             return {}
         status = self.raft.status()
         status["storage_errors"] = self.storage_errors
+        status.update(self.state_machine.status())
         return status
 
 
@@ -731,3 +660,76 @@ def _merge_persistence(readys: list[Ready]) -> tuple[Any, int | None, tuple[Entr
                 truncate_after = cut if truncate_after is None else min(truncate_after, cut)
         entries.extend(ready.entries)
     return hard_state, truncate_after, tuple(entries)
+
+
+class _Host(StateMachineHost):
+    """What the raft node lets its state machine ask of it (see StateMachineHost in
+    actors/state_machine.py): a small handle, so the component never touches the node's
+    own bookkeeping."""
+
+    __slots__ = ("_node",)
+
+    def __init__(self, node: RaftNode) -> None:
+        self._node = node
+
+    @property
+    def applied_index(self) -> int:
+        return self._node.applied_index
+
+    @property
+    def term(self) -> int:
+        return self._node.raft.term
+
+    @property
+    def unsafe(self) -> UnsafeSwitches:
+        return self._node.raft.settings.unsafe
+
+    def is_leader(self) -> bool:
+        return self._node.raft.state == State.LEADER
+
+    def leader_caught_up(self) -> bool:
+        raft = self._node.raft
+        return raft.state == State.LEADER and raft.term_at(raft.commit) == raft.term and self._node.applied_index >= raft.commit
+
+    def transferring_leadership(self) -> bool:
+        return self._node.raft.transfer_target is not None
+
+    def propose(self, data: bytes) -> int:
+        return self._node.raft.propose(data)
+
+    def answer_when_applied(self, index: int, client: Client, response: Any) -> None:
+        node = self._node
+        node.proposals[index] = _PendingProposal(client, node.raft.term, response)
+
+    def start_read(self, client: Client, *, response: Any = None, min_index: int = 0) -> None:
+        self._node._start_read(client, response=response, min_index=min_index)
+
+    def answer_from_applied_state(self, client: Client, response: Any) -> None:
+        self._node._answer_from_applied_state(client, response)
+
+    def cancel_read(self, client: Client, answer_is: type) -> bool:
+        reads = self._node.reads
+        waiting = reads.get(client)
+        if waiting is None or not isinstance(waiting.response, answer_is):
+            return False
+        del reads[client]
+        return True
+
+    def step_down(self) -> None:
+        self._node.raft.step_down()
+
+    @property
+    def snapshot_in_progress(self) -> int | None:
+        return self._node.snapshot_in_progress
+
+    def snapshot_due(self) -> bool:
+        return self._node._snapshot_due()
+
+    def take_snapshot_if_due(self) -> None:
+        self._node._maybe_snapshot()
+
+    def abandon_snapshot(self) -> None:
+        self._node._abandon_snapshot()
+
+    def process(self) -> None:
+        self._node._process()

@@ -73,14 +73,14 @@ def test_a_storage_error_at_commit_steps_down_and_the_write_certainly_did_not_ap
     ask(sim, leader, "CREATE TABLE t (k INTEGER PRIMARY KEY, v)")
     actor = sim.actor(leader)
     term = actor.raft.term
-    actor.vfs.wal_write_fault = WalWriteFault(code=code, landed=landed)
+    actor.state_machine.sql.vfs.wal_write_fault = WalWriteFault(code=code, landed=landed)
     client, answers = ask(sim, leader, "INSERT INTO t VALUES (1, 'doomed')", wait=1.0)
     # Answered at once, and with "not leader" (certainly not applied), never a plain
     # SQL failure, and never an acknowledgement.
     assert [answer.code for answer in answers] == [NOT_LEADER], answers
     assert "storage error" in answers[0].message
     assert actor.raft.state != State.LEADER and actor.raft.term == term   # stepped down, same term
-    assert actor.client_connections == 0 and not actor.node_connections    # every connection closed
+    assert actor.state_machine.sql.client_connections == 0 and not actor.state_machine.sql.node_connections    # every connection closed
     new_leader = settle_on_new_leader(sim, leader)
     # The client may retry what certainly did not apply: it is applied exactly once.
     _, retried = ask(sim, new_leader, "INSERT INTO t VALUES (1, 'retried')")
@@ -103,7 +103,7 @@ def test_a_storage_error_answers_10506_for_other_clients_writes_already_proposed
         sim.run_for(0.01)
     # Executed and proposed, not committed yet (a round trip and an fsync away).
     assert all(sim.replies[client] == [] for client in earlier)
-    actor.vfs.wal_write_fault = WalWriteFault(code=apsw.SQLITE_IOERR_WRITE, landed=True)
+    actor.state_machine.sql.vfs.wal_write_fault = WalWriteFault(code=apsw.SQLITE_IOERR_WRITE, landed=True)
     _, failing = ask(sim, leader, "INSERT INTO t VALUES (4)", wait=1.0)
     assert [answer.code for answer in failing] == [NOT_LEADER]
     new_leader = settle_on_new_leader(sim, leader)
@@ -204,17 +204,17 @@ def test_a_session_closes_its_connections_and_leadership_loss_expires_every_sess
     actor = sim.actor(leader)
     alice, _ = ask(sim, leader, "CREATE TABLE t (v)")
     bob, _ = ask(sim, leader, "PRAGMA foreign_keys = OFF")
-    assert actor.client_connections == 2
+    assert actor.state_machine.sql.client_connections == 2
     sim.submit(leader, SessionClosed(), client=bob)
     sim.run_for(10)
-    assert actor.client_connections == 1
+    assert actor.state_machine.sql.client_connections == 1
     # Leadership goes away and comes back: Alice's connection (and any state she set on
     # it) is gone, so her next request is refused with 10250 rather than run on a fresh
     # connection that silently lacks her state; a new session works.
     other = next(node for node in sim.node_ids if node != leader)
     sim.submit(leader, TransferLeadership(target=other))
     sim.run_for(2000)
-    assert leader_of(sim) == other and actor.client_connections == 0 and not actor.node_connections
+    assert leader_of(sim) == other and actor.state_machine.sql.client_connections == 0 and not actor.state_machine.sql.node_connections
     sim.submit(other, TransferLeadership(target=leader))
     sim.run_for(2000)
     assert leader_of(sim) == leader
@@ -232,7 +232,7 @@ def test_the_client_connection_limit_gives_up_idle_sessions_then_refuses_clearly
     bob, _ = ask(sim, leader, "BEGIN; INSERT INTO t VALUES ('bob')")
     # At the limit, Carol takes the connection of the longest-idle session (Alice's)...
     carol, answers = ask(sim, leader, "INSERT INTO t VALUES ('carol-1')")
-    assert answers == [] and actor.client_connections == 2      # (queued behind Bob's write lock)
+    assert answers == [] and actor.state_machine.sql.client_connections == 2      # (queued behind Bob's write lock)
     _, answers = ask(sim, leader, "INSERT INTO t VALUES ('alice')", client=alice)
     assert [answer.code for answer in answers] == [NOT_LEADER]   # ...and Alice must reconnect
     # Bob is in a transaction and Carol waits for the lock: nobody is idle, so a new
@@ -253,9 +253,9 @@ def test_many_clients_with_their_own_connections_still_checkpoint_and_queue_for_
     and every replica ends identical."""
     import os
 
-    from raftlite.actors.database import DatabaseNode
+    from raftlite.actors.sql_service import SqlService
 
-    monkeypatch.setattr(DatabaseNode, "CHECKPOINT_ENTRIES", 20)
+    monkeypatch.setattr(SqlService, "CHECKPOINT_ENTRIES", 20)
     sim = database_cluster()
     leader = leader_of(sim)
     ask(sim, leader, "CREATE TABLE t (k, v)")

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.timeout(120)
 def _arm_fault(cluster: InProcessCluster, node_id: int, fault: WalWriteFault) -> None:
     """Set the fault on the node's VFS from the node's own loop thread."""
     async def arm() -> None:
-        cluster.nodes[node_id].actor.vfs.wal_write_fault = fault
+        cluster.nodes[node_id].actor.state_machine.sql.vfs.wal_write_fault = fault
 
     cluster.run(arm())
 
@@ -65,7 +65,7 @@ def test_a_storage_error_at_commit_on_a_real_leader_is_not_leader_and_the_client
                                     autocommit=True)
         try:
             connection.execute("INSERT INTO t VALUES (2, 'retried')")
-            assert cluster.nodes[new_leader].actor.vfs.wal_write_fault is None      # it did fire
+            assert cluster.nodes[new_leader].actor.state_machine.sql.vfs.wal_write_fault is None      # it did fire
             assert connection.execute("SELECT k, v FROM t ORDER BY k").fetchall() == [(2, "retried")]
         finally:
             connection.close()

@@ -267,9 +267,9 @@ def test_concurrent_writers_share_appends_and_fsyncs():
 def test_the_leaders_wal_stays_bounded_under_continuous_load(monkeypatch):
     import os
 
-    from raftlite.actors.database import DatabaseNode
+    from raftlite.actors.sql_service import SqlService
 
-    monkeypatch.setattr(DatabaseNode, "CHECKPOINT_ENTRIES", 20)
+    monkeypatch.setattr(SqlService, "CHECKPOINT_ENTRIES", 20)
     sim = database_cluster()
     leader = leader_of(sim)
     request(sim, leader, Execute(database="app", sql="CREATE TABLE t (k, v)"))
@@ -485,7 +485,7 @@ def test_interrupt_stops_a_long_select_and_a_queued_write():
     sim.submit(leader, Interrupt(database="app"), client=reader)
     sim.run_for(500)
     assert sim.replies[reader] == [SqlError(code=SQLITE_INTERRUPT, message="interrupted"), Interrupted()]
-    assert sim.actor(leader).long_reads == deque()          # its connection is closed
+    assert sim.actor(leader).state_machine.sql.long_reads == deque()          # its connection is closed
     steps = [e for e in list(sim.trace.events())[first_event:] if e["ev"] == "timer" and e["timer"] == "'read-step'"]
     assert len(steps) <= 2                                   # stopped, not run to the end
 
