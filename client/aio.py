@@ -11,98 +11,87 @@
 Theory of operation
 -------------------
 The same as raftlite.client.dbapi, over an `AsyncClusterSession`: the statement plan,
-transaction tracking, result conversion and exceptions are the DB-API's own code; only
-the requests are awaited. The fetch methods are coroutines too (as in aiosqlite), even
+transaction tracking (dbapi's sans-I/O `TransactionTracker`), result conversion and
+exceptions are the DB-API's own code; only the requests are awaited. The fetch methods are coroutines too (as in aiosqlite), even
 though the rows are already in memory, so that a later streaming cursor keeps the API.
 An asyncio.Lock keeps one connection's requests in order when several tasks share it.
 """
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from raftlite.client.cluster import (
-    AsyncClusterSession, AsyncConnectionSetup, RequestKind, RetryPolicy, StatementInfo, StatementPlan, plan_statement,
-)
+from raftlite.client.cluster import AsyncClusterSession, AsyncConnectionSetup, RequestKind, RetryPolicy
 from raftlite.client.connection import AsyncConnection as NodeConnection, RequestFailed
 from raftlite.client.dbapi import (
-    TIMEOUT_S_DEFAULT, CursorResults, StatementResult, checked_statement, wire_parameters,
+    TIMEOUT_S_DEFAULT, CursorResults, SqlCall, Steps, TransactionTracker, checked_many, checked_statement,
+    wire_parameters,
 )
-from raftlite.client.errors import (
-    DataError, Error, InterfaceError, OutcomeUnknownError, ProgrammingError, TransactionLostError,
-)
+from raftlite.client.errors import Error, InterfaceError, ProgrammingError
 from raftlite.client.types import Parameter, Python
-from raftlite.core.wire import NodeInfo, ResultResponse, RowsResponse, Value, WireEncodeError
+from raftlite.core.wire import NodeInfo, ResultResponse, RowsResponse
 
 __all__ = ["Connection", "Cursor", "connect"]
 
 _NOT_AN_ERROR = (1, "not an error")
+_T = TypeVar("_T")
 
 
-def _statement_operation(sql: str, parameters: tuple[Value, ...], plan: StatementPlan):
+def _operation(call: SqlCall):
+    """`call` as a session operation (awaited variant of dbapi.statement_operation)."""
+
     async def run(connection: NodeConnection, db_id: int) -> ResultResponse | RowsResponse:
-        if plan.use_query:
+        if call.use_query:
             try:
-                return await connection.query_sql(db_id, sql, parameters)
+                return await connection.query_sql(db_id, call.sql, call.parameters)
             except RequestFailed as failure:
                 if (failure.code, failure.message) != _NOT_AN_ERROR:
                     raise
-        return await connection.exec_sql(db_id, sql, parameters)
+        return await connection.exec_sql(db_id, call.sql, call.parameters)
 
     return run
 
 
-def _exec(sql: str):
-    async def run(connection: NodeConnection, db_id: int) -> ResultResponse:
-        return await connection.exec_sql(db_id, sql)
-
-    return run
+async def _drive(session: AsyncClusterSession, steps: Steps[_T]) -> _T:
+    """Carry out a TransactionTracker generator with awaited calls (as dbapi.drive)."""
+    answer: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            call = steps.throw(error) if error is not None else steps.send(answer)
+        except StopIteration as stop:
+            return stop.value
+        answer, error = None, None
+        try:
+            answer = await session.call(call.kind, _operation(call))
+        except Exception as failure:   # handed to the generator, which decides
+            error = failure
 
 
 class Cursor(CursorResults):
     """An asyncio cursor: `await cursor.execute(...)`, `await cursor.fetchall()`, `async for`."""
 
-    def __init__(self, connection: "Connection") -> None:
-        self.connection = connection
-        self.arraysize = 1
-        self.closed = False
-        self._reset()
-
-    def _check(self) -> None:
-        if self.closed:
-            raise ProgrammingError("the cursor is closed")
-        self.connection._check()
-
     async def execute(self, sql: str, parameters: Sequence[Parameter] | None = None) -> "Cursor":
         self._check()
-        info = checked_statement(sql)
-        result = await self.connection._run(sql, info, wire_parameters(parameters))
+        result = await self.connection._drive(lambda tracker: tracker.statement(sql, checked_statement(sql),
+                                                                                wire_parameters(parameters)))
         self._reset()
         self._store(result)
         return self
 
     async def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Parameter]]) -> "Cursor":
         self._check()
-        info = checked_statement(sql)
-        if info.returns_rows and not info.dml:
-            raise ProgrammingError("executemany() is for statements that do not return rows")
+        info = checked_many(sql)
         self._reset()
-        total = 0
-        for parameters in seq_of_parameters:
-            result = await self.connection._run(sql, info, wire_parameters(parameters))
-            total += max(result.rowcount, 0)
-            if result.lastrowid is not None:
-                self.lastrowid = result.lastrowid
-        self.rowcount = total
+        self.rowcount, self.lastrowid = await self.connection._drive(lambda tracker: tracker.many(sql, info,
+                                                                                                 seq_of_parameters))
         return self
 
     async def executescript(self, sql: str) -> "Cursor":
         self._check()
         info = checked_statement(sql, script=True)
-        if self.connection.in_transaction and not self.connection.autocommit:
-            await self.connection.commit()
         self._reset()
-        await self.connection._run(sql, info, (), force_exec=True)
+        await self.connection._drive(lambda tracker: tracker.script(sql, info))
         return self
 
     async def fetchone(self) -> tuple[Python, ...] | None:
@@ -122,8 +111,7 @@ class Cursor(CursorResults):
             yield row
 
     async def close(self) -> None:
-        self.closed = True
-        self._rows = None
+        self._close()
 
 
 class Connection:
@@ -131,8 +119,7 @@ class Connection:
 
     def __init__(self, session: AsyncClusterSession, *, autocommit: bool = False) -> None:
         self.session = session
-        self.autocommit = autocommit
-        self._in_transaction = False
+        self._tracker = TransactionTracker(autocommit=autocommit)
         self._lock = asyncio.Lock()
 
     @property
@@ -141,32 +128,25 @@ class Connection:
 
     @property
     def in_transaction(self) -> bool:
-        return self._in_transaction
+        return self._tracker.in_transaction
+
+    @property
+    def autocommit(self) -> bool:
+        return self._tracker.autocommit
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        self._tracker.autocommit = bool(value)
 
     def _check(self) -> None:
         if self.session.closed:
             raise ProgrammingError("the connection is closed")
 
-    async def _run(self, sql: str, info: StatementInfo, parameters: tuple[Value, ...], *,
-                   force_exec: bool = False) -> StatementResult:
+    async def _drive(self, steps_of: Callable[[TransactionTracker], Steps[_T]]) -> _T:
+        """Run one TransactionTracker method's calls, holding the lock throughout."""
         async with self._lock:
             self._check()
-            plan = plan_statement(info, autocommit=self.autocommit, in_transaction=self._in_transaction)
-            if force_exec and plan.use_query:
-                plan = StatementPlan(implicit_begin=plan.implicit_begin, kind=plan.kind, use_query=False,
-                                     in_transaction_after=plan.in_transaction_after)
-            if plan.implicit_begin:
-                await self.session.call(RequestKind.BEGIN, _exec("BEGIN"))
-                self._in_transaction = True
-            try:
-                response = await self.session.call(plan.kind, _statement_operation(sql, parameters, plan))
-            except (TransactionLostError, OutcomeUnknownError):
-                self._in_transaction = False
-                raise
-            except WireEncodeError as error:
-                raise DataError(str(error)) from None
-            self._in_transaction = plan.in_transaction_after
-            return StatementResult.of(response)
+            return await _drive(self.session, steps_of(self._tracker))
 
     def cursor(self) -> Cursor:
         self._check()
@@ -182,29 +162,15 @@ class Connection:
         return await self.cursor().executescript(sql)
 
     async def commit(self) -> None:
-        async with self._lock:
-            self._check()
-            if not self._in_transaction:
-                return
-            try:
-                await self.session.call(RequestKind.COMMIT, _exec("COMMIT"))
-            except (TransactionLostError, OutcomeUnknownError):
-                self._in_transaction = False
-                raise
-            self._in_transaction = False
+        await self._drive(TransactionTracker.commit)
 
     async def rollback(self) -> None:
-        async with self._lock:
-            self._check()
-            if not self._in_transaction:
-                return
-            self._in_transaction = False
-            await self.session.call(RequestKind.ROLLBACK, _exec("ROLLBACK"))
+        await self._drive(TransactionTracker.rollback)
 
     async def close(self) -> None:
         if self.session.closed:
             return
-        if self._in_transaction:
+        if self._tracker.in_transaction:
             try:
                 await self.rollback()
             except Error:

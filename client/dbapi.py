@@ -30,12 +30,12 @@ keeps one connection's requests from interleaving).
 """
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from raftlite.client.cluster import (
-    ClusterSession, ConnectionSetup, RequestKind, RetryPolicy, StatementInfo, StatementPlan, describe_statement,
+    ClusterSession, ConnectionSetup, RequestKind, RetryPolicy, StatementInfo, describe_statement,
     plan_statement,
 )
 from raftlite.client.connection import Connection as NodeConnection, RequestFailed
@@ -86,19 +86,113 @@ class StatementResult:
         return cls()  # ROWS without columns (a write sent as QUERY_SQL), or nothing at all
 
 
-def statement_operation(sql: str, parameters: tuple[Value, ...], plan: StatementPlan):
-    """The request(s) for one statement, as a session operation (blocking variant)."""
+@dataclass(frozen=True, slots=True)
+class SqlCall:
+    """One request a statement needs: `kind` decides what may be retried on a new leader
+    (raftlite.client.cluster); sent as QUERY_SQL when `use_query`, else as EXEC_SQL."""
+
+    kind: RequestKind
+    sql: str
+    parameters: tuple[Value, ...] = ()
+    use_query: bool = False
+
+
+_T = TypeVar("_T")
+# What a TransactionTracker method returns: a generator of the calls to make, each sent
+# back its answer (or thrown its exception), returning the method's result.
+Steps = Generator[SqlCall, Any, _T]
+
+
+class TransactionTracker:
+    """A connection's statements and transaction state, with no I/O (sans-I/O): each
+    method is a generator of the `SqlCall`s to make. `Connection` here drives them with
+    blocking calls and raftlite.client.aio's with awaited ones, so the rules (implicit
+    BEGIN, what a lost leader does to an open transaction, executescript's commit) are
+    written once."""
+
+    def __init__(self, *, autocommit: bool) -> None:
+        self.autocommit = autocommit
+        self.in_transaction = False
+
+    def statement(self, sql: str, info: StatementInfo, parameters: tuple[Value, ...], *,
+                  force_exec: bool = False) -> Steps[StatementResult]:
+        plan = plan_statement(info, autocommit=self.autocommit, in_transaction=self.in_transaction)
+        if plan.implicit_begin:
+            yield SqlCall(RequestKind.BEGIN, "BEGIN")
+            self.in_transaction = True
+        try:
+            response = yield SqlCall(plan.kind, sql, parameters, use_query=plan.use_query and not force_exec)
+        except (TransactionLostError, OutcomeUnknownError):
+            self.in_transaction = False
+            raise
+        except WireEncodeError as error:
+            raise DataError(str(error)) from None
+        self.in_transaction = plan.in_transaction_after
+        return StatementResult.of(response)
+
+    def many(self, sql: str, info: StatementInfo,
+             seq_of_parameters: Iterable[Sequence[Parameter]]) -> Steps[tuple[int, int | None]]:
+        """executemany: the statement once per parameter sequence; (total rowcount, last rowid)."""
+        total, lastrowid = 0, None
+        for parameters in seq_of_parameters:
+            result = yield from self.statement(sql, info, wire_parameters(parameters))
+            total += max(result.rowcount, 0)
+            if result.lastrowid is not None:
+                lastrowid = result.lastrowid
+        return total, lastrowid
+
+    def script(self, sql: str, info: StatementInfo) -> Steps[None]:
+        """executescript: a pending implicit transaction is committed first, as sqlite3 does."""
+        if self.in_transaction and not self.autocommit:
+            yield from self.commit()
+        yield from self.statement(sql, info, (), force_exec=True)
+
+    def commit(self) -> Steps[None]:
+        if not self.in_transaction:
+            return
+        try:
+            yield SqlCall(RequestKind.COMMIT, "COMMIT")
+        except (TransactionLostError, OutcomeUnknownError):
+            self.in_transaction = False   # lost with its leader: no transaction is open any more
+            raise
+        self.in_transaction = False
+
+    def rollback(self) -> Steps[None]:
+        if not self.in_transaction:
+            return
+        self.in_transaction = False   # a transaction lost with its leader counts as rolled back
+        yield SqlCall(RequestKind.ROLLBACK, "ROLLBACK")
+
+
+def statement_operation(call: SqlCall):
+    """`call` as a session operation (blocking variant)."""
 
     def run(connection: NodeConnection, db_id: int) -> ResultResponse | RowsResponse:
-        if plan.use_query:
+        if call.use_query:
             try:
-                return connection.query_sql(db_id, sql, parameters)
+                return connection.query_sql(db_id, call.sql, call.parameters)
             except RequestFailed as failure:
                 if (failure.code, failure.message) != _NOT_AN_ERROR:
                     raise
-        return connection.exec_sql(db_id, sql, parameters)
+        return connection.exec_sql(db_id, call.sql, call.parameters)
 
     return run
+
+
+def drive(session: ClusterSession, steps: Steps[_T]) -> _T:
+    """Carry out a TransactionTracker generator with blocking calls."""
+    answer: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            call = steps.throw(error) if error is not None else steps.send(answer)
+        except StopIteration as stop:
+            return stop.value
+        answer, error = None, None
+        try:
+            answer = session.call(call.kind, statement_operation(call))
+        except Exception as failure:   # handed to the generator, which decides
+            error = failure
 
 
 def checked_statement(sql: str, *, script: bool = False) -> StatementInfo:
@@ -110,14 +204,35 @@ def checked_statement(sql: str, *, script: bool = False) -> StatementInfo:
     return info
 
 
+def checked_many(sql: str) -> StatementInfo:
+    info = checked_statement(sql)
+    if info.returns_rows and not info.dml:
+        raise ProgrammingError("executemany() is for statements that do not return rows")
+    return info
+
+
 def wire_parameters(parameters: Sequence[Parameter] | None) -> tuple[Value, ...]:
     return parameters_to_wire(parameters)
 
 
 class CursorResults:
-    """The result-set half of a cursor (shared with the asyncio cursor)."""
+    """What the blocking and the asyncio cursor share: the connection they belong to,
+    their open/closed state and the result set they hand out."""
 
-    arraysize: int
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.arraysize = 1
+        self.closed = False
+        self._reset()
+
+    def _check(self) -> None:
+        if self.closed:
+            raise ProgrammingError("the cursor is closed")
+        self.connection._check()
+
+    def _close(self) -> None:
+        self.closed = True
+        self._rows = None
 
     def _reset(self) -> None:
         self.description: tuple[tuple[Any, ...], ...] | None = None
@@ -167,21 +282,10 @@ class CursorResults:
 class Cursor(CursorResults):
     """A PEP 249 cursor. Rows are read whole by execute() and handed out by the fetch methods."""
 
-    def __init__(self, connection: "Connection") -> None:
-        self.connection = connection
-        self.arraysize = 1
-        self.closed = False
-        self._reset()
-
-    def _check(self) -> None:
-        if self.closed:
-            raise ProgrammingError("the cursor is closed")
-        self.connection._check()
-
     def execute(self, sql: str, parameters: Sequence[Parameter] | None = None) -> "Cursor":
         self._check()
-        info = checked_statement(sql)
-        result = self.connection._run(sql, info, wire_parameters(parameters))
+        result = self.connection._drive(lambda tracker: tracker.statement(sql, checked_statement(sql),
+                                                                          wire_parameters(parameters)))
         self._reset()
         self._store(result)
         return self
@@ -189,17 +293,10 @@ class Cursor(CursorResults):
     def executemany(self, sql: str, seq_of_parameters: Iterable[Sequence[Parameter]]) -> "Cursor":
         """Runs a statement once per parameter sequence; rowcount is the total."""
         self._check()
-        info = checked_statement(sql)
-        if info.returns_rows and not info.dml:
-            raise ProgrammingError("executemany() is for statements that do not return rows")
+        info = checked_many(sql)
         self._reset()
-        total = 0
-        for parameters in seq_of_parameters:
-            result = self.connection._run(sql, info, wire_parameters(parameters))
-            total += max(result.rowcount, 0)
-            if result.lastrowid is not None:
-                self.lastrowid = result.lastrowid
-        self.rowcount = total
+        self.rowcount, self.lastrowid = self.connection._drive(lambda tracker: tracker.many(sql, info,
+                                                                                           seq_of_parameters))
         return self
 
     def executescript(self, sql: str) -> "Cursor":
@@ -207,10 +304,8 @@ class Cursor(CursorResults):
         transaction is committed first, as sqlite3 does."""
         self._check()
         info = checked_statement(sql, script=True)
-        if self.connection.in_transaction and not self.connection.autocommit:
-            self.connection.commit()
         self._reset()
-        self.connection._run(sql, info, (), force_exec=True)
+        self.connection._drive(lambda tracker: tracker.script(sql, info))
         return self
 
     def fetchone(self) -> tuple[Python, ...] | None:
@@ -230,8 +325,7 @@ class Cursor(CursorResults):
             yield row
 
     def close(self) -> None:
-        self.closed = True
-        self._rows = None
+        self._close()
 
     def __enter__(self) -> "Cursor":
         return self
@@ -256,8 +350,7 @@ class Connection:
 
     def __init__(self, session: ClusterSession, *, autocommit: bool = False) -> None:
         self.session = session
-        self._autocommit = autocommit
-        self._in_transaction = False
+        self._tracker = TransactionTracker(autocommit=autocommit)
         self._lock = threading.RLock()
 
     # -- state -------------------------------------------------------------------------
@@ -269,18 +362,18 @@ class Connection:
     @property
     def in_transaction(self) -> bool:
         """Whether a transaction is open (sqlite3's attribute of the same name)."""
-        return self._in_transaction
+        return self._tracker.in_transaction
 
     @property
     def autocommit(self) -> bool:
-        return self._autocommit
+        return self._tracker.autocommit
 
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
         """Turning autocommit on commits an open transaction first."""
-        if value and self._in_transaction:
+        if value and self._tracker.in_transaction:
             self.commit()
-        self._autocommit = bool(value)
+        self._tracker.autocommit = bool(value)
 
     def _check(self) -> None:
         if self.session.closed:
@@ -288,26 +381,11 @@ class Connection:
 
     # -- statements --------------------------------------------------------------------
 
-    def _run(self, sql: str, info: StatementInfo, parameters: tuple[Value, ...], *,
-             force_exec: bool = False) -> StatementResult:
+    def _drive(self, steps_of: Callable[[TransactionTracker], Steps[_T]]) -> _T:
+        """Run one TransactionTracker method's calls, holding the lock throughout."""
         with self._lock:
             self._check()
-            plan = plan_statement(info, autocommit=self._autocommit, in_transaction=self._in_transaction)
-            if force_exec and plan.use_query:
-                plan = StatementPlan(implicit_begin=plan.implicit_begin, kind=plan.kind, use_query=False,
-                                     in_transaction_after=plan.in_transaction_after)
-            if plan.implicit_begin:
-                self.session.call(RequestKind.BEGIN, lambda connection, db_id: connection.exec_sql(db_id, "BEGIN"))
-                self._in_transaction = True
-            try:
-                response = self.session.call(plan.kind, statement_operation(sql, parameters, plan))
-            except (TransactionLostError, OutcomeUnknownError):
-                self._in_transaction = False
-                raise
-            except WireEncodeError as error:
-                raise DataError(str(error)) from None
-            self._in_transaction = plan.in_transaction_after
-            return StatementResult.of(response)
+            return drive(self.session, steps_of(self._tracker))
 
     def cursor(self) -> Cursor:
         self._check()
@@ -326,33 +404,19 @@ class Connection:
     def commit(self) -> None:
         """Sends COMMIT if a transaction is open. OutcomeUnknownError when the leader was
         lost after COMMIT went out; TransactionLostError when it was lost before."""
-        with self._lock:
-            self._check()
-            if not self._in_transaction:
-                return
-            try:
-                self.session.call(RequestKind.COMMIT, lambda connection, db_id: connection.exec_sql(db_id, "COMMIT"))
-            except (TransactionLostError, OutcomeUnknownError):
-                self._in_transaction = False
-                raise
-            self._in_transaction = False
+        self._drive(TransactionTracker.commit)
 
     def rollback(self) -> None:
         """Sends ROLLBACK if a transaction is open (a transaction lost with its leader
         counts as rolled back)."""
-        with self._lock:
-            self._check()
-            if not self._in_transaction:
-                return
-            self._in_transaction = False
-            self.session.call(RequestKind.ROLLBACK, lambda connection, db_id: connection.exec_sql(db_id, "ROLLBACK"))
+        self._drive(TransactionTracker.rollback)
 
     def close(self) -> None:
         """Rolls back an open transaction (best effort) and closes the leader connection."""
         with self._lock:
             if self.session.closed:
                 return
-            if self._in_transaction:
+            if self._tracker.in_transaction:
                 try:
                     self.rollback()
                 except Error:
