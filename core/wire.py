@@ -6,11 +6,16 @@ Theory of operation
 A connection starts with one 8-byte word, the protocol version (`PROTOCOL_VERSION`,
 1). After it, both sides exchange messages: an 8-byte header (`words` u32 = body length
 in 8-byte words, `type` u8, `schema` u8, two unused bytes) followed by the body. Every
-field of a body is aligned to 8 bytes (see /work/shared/WIRE.md).
+field of a body is aligned to 8 bytes (dqlite's description of its wire protocol,
+called WIRE.md below).
 
 - `encode_request` / `encode_response` turn a message value into the bytes of one
   complete message (header included). The client encodes requests, the server
   responses.
+- The codec is table-driven: each message is described once (`_REQUESTS`,
+  `_RESPONSES`: its type code, its class, the schemas it may carry, its fields in wire
+  order with their kinds), and one generic encoder and one generic decoder walk the
+  descriptions. A new message is a class and one description.
 - `FrameReader` is the streaming half: it is fed bytes as they arrive and hands out
   complete `Frame`s. It reads the header first and refuses a frame whose announced
   body exceeds `message_bytes_max` before buffering any of it; it never allocates
@@ -80,8 +85,9 @@ tests/test_wire_against_dqlite.py:
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 import struct
+from typing import Any, cast
 
 __all__ = [
     "AddRequest", "AssignRequest", "CLUSTER_FORMAT_ID_ADDRESS", "CLUSTER_FORMAT_WITH_ROLES",
@@ -527,7 +533,7 @@ Response = (
 )
 
 
-# -- encoding --------------------------------------------------------------------------
+# -- the body of a message: writing fields ---------------------------------------------
 
 def _padding(length: int) -> int:
     return -length % WORD_BYTES
@@ -642,163 +648,10 @@ def decode_handshake(data: bytes) -> int:
     return _U64.unpack(data)[0]
 
 
-def encode_request(request: Request) -> bytes:
-    """The bytes of one complete request message (header included)."""
-    body = _BodyWriter()
-    schema = 0
-    match request:
-        case LeaderRequest():
-            body.uint64(0, "unused")
-            kind = RequestType.LEADER
-        case ClientRequest(client_id=client_id):
-            body.uint64(client_id, "client id")
-            kind = RequestType.CLIENT
-        case HeartbeatRequest(timestamp=timestamp):
-            body.uint64(timestamp, "timestamp")
-            kind = RequestType.HEARTBEAT
-        case OpenRequest(name=name, flags=flags, vfs=vfs):
-            body.text(name, "database name")
-            body.uint64(flags, "flags")
-            body.text(vfs, "vfs")
-            kind = RequestType.OPEN
-        case PrepareRequest(db_id=db_id, sql=sql, with_tail_offset=with_tail_offset):
-            body.uint64(db_id, "db id")
-            body.text(sql, "sql")
-            schema = 1 if with_tail_offset else 0
-            kind = RequestType.PREPARE
-        case ExecRequest(db_id=db_id, stmt_id=stmt_id, params=params):
-            body.uint32_pair(db_id, stmt_id, "db id, statement id")
-            schema = body.params(params)
-            kind = RequestType.EXEC
-        case QueryRequest(db_id=db_id, stmt_id=stmt_id, params=params):
-            body.uint32_pair(db_id, stmt_id, "db id, statement id")
-            schema = body.params(params)
-            kind = RequestType.QUERY
-        case FinalizeRequest(db_id=db_id, stmt_id=stmt_id):
-            body.uint32_pair(db_id, stmt_id, "db id, statement id")
-            kind = RequestType.FINALIZE
-        case ExecSqlRequest(db_id=db_id, sql=sql, params=params):
-            body.uint64(db_id, "db id")
-            body.text(sql, "sql")
-            schema = body.params(params)
-            kind = RequestType.EXEC_SQL
-        case QuerySqlRequest(db_id=db_id, sql=sql, params=params):
-            body.uint64(db_id, "db id")
-            body.text(sql, "sql")
-            schema = body.params(params)
-            kind = RequestType.QUERY_SQL
-        case InterruptRequest(db_id=db_id):
-            body.uint64(db_id, "db id")
-            kind = RequestType.INTERRUPT
-        case ConnectRequest(node_id=node_id, address=address):
-            body.uint64(node_id, "node id")
-            body.text(address, "address")
-            kind = RequestType.CONNECT
-        case AddRequest(node_id=node_id, address=address):
-            body.uint64(node_id, "node id")
-            body.text(address, "address")
-            kind = RequestType.ADD
-        case AssignRequest(node_id=node_id, role=role):
-            body.uint64(node_id, "node id")
-            if role is not None:
-                body.uint64(role, "role")
-            kind = RequestType.ASSIGN
-        case RemoveRequest(node_id=node_id):
-            body.uint64(node_id, "node id")
-            kind = RequestType.REMOVE
-        case DumpRequest(name=name):
-            body.text(name, "database name")
-            kind = RequestType.DUMP
-        case ClusterRequest(format=cluster_format):
-            body.uint64(cluster_format, "format")
-            kind = RequestType.CLUSTER
-        case TransferRequest(node_id=node_id):
-            body.uint64(node_id, "node id")
-            kind = RequestType.TRANSFER
-        case DescribeRequest(format=describe_format):
-            body.uint64(describe_format, "format")
-            kind = RequestType.DESCRIBE
-        case WeightRequest(weight=weight):
-            body.uint64(weight, "weight")
-            kind = RequestType.WEIGHT
-        case _:
-            raise WireEncodeError(f"not a request: {request!r}")
-    return body.message(kind, schema)
-
-
 def _rows_body(body: _BodyWriter, columns: Sequence[str]) -> None:
     body.uint64(len(columns), "column count")
     for column in columns:
         body.text(column, "column name")
-
-
-def encode_response(response: Response) -> bytes:
-    """The bytes of one complete response message (header included)."""
-    body = _BodyWriter()
-    schema = 0
-    match response:
-        case FailureResponse(code=code, message=message):
-            body.uint64(code, "failure code")
-            body.text(message, "failure message")
-            kind = ResponseType.FAILURE
-        case ServerResponse(node_id=node_id, address=address):
-            body.uint64(node_id, "node id")
-            body.text(address, "address")
-            kind = ResponseType.SERVER
-        case WelcomeResponse(heartbeat_timeout_ms=heartbeat_timeout_ms):
-            body.uint64(heartbeat_timeout_ms, "heartbeat timeout")
-            kind = ResponseType.WELCOME
-        case ServersResponse(nodes=nodes):
-            with_roles = [node.role is not None for node in nodes]
-            if any(with_roles) and not all(with_roles):
-                raise WireEncodeError("either every node of a SERVERS answer has a role or none has")
-            body.uint64(len(nodes), "node count")
-            for node in nodes:
-                body.uint64(node.node_id, "node id")
-                body.text(node.address, "address")
-                if node.role is not None:
-                    body.uint64(node.role, "role")
-            kind = ResponseType.SERVERS
-        case DbResponse(db_id=db_id):
-            body.uint32_pair(db_id, 0, "db id")
-            kind = ResponseType.DB
-        case StmtResponse(db_id=db_id, stmt_id=stmt_id, params_count=params_count, tail_offset=tail_offset):
-            body.uint32_pair(db_id, stmt_id, "db id, statement id")
-            body.uint64(params_count, "parameter count")
-            if tail_offset is not None:
-                body.uint64(tail_offset, "tail offset")
-                schema = 1
-            kind = ResponseType.STMT
-        case ResultResponse(last_insert_id=last_insert_id, rows_affected=rows_affected):
-            body.int64(last_insert_id, "last insert id")
-            body.uint64(rows_affected, "rows affected")
-            kind = ResponseType.RESULT
-        case RowsResponse(columns=columns, rows=rows, more=more):
-            _rows_body(body, columns)
-            for row in rows:
-                if len(row) != len(columns):
-                    raise WireEncodeError(f"a row of {len(row)} values under {len(columns)} columns")
-                if not columns:
-                    raise WireEncodeError("a result without columns has no rows")
-                body.row(row)
-            body.raw(_U64.pack(ROWS_PART if more else ROWS_DONE))
-            kind = ResponseType.ROWS
-        case EmptyResponse():
-            body.uint64(0, "unused")
-            kind = ResponseType.EMPTY
-        case FilesResponse(files=files):
-            body.uint64(len(files), "file count")
-            for file in files:
-                body.text(file.name, "file name")
-                body.blob(file.data)
-            kind = ResponseType.FILES
-        case MetadataResponse(failure_domain=failure_domain, weight=weight):
-            body.uint64(failure_domain, "failure domain")
-            body.uint64(weight, "weight")
-            kind = ResponseType.METADATA
-        case _:
-            raise WireEncodeError(f"not a response: {response!r}")
-    return body.message(kind, schema)
 
 
 class RowsBatchBuilder:
@@ -839,7 +692,7 @@ class RowsBatchBuilder:
         return message
 
 
-# -- decoding --------------------------------------------------------------------------
+# -- the body of a message: reading fields ---------------------------------------------
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Frame:
@@ -994,9 +847,6 @@ class _BodyReader:
                 row.append(self.value(code, f"row {len(rows) + 1} column {index + 1}"))
             rows.append(tuple(row))
 
-    def role(self, field: str) -> int:
-        return self.uint64(field)
-
     def end(self) -> None:
         if self.remaining:
             raise self.fail(f"{self.remaining} unexpected trailing bytes")
@@ -1016,75 +866,257 @@ def _response_name(code: int) -> str:
         return f"response type {code}"
 
 
-_PARAMS_SCHEMAS = frozenset({0, 1})
+# -- message descriptions ----------------------------------------------------------------
+#
+# Every message is described once, in `_REQUESTS` and `_RESPONSES` below: its type code,
+# its class, the header schemas it may carry, and its body's fields in wire order, each
+# a kind and the attribute it holds. One generic encoder (`_encode`, writing each field
+# with `_write_field`) and one generic decoder (`_decode`, `_read_field`) walk them.
+
+class _Kind(Enum):
+    U64 = "u64"                    # one word, unsigned
+    I64 = "i64"                    # one word, signed
+    UNUSED = "unused"              # one word, written as 0, ignored when read
+    ID_PAIR = "id pair"            # two u32 in one word: `attribute`, then `second` (0 when None)
+    TEXT = "text"                  # NUL-terminated UTF-8, padded to a word
+    PARAMS = "params"              # statement parameters: schema 0 (u8 count) or 1 (u32 count)
+    SCHEMA_FLAG = "schema flag"    # a bool in the header's schema byte (1 when true), not in the body
+    SCHEMA_1_U64 = "schema 1 u64"  # one word present in schema 1 only (None otherwise)
+    TRAILING_U64 = "trailing u64"  # one word ending the body when present (None when absent)
+    NODES = "nodes"                # SERVERS' node list: count, then id, address and (format 1) role
+    FILES = "files"                # FILES' file list: count, then name and blob
+    ROWS = "rows"                  # one ROWS batch: columns, rows, end marker (`columns`, `rows`, `more`)
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    kind: _Kind
+    attribute: str | None = None   # the message attribute it holds (None: UNUSED, ROWS)
+    label: str = ""                # names the field in error messages
+    second: str | None = None      # ID_PAIR's second attribute
+
+
+@dataclass(frozen=True, slots=True)
+class _MessageSpec:
+    code: int
+    message_class: type
+    fields: tuple[_Field, ...]
+    schemas: frozenset[int] = frozenset({0})   # the header schema values it may carry
+
+
+def _by_code(*specs: _MessageSpec) -> dict[int, _MessageSpec]:
+    return {spec.code: spec for spec in specs}
+
+
+_SCHEMAS_0_1 = frozenset({0, 1})
+_UNUSED = _Field(_Kind.UNUSED, label="unused")
+_DB_ID = _Field(_Kind.U64, "db_id", "db id")
+_NODE_ID = _Field(_Kind.U64, "node_id", "node id")
+_ADDRESS = _Field(_Kind.TEXT, "address", "address")
+_SQL = _Field(_Kind.TEXT, "sql", "sql")
+_PARAMS = _Field(_Kind.PARAMS, "params")
+_STMT = _Field(_Kind.ID_PAIR, "db_id", "db id, statement id", second="stmt_id")
+_FORMAT = _Field(_Kind.U64, "format", "format")
+
+_REQUESTS = _by_code(
+    _MessageSpec(RequestType.LEADER, LeaderRequest, (_UNUSED,)),
+    _MessageSpec(RequestType.CLIENT, ClientRequest, (_Field(_Kind.U64, "client_id", "client id"),)),
+    _MessageSpec(RequestType.HEARTBEAT, HeartbeatRequest, (_Field(_Kind.U64, "timestamp", "timestamp"),)),
+    _MessageSpec(RequestType.OPEN, OpenRequest, (
+        _Field(_Kind.TEXT, "name", "database name"), _Field(_Kind.U64, "flags", "flags"),
+        _Field(_Kind.TEXT, "vfs", "vfs"))),
+    _MessageSpec(RequestType.PREPARE, PrepareRequest,
+                 (_DB_ID, _SQL, _Field(_Kind.SCHEMA_FLAG, "with_tail_offset")), _SCHEMAS_0_1),
+    _MessageSpec(RequestType.EXEC, ExecRequest, (_STMT, _PARAMS), _SCHEMAS_0_1),
+    _MessageSpec(RequestType.QUERY, QueryRequest, (_STMT, _PARAMS), _SCHEMAS_0_1),
+    _MessageSpec(RequestType.FINALIZE, FinalizeRequest, (_STMT,)),
+    _MessageSpec(RequestType.EXEC_SQL, ExecSqlRequest, (_DB_ID, _SQL, _PARAMS), _SCHEMAS_0_1),
+    _MessageSpec(RequestType.QUERY_SQL, QuerySqlRequest, (_DB_ID, _SQL, _PARAMS), _SCHEMAS_0_1),
+    _MessageSpec(RequestType.INTERRUPT, InterruptRequest, (_DB_ID,)),
+    _MessageSpec(RequestType.CONNECT, ConnectRequest, (_NODE_ID, _ADDRESS)),
+    _MessageSpec(RequestType.ADD, AddRequest, (_NODE_ID, _ADDRESS)),
+    _MessageSpec(RequestType.ASSIGN, AssignRequest, (_NODE_ID, _Field(_Kind.TRAILING_U64, "role", "role"))),
+    _MessageSpec(RequestType.REMOVE, RemoveRequest, (_NODE_ID,)),
+    _MessageSpec(RequestType.DUMP, DumpRequest, (_Field(_Kind.TEXT, "name", "database name"),)),
+    _MessageSpec(RequestType.CLUSTER, ClusterRequest, (_FORMAT,)),
+    _MessageSpec(RequestType.TRANSFER, TransferRequest, (_NODE_ID,)),
+    _MessageSpec(RequestType.DESCRIBE, DescribeRequest, (_FORMAT,)),
+    _MessageSpec(RequestType.WEIGHT, WeightRequest, (_Field(_Kind.U64, "weight", "weight"),)),
+)
+
+_RESPONSES = _by_code(
+    _MessageSpec(ResponseType.FAILURE, FailureResponse, (
+        _Field(_Kind.U64, "code", "failure code"), _Field(_Kind.TEXT, "message", "failure message"))),
+    _MessageSpec(ResponseType.SERVER, ServerResponse, (_NODE_ID, _ADDRESS)),
+    _MessageSpec(ResponseType.WELCOME, WelcomeResponse,
+                 (_Field(_Kind.U64, "heartbeat_timeout_ms", "heartbeat timeout"),)),
+    _MessageSpec(ResponseType.SERVERS, ServersResponse, (_Field(_Kind.NODES, "nodes"),)),
+    _MessageSpec(ResponseType.DB, DbResponse, (_Field(_Kind.ID_PAIR, "db_id", "db id"),)),
+    _MessageSpec(ResponseType.STMT, StmtResponse, (
+        _STMT, _Field(_Kind.U64, "params_count", "parameter count"),
+        _Field(_Kind.SCHEMA_1_U64, "tail_offset", "tail offset")), _SCHEMAS_0_1),
+    _MessageSpec(ResponseType.RESULT, ResultResponse, (
+        _Field(_Kind.I64, "last_insert_id", "last insert id"), _Field(_Kind.U64, "rows_affected", "rows affected"))),
+    _MessageSpec(ResponseType.ROWS, RowsResponse, (_Field(_Kind.ROWS),)),
+    _MessageSpec(ResponseType.EMPTY, EmptyResponse, (_UNUSED,)),
+    _MessageSpec(ResponseType.FILES, FilesResponse, (_Field(_Kind.FILES, "files"),)),
+    _MessageSpec(ResponseType.METADATA, MetadataResponse, (
+        _Field(_Kind.U64, "failure_domain", "failure domain"), _Field(_Kind.U64, "weight", "weight"))),
+)
+
+_REQUESTS_BY_CLASS = {spec.message_class: spec for spec in _REQUESTS.values()}
+_RESPONSES_BY_CLASS = {spec.message_class: spec for spec in _RESPONSES.values()}
+
+
+# -- the generic encoder -----------------------------------------------------------------
+
+def _write_field(body: _BodyWriter, field: _Field, message: object) -> int:
+    """Writes one field of `message`; returns the schema the message needs because of it
+    (0 when it imposes none)."""
+    value: Any = getattr(message, field.attribute) if field.attribute is not None else None
+    match field.kind:
+        case _Kind.U64:
+            body.uint64(value, field.label)
+        case _Kind.I64:
+            body.int64(value, field.label)
+        case _Kind.UNUSED:
+            body.uint64(0, field.label)
+        case _Kind.ID_PAIR:
+            second = getattr(message, field.second) if field.second is not None else 0
+            body.uint32_pair(value, second, field.label)
+        case _Kind.TEXT:
+            body.text(value, field.label)
+        case _Kind.PARAMS:
+            return body.params(value)
+        case _Kind.SCHEMA_FLAG:
+            return 1 if value else 0
+        case _Kind.SCHEMA_1_U64:
+            if value is not None:
+                body.uint64(value, field.label)
+                return 1
+        case _Kind.TRAILING_U64:
+            if value is not None:
+                body.uint64(value, field.label)
+        case _Kind.NODES:
+            with_roles = [node.role is not None for node in value]
+            if any(with_roles) and not all(with_roles):
+                raise WireEncodeError("either every node of a SERVERS answer has a role or none has")
+            body.uint64(len(value), "node count")
+            for node in value:
+                body.uint64(node.node_id, "node id")
+                body.text(node.address, "address")
+                if node.role is not None:
+                    body.uint64(node.role, "role")
+        case _Kind.FILES:
+            body.uint64(len(value), "file count")
+            for file in value:
+                body.text(file.name, "file name")
+                body.blob(file.data)
+        case _Kind.ROWS:
+            batch = cast(RowsResponse, message)
+            _rows_body(body, batch.columns)
+            for row in batch.rows:
+                if len(row) != len(batch.columns):
+                    raise WireEncodeError(f"a row of {len(row)} values under {len(batch.columns)} columns")
+                if not batch.columns:
+                    raise WireEncodeError("a result without columns has no rows")
+                body.row(row)
+            body.raw(_U64.pack(ROWS_PART if batch.more else ROWS_DONE))
+    return 0
+
+
+def _encode(specs_by_class: dict[type, _MessageSpec], message: object, kind: str) -> bytes:
+    spec = next((specs_by_class[cls] for cls in type(message).__mro__ if cls in specs_by_class), None)
+    if spec is None:
+        raise WireEncodeError(f"not a {kind}: {message!r}")
+    body = _BodyWriter()
+    schema = 0
+    for field in spec.fields:
+        schema = max(schema, _write_field(body, field, message))
+    return body.message(spec.code, schema)
+
+
+def encode_request(request: Request) -> bytes:
+    """The bytes of one complete request message (header included)."""
+    return _encode(_REQUESTS_BY_CLASS, request, "request")
+
+
+def encode_response(response: Response) -> bytes:
+    """The bytes of one complete response message (header included)."""
+    return _encode(_RESPONSES_BY_CLASS, response, "response")
+
+
+# -- the generic decoder -----------------------------------------------------------------
+
+def _read_field(reader: _BodyReader, field: _Field, schema: int, cluster_format: int, values: dict) -> None:
+    """Reads one field into `values` (attribute -> value)."""
+    value: object
+    match field.kind:
+        case _Kind.U64:
+            value = reader.uint64(field.label)
+        case _Kind.I64:
+            value = reader.int64(field.label)
+        case _Kind.UNUSED:
+            reader.uint64(field.label)
+            return
+        case _Kind.ID_PAIR:
+            value, second = reader.uint32_pair(field.label)
+            if field.second is not None:
+                values[field.second] = second
+        case _Kind.TEXT:
+            value = reader.text(field.label)
+        case _Kind.PARAMS:
+            value = reader.params(schema)
+        case _Kind.SCHEMA_FLAG:
+            value = schema == 1
+        case _Kind.SCHEMA_1_U64:
+            value = reader.uint64(field.label) if schema == 1 else None
+        case _Kind.TRAILING_U64:
+            value = reader.uint64(field.label) if reader.remaining else None
+        case _Kind.NODES:
+            count = reader.uint64("node count")
+            words_per_node = 3 if cluster_format == CLUSTER_FORMAT_WITH_ROLES else 2
+            reader.need(count * words_per_node * WORD_BYTES, f"{count} nodes")
+            nodes = []
+            for index in range(count):
+                node_id = reader.uint64(f"node {index + 1} id")
+                address = reader.text(f"node {index + 1} address")
+                role = reader.uint64(f"node {index + 1} role") if words_per_node == 3 else None
+                nodes.append(NodeInfo(node_id=node_id, address=address, role=role))
+            value = tuple(nodes)
+        case _Kind.FILES:
+            count = reader.uint64("file count")
+            reader.need(count * 2 * WORD_BYTES, f"{count} files")
+            files = []
+            for index in range(count):
+                name = reader.text(f"file {index + 1} name")
+                files.append(DumpFile(name=name, data=reader.blob(f"file {index + 1} data")))
+            value = tuple(files)
+        case _Kind.ROWS:
+            values["columns"], values["rows"], values["more"] = reader.rows()
+            return
+    values[field.attribute] = value
+
+
+def _decode(specs: dict[int, _MessageSpec], frame: Frame, reader: _BodyReader, kind: str,
+            cluster_format: int = CLUSTER_FORMAT_WITH_ROLES) -> object:
+    spec = specs.get(frame.type)
+    # A bad schema is reported before an unknown type, as it always was.
+    if frame.schema != 0 and not (spec is not None and frame.schema in spec.schemas):
+        raise reader.fail(f"unknown schema version {frame.schema}")
+    if spec is None:
+        raise WireProtocolError(f"unknown {kind} type {frame.type}", code=ErrorCode.PROTOCOL)
+    values: dict = {}
+    for field in spec.fields:
+        _read_field(reader, field, frame.schema, cluster_format, values)
+    reader.end()
+    return spec.message_class(**values)
 
 
 def decode_request(frame: Frame) -> Request:
     """The request in a frame; WireProtocolError when it does not decode."""
     reader = _BodyReader(frame.body, _request_name(frame.type))
-    kind = frame.type
-    schema = frame.schema
-    params_request = kind in (RequestType.EXEC, RequestType.QUERY, RequestType.EXEC_SQL, RequestType.QUERY_SQL,
-                              RequestType.PREPARE)
-    if schema != 0 and not (params_request and schema in _PARAMS_SCHEMAS):
-        raise reader.fail(f"unknown schema version {schema}")
-    request: Request
-    match kind:
-        case RequestType.LEADER:
-            reader.uint64("unused")
-            request = LeaderRequest()
-        case RequestType.CLIENT:
-            request = ClientRequest(client_id=reader.uint64("client id"))
-        case RequestType.HEARTBEAT:
-            request = HeartbeatRequest(timestamp=reader.uint64("timestamp"))
-        case RequestType.OPEN:
-            name = reader.text("database name")
-            flags = reader.uint64("flags")
-            request = OpenRequest(name=name, flags=flags, vfs=reader.text("vfs"))
-        case RequestType.PREPARE:
-            db_id = reader.uint64("db id")
-            request = PrepareRequest(db_id=db_id, sql=reader.text("sql"), with_tail_offset=schema == 1)
-        case RequestType.EXEC | RequestType.QUERY:
-            db_id, stmt_id = reader.uint32_pair("db id, statement id")
-            params = reader.params(schema)
-            request_class = ExecRequest if kind == RequestType.EXEC else QueryRequest
-            request = request_class(db_id=db_id, stmt_id=stmt_id, params=params)
-        case RequestType.FINALIZE:
-            db_id, stmt_id = reader.uint32_pair("db id, statement id")
-            request = FinalizeRequest(db_id=db_id, stmt_id=stmt_id)
-        case RequestType.EXEC_SQL | RequestType.QUERY_SQL:
-            db_id = reader.uint64("db id")
-            sql = reader.text("sql")
-            params = reader.params(schema)
-            request_class = ExecSqlRequest if kind == RequestType.EXEC_SQL else QuerySqlRequest
-            request = request_class(db_id=db_id, sql=sql, params=params)
-        case RequestType.INTERRUPT:
-            request = InterruptRequest(db_id=reader.uint64("db id"))
-        case RequestType.CONNECT | RequestType.ADD:
-            node_id = reader.uint64("node id")
-            address = reader.text("address")
-            request_class = ConnectRequest if kind == RequestType.CONNECT else AddRequest
-            request = request_class(node_id=node_id, address=address)
-        case RequestType.ASSIGN:
-            node_id = reader.uint64("node id")
-            role = reader.role("role") if reader.remaining else None
-            request = AssignRequest(node_id=node_id, role=role)
-        case RequestType.REMOVE:
-            request = RemoveRequest(node_id=reader.uint64("node id"))
-        case RequestType.DUMP:
-            request = DumpRequest(name=reader.text("database name"))
-        case RequestType.CLUSTER:
-            request = ClusterRequest(format=reader.uint64("format"))
-        case RequestType.TRANSFER:
-            request = TransferRequest(node_id=reader.uint64("node id"))
-        case RequestType.DESCRIBE:
-            request = DescribeRequest(format=reader.uint64("format"))
-        case RequestType.WEIGHT:
-            request = WeightRequest(weight=reader.uint64("weight"))
-        case _:
-            raise WireProtocolError(f"unknown request type {kind}", code=ErrorCode.PROTOCOL)
-    reader.end()
-    return request
+    return _decode(_REQUESTS, frame, reader, "request")  # type: ignore[return-value]
 
 
 def decode_response(frame: Frame, *, cluster_format: int = CLUSTER_FORMAT_WITH_ROLES) -> Response:
@@ -1094,63 +1126,7 @@ def decode_response(frame: Frame, *, cluster_format: int = CLUSTER_FORMAT_WITH_R
     the CLUSTER request asked for.
     """
     reader = _BodyReader(frame.body, _response_name(frame.type))
-    kind = frame.type
-    if frame.schema != 0 and not (kind == ResponseType.STMT and frame.schema == 1):
-        raise reader.fail(f"unknown schema version {frame.schema}")
-    response: Response
-    match kind:
-        case ResponseType.FAILURE:
-            code = reader.uint64("failure code")
-            response = FailureResponse(code=code, message=reader.text("failure message"))
-        case ResponseType.SERVER:
-            node_id = reader.uint64("node id")
-            response = ServerResponse(node_id=node_id, address=reader.text("address"))
-        case ResponseType.WELCOME:
-            response = WelcomeResponse(heartbeat_timeout_ms=reader.uint64("heartbeat timeout"))
-        case ResponseType.SERVERS:
-            count = reader.uint64("node count")
-            words_per_node = 3 if cluster_format == CLUSTER_FORMAT_WITH_ROLES else 2
-            reader.need(count * words_per_node * WORD_BYTES, f"{count} nodes")
-            nodes = []
-            for index in range(count):
-                node_id = reader.uint64(f"node {index + 1} id")
-                address = reader.text(f"node {index + 1} address")
-                role = reader.role(f"node {index + 1} role") if words_per_node == 3 else None
-                nodes.append(NodeInfo(node_id=node_id, address=address, role=role))
-            response = ServersResponse(nodes=tuple(nodes))
-        case ResponseType.DB:
-            db_id, _pad = reader.uint32_pair("db id")
-            response = DbResponse(db_id=db_id)
-        case ResponseType.STMT:
-            db_id, stmt_id = reader.uint32_pair("db id, statement id")
-            params_count = reader.uint64("parameter count")
-            tail_offset = reader.uint64("tail offset") if frame.schema == 1 else None
-            response = StmtResponse(db_id=db_id, stmt_id=stmt_id, params_count=params_count,
-                                    tail_offset=tail_offset)
-        case ResponseType.RESULT:
-            last_insert_id = reader.int64("last insert id")
-            response = ResultResponse(last_insert_id=last_insert_id, rows_affected=reader.uint64("rows affected"))
-        case ResponseType.ROWS:
-            columns, rows, more = reader.rows()
-            response = RowsResponse(columns=columns, rows=rows, more=more)
-        case ResponseType.EMPTY:
-            reader.uint64("unused")
-            response = EmptyResponse()
-        case ResponseType.FILES:
-            count = reader.uint64("file count")
-            reader.need(count * 2 * WORD_BYTES, f"{count} files")
-            files = []
-            for index in range(count):
-                name = reader.text(f"file {index + 1} name")
-                files.append(DumpFile(name=name, data=reader.blob(f"file {index + 1} data")))
-            response = FilesResponse(files=tuple(files))
-        case ResponseType.METADATA:
-            failure_domain = reader.uint64("failure domain")
-            response = MetadataResponse(failure_domain=failure_domain, weight=reader.uint64("weight"))
-        case _:
-            raise WireProtocolError(f"unknown response type {kind}", code=ErrorCode.PROTOCOL)
-    reader.end()
-    return response
+    return _decode(_RESPONSES, frame, reader, "response", cluster_format)  # type: ignore[return-value]
 
 
 # -- streaming -------------------------------------------------------------------------
