@@ -404,10 +404,9 @@ class Raft:
         self.election_elapsed += 1
         if self.election_elapsed >= self.settings.election_ticks:
             self.election_elapsed = 0
-            if self.settings.check_quorum:
-                if not self._quorum_reached(self.tracker.take_recently_active(self.id)):
-                    self._become_follower(self.term, None)
-                    return
+            if self.settings.check_quorum and not self._quorum_reached(self.tracker.take_recently_active(self.id)):
+                self._become_follower(self.term, None)
+                return
             if self.transfer_target is not None:
                 self.transfer_target = None  # the transfer did not finish in time
         if self.membership.promotion_tick(self.settings.promotion_timeout_ticks):

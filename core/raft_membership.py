@@ -80,7 +80,9 @@ class Membership:
 
     # -- changes -------------------------------------------------------------------------
 
-    def plan_change(self, node: int, role: Role | None, address: str | None, *, caught_up: bool) -> Configuration | None:
+    def plan_change(
+        self, node: int, role: Role | None, address: str | None, *, caught_up: bool,
+    ) -> Configuration | None:
         """The configuration to propose so that `node` gets `role` (None removes it) and
         `address` when given; ProposalDropped when the change makes no sense. None when
         a promotion to voter must wait for the node to catch up (`caught_up` tells

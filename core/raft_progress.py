@@ -77,7 +77,7 @@ class Progress:
         self.state = ProgressState.REPLICATE
         self.probe_sent = False
 
-    def become_snapshot(self, snapshot: Snapshot) -> None:
+    def become_snapshot(self, snapshot: Snapshot | None) -> None:
         """Send `snapshot` from its first byte; appends wait until it is installed."""
         self.state = ProgressState.SNAPSHOT
         self.snapshot_offset = 0
@@ -112,8 +112,7 @@ class Progress:
         """The follower holds the leader's log through `index`. A follower receiving a
         snapshot goes back to probing once it has caught up past `compacted_through`
         (the leader's log base, or 0 when it has no snapshot)."""
-        if index > self.match:
-            self.match = index
+        self.match = max(self.match, index)
         self.next = max(self.next, self.match + 1)
         self.release_inflight(self.match)
         if self.state == ProgressState.PROBE:
