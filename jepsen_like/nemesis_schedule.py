@@ -40,7 +40,7 @@ from raftlite.actors.raft_node import ChangeMembership, TransferLeadership
 from raftlite.core.raft import State
 from raftlite.core.raft_types import Role
 from raftlite.sim.disk import CRASH_MODES
-from raftlite.sim.nemesis import NEMESIS_KINDS, Nemesis, NemesisError, parse_kind_list
+from raftlite.sim.nemesis import NEMESIS_KINDS, Nemesis, NemesisError, NemesisInterval, parse_kind_list
 from raftlite.sim.network import isolate
 from raftlite.sim.simulation import NodeState, Simulation
 from raftlite.sim.trace import Trace
@@ -50,7 +50,6 @@ __all__ = [
     "FaultTrace",
     "MEMBERSHIP_SPARE_NODES",
     "NEMESIS_CHOICES",
-    "NemesisInterval",
     "NemesisSchedule",
     "parse_nemesis_schedule",
 ]
@@ -84,18 +83,6 @@ class FaultTrace(Trace):
         super().record(time_ms, node, kind, fields)
         if kind in FAULT_EVENTS:
             self.faults.append((time_ms, node, kind, dict(fields or {})))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NemesisInterval:
-    kind: str
-    start_ms: float
-    end_ms: float
-    description: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "start_ms": round(self.start_ms, 3), "end_ms": round(self.end_ms, 3),
-                "description": self.description}
 
 
 # How long each kind's fault lasts: "planned" ends at the undo scheduled after the drawn

@@ -56,11 +56,10 @@ from raftlite.client.connection import Connection, ConnectionBroken, RequestFail
 from raftlite.core.raft_log_format import METADATA_FILES, segment_first_index, snapshot_index_of
 from raftlite.core.wire import WireProtocolError
 from raftlite.jepsen_like.history import Event, HistoryError, Keyword
-from raftlite.jepsen_like.nemesis_schedule import NemesisInterval
 from raftlite.jepsen_like.run_result import RunResult
 from raftlite.jepsen_like.workloads import DATABASE, Workload, make_workload
 from raftlite.process_cluster import ClusterError, NotConverged, ProcessCluster, free_ports
-from raftlite.sim.nemesis import NemesisError, parse_kind_list
+from raftlite.sim.nemesis import NemesisError, NemesisInterval, parse_kind_list
 from raftlite.sim.network import bridge, halves, isolate, majorities_ring, one_way
 from raftlite.sim.rng import derive_rng
 

@@ -13,7 +13,8 @@ from typing import Any
 
 from raftlite.core.raft import SAFE, UnsafeSwitches
 from raftlite.jepsen_like.history import Event, Verdict, pair_operations, to_json_value
-from raftlite.jepsen_like.nemesis_schedule import NEMESIS_CHOICES, NemesisInterval
+from raftlite.jepsen_like.nemesis_schedule import NEMESIS_CHOICES
+from raftlite.sim.nemesis import NemesisInterval
 from raftlite.jepsen_like.workloads import WORKLOADS
 
 __all__ = ["JepsenOptions", "RunResult"]
@@ -36,7 +37,7 @@ class JepsenOptions:
     setup_timeout_s: float = 30.0
     unsafe: UnsafeSwitches = SAFE   # test-only deliberate bugs (core/raft.py)
     raft_checker: bool = True       # the raft safety checkers after every step
-    # Simulator only: crash a node right after it grants a vote (jepsen_like/targeted_nemesis.py),
+    # Simulator only: crash a node right after it grants a vote (sim/crash_after_vote.py),
     # the teeth of the vote_before_persist switch.
     crash_after_vote: bool = False
 

@@ -45,7 +45,7 @@ from raftlite.jepsen_like.history import HistoryError, write_edn_history
 from raftlite.jepsen_like.nemesis_schedule import MEMBERSHIP_SPARE_NODES, FaultTrace, NemesisSchedule
 from raftlite.jepsen_like.report import render_report
 from raftlite.jepsen_like.run_result import JepsenOptions, RunResult
-from raftlite.jepsen_like.targeted_nemesis import CrashAfterVote
+from raftlite.sim.crash_after_vote import CrashAfterVote
 from raftlite.jepsen_like.workloads import (
     DATABASE, HistoryRecorder, WorkloadDriver, WorkloadOptions, leaders, make_workload,
 )

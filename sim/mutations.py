@@ -65,12 +65,16 @@ from raftlite.actors.raft_node import ChangeMembership, DigestStateMachine, Prop
 from raftlite.core.raft import SAFE, State, UnsafeSwitches
 from raftlite.core.raft_types import Role
 from raftlite.sim.cluster_faults import CLUSTER_FAULT_KINDS
+from raftlite.sim.crash_after_vote import CrashAfterVote
 from raftlite.sim.durability_checker import DurabilityChecker
+from raftlite.sim.fault_points import FaultPoints, parse_fault_points, swarm_fault_points
 from raftlite.sim.nemesis import NEMESIS_KINDS, Nemesis
 from raftlite.sim.network import isolate, one_way, symmetric_cut
 from raftlite.sim.raft_checkers import entry_digest
 from raftlite.sim.rng import derive_rng
+from raftlite.sim.run import attach_checkers, build_simulation, finish_run, run_config, start_load, violation_checker
 from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
+from raftlite.sim.sweep import parse_seed_range
 from raftlite.sim.targeted_drivers import TARGETED_DRIVERS
 from raftlite.sim.trace import Trace
 
@@ -114,7 +118,7 @@ PROFILES: dict[str, Profile] = {
     # commit (unsynced writes lost), then isolate the leader (CrashAfterAcknowledgement).
     "crash-after-ack": Profile("crash-after-ack", "raft", 3, (), "none", ("crash-after-ack",)),
     # Targeted: crash each voter right after it grants a vote, isolate the winner
-    # (jepsen_like/targeted_nemesis.py CrashAfterVote).
+    # (sim/crash_after_vote.py CrashAfterVote).
     "crash-after-vote": Profile("crash-after-vote", "raft", 3, (), "none", ("crash-after-vote",)),
     # The SQLite state machine: its WAL, its client answers, its read and write checks.
     # (Without the membership/transfer/leader-partition faults, as `sim run` does for this
@@ -516,9 +520,6 @@ def checker_name(verdict: str) -> str:
 def run_seed(profile: Profile, seed: int, unsafe: UnsafeSwitches = SAFE) -> SeedVerdict:
     """One seed of `profile` with `unsafe` planted, every checker on (the durability
     checker recording)."""
-    from raftlite.sim.fault_points import FaultPoints, parse_fault_points, swarm_fault_points
-    from raftlite.sim.run import attach_checkers, build_simulation, finish_run, run_config, start_load, violation_checker
-
     started = time.perf_counter()
     duration_ms = profile.duration_s * 1000.0
     fault_points = parse_fault_points(profile.fault_points)
@@ -535,8 +536,6 @@ def run_seed(profile: Profile, seed: int, unsafe: UnsafeSwitches = SAFE) -> Seed
     if "crash-after-ack" in profile.drivers:
         churn = CrashAfterAcknowledgement(sim, duration_ms)
     if "crash-after-vote" in profile.drivers:
-        from raftlite.jepsen_like.targeted_nemesis import CrashAfterVote
-
         CrashAfterVote(sim, from_ms=1000.0, until_ms=duration_ms)
     targeted = [TARGETED_DRIVERS[name](sim, duration_ms) for name in profile.drivers if name in TARGETED_DRIVERS]
     points = FaultPoints(sim, swarm_fault_points(seed, fault_points)) if fault_points else None
@@ -746,8 +745,6 @@ def add_mutations_parser(sim_commands) -> None:
 
 
 def run_mutations_command(args, usage_error) -> int:
-    from raftlite.sim.sweep import parse_seed_range
-
     if args.list:
         print(render_catalogue())
         return 0

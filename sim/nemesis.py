@@ -45,7 +45,7 @@ from raftlite.sim.rng import derive_rng
 from raftlite.sim.simulation import NodeState, Simulation
 
 __all__ = [
-    "EVENT_PARAMETERS", "FaultEvent", "NEMESIS_EVENT_KINDS", "NEMESIS_KINDS", "Nemesis", "NemesisError",
+    "EVENT_PARAMETERS", "FaultEvent", "NEMESIS_EVENT_KINDS", "NEMESIS_KINDS", "Nemesis", "NemesisError", "NemesisInterval",
     "call_at", "heal_node", "parse_kind_list", "parse_nemesis_list",
 ]
 
@@ -145,6 +145,21 @@ def _parse_value(kind: str, text: str) -> Any:
             raise ValueError(f"crash mode must be one of {', '.join(CRASH_MODES)} or random, got {text!r}")
         return text
     return text
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NemesisInterval:
+    """A fault as a span of time, for reports and timelines (jepsen_like's history and
+    report use it too)."""
+
+    kind: str
+    start_ms: float
+    end_ms: float
+    description: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "start_ms": round(self.start_ms, 3), "end_ms": round(self.end_ms, 3),
+                "description": self.description}
 
 
 @dataclass(frozen=True, slots=True)

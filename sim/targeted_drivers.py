@@ -4,7 +4,7 @@ A clock-driven nemesis crashes a node at some moment, whatever it is doing, and 
 never lands in the windows where the worst bugs of a replicated log hide (a term acted
 on before it is durable, a leader's tail that two later leaders see differently). Each
 driver here provokes a situation and then reacts to what the nodes *do* (a message they
-send, a role they take), in the spirit of jepsen_like/targeted_nemesis.py's
+send, a role they take), in the spirit of sim/crash_after_vote.py's
 CrashAfterVote. They are built only from generic fault mechanisms (partitions, crashes
 with unsynced writes lost, slow persists, timing) and know nothing of the unsafe
 switches: a correct build runs through the very same schedule and must pass it, which

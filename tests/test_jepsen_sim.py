@@ -77,7 +77,7 @@ def test_unsafe_switch_is_caught_and_safe_build_passes(switch, workload, nemesis
 
 @pytest.mark.timeout(240)
 def test_vote_before_persist_is_caught_by_crashing_voters_and_safe_build_passes():
-    # The targeted nemesis (jepsen_like/targeted_nemesis.py): isolate the leader, crash each
+    # The targeted nemesis (sim/crash_after_vote.py): isolate the leader, crash each
     # voter right after it grants a vote (unsynced writes lost) and restart it, isolate the
     # winner. With the switch on a voter forgets its vote and term T gets a second leader.
     # Seeds 1..6, fixed: caught on 5 of them when measured, at least 4 required.

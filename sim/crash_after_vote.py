@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 from raftlite.core.raft import State
 from raftlite.core.raft_messages import VoteResponse
-from raftlite.jepsen_like.nemesis_schedule import NemesisInterval
+from raftlite.sim.nemesis import NemesisInterval
 from raftlite.sim.network import isolate
 from raftlite.sim.simulation import NodeState, Simulation
 
