@@ -1,4 +1,4 @@
-"""Expected refusals, as a small hierarchy of typed exceptions (STYLE.md point 8).
+"""Expected refusals, as a small hierarchy of typed exceptions (docs/architecture.md §6).
 
 A peer's bad or stale message is dropped or rejected in a reply, never raised; a broken
 invariant is `raftlite.core.invariant.InvariantViolation`. What remains are refusals a

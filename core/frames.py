@@ -1,4 +1,4 @@
-"""The replication entry format of a database: page images, never statements (DESIGN.md §4).
+"""The replication entry format of a database: page images, never statements (docs/architecture.md §4).
 
 Theory of operation
 -------------------

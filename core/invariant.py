@@ -1,7 +1,7 @@
 """Invariant checks that survive `python -O`.
 
 A broken invariant means the node's state can no longer be trusted: it stops loudly
-(STYLE.md point 8). Bare `assert` would vanish under -O, so use `invariant()`.
+(docs/architecture.md §6). Bare `assert` would vanish under -O, so use `invariant()`.
 """
 
 __all__ = ["InvariantViolation", "invariant"]

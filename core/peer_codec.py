@@ -22,7 +22,7 @@ flattened (an `int` back into `Role`, arrays into tuples). Whatever is wrong —
 version, an unknown tag, a field of the wrong type, a missing required field, a marker
 anywhere but at the head of an array, truncated bytes — raises a `CodecError`
 subclass, never anything else: a peer's bad message is dropped, never crashes a node
-(STYLE.md point 8).
+(docs/architecture.md §6).
 
 Compatibility. Fields are positional, so a later version may append fields with
 defaults: a decoder fills in the defaults of fields a shorter record lacks. Removing or

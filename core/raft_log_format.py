@@ -1,4 +1,4 @@
-"""The on-disk format of raft's durable storage, and recovery from it (DESIGN.md §3).
+"""The on-disk format of raft's durable storage, and recovery from it (docs/architecture.md §3).
 
 Theory of operation
 -------------------
@@ -18,7 +18,7 @@ Every file is a sequence of checksummed records (`raftlite.core.records`):
                                  so a final name only ever holds complete content
 
 `recover(files)` reads the durable files of a node back into a `Recovered` value. It
-follows DESIGN.md §3's line between a torn tail and corruption: a checksum failure in the
+follows docs/architecture.md §3's line between a torn tail and corruption: a checksum failure in the
 last segment with no valid record anywhere after it is the tail of a write that never
 became durable and is cut off (`Recovered.repairs`); any other damage (a bad record with a
 valid one after it, a bad closed segment, a bad newest snapshot, no readable metadata

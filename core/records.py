@@ -2,7 +2,7 @@
 
 A record is `MAGIC | length:u32 | crc32(length | payload):u32 | payload`, little-endian.
 `scan_records` walks a file's bytes and tells a torn tail from corruption, following
-DESIGN.md §3: a bad record with no valid record anywhere after it is a torn tail (the
+docs/architecture.md §3: a bad record with no valid record anywhere after it is a torn tail (the
 rest is zeros or the garbage of unsynced writes) and is safe to cut off; a bad record
 followed by a valid one is corruption, reported with its offset.
 """

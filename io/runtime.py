@@ -5,7 +5,7 @@ Theory of operation
 `NodeRuntime` is the asyncio counterpart of `raftlite.sim.simulation.SimNode`: it owns
 the clock, the network and the disk of one node and carries out the commands its actor
 emits, through one dispatcher (`_dispatch`) that knows nothing protocol-specific
-(STYLE.md point 3).
+(docs/architecture.md §2).
 
 Start: lock the data directory (one node per directory), read every data file back
 (`Context.files`, as SimDisk.durable_files), bind the listening address, dial the peers,

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Every node listens on one TCP address. The first 8-byte word a connection sends says
-what it is (DESIGN.md §5, as dqlite tells its protocol versions apart):
+what it is (docs/architecture.md §5, as dqlite tells its protocol versions apart):
 
     PEER_MAGIC   "rlPEER01"   a raft peer's stream of messages to this node
     ADMIN_MAGIC  "rlADMIN1"   raftlite's admin protocol (raftlite.io.admin)
@@ -46,7 +46,7 @@ builds both contexts from PEM files; admin and dqlite clients use `client_contex
 
 Malformed input from the network is never an exception to the node: a bad magic or
 frame closes that connection, an undecodable message is counted and dropped
-(STYLE.md point 8).
+(docs/architecture.md §6).
 """
 
 import asyncio

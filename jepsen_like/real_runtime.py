@@ -645,7 +645,7 @@ def _sides(blocked: frozenset[tuple[int, int]], nodes: Sequence[int]) -> list[st
 
 
 def damage_raft_files(data_dir: Path, rng: random.Random) -> tuple[str, str]:
-    """Damage a stopped node's raft files so that, by DESIGN.md §3, it must refuse to
+    """Damage a stopped node's raft files so that, by docs/architecture.md §3, it must refuse to
     start: flip bytes in (or truncate) every metadata file holding data (one good copy
     would be enough to start), or empty a closed segment the snapshot does not cover.
     Returns (what was done, the file the refusal must name)."""

@@ -15,7 +15,7 @@ lets every replica catch up. Then the run is judged:
 - the raft safety checkers, which run after every simulated step (a broken invariant
   stops the run at once and is reported with the seed);
 - no node halted, except one the disk nemesis corrupted at rest (refusing to start on
-  corrupt storage is the designed answer, DESIGN.md §3);
+  corrupt storage is the designed answer, docs/architecture.md §3);
 - convergence: every up member applied the same index and holds the same database
   pages (compared after a checkpoint of a copy of its files).
 

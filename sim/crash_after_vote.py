@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Raft's election safety rests on a voter remembering its vote across a crash: the vote
-must be durable before the candidate hears of it (DESIGN.md §2, etcd-io/raft's
+must be durable before the candidate hears of it (docs/architecture.md §2, etcd-io/raft's
 persist-then-send rule). A random crash almost never lands in the sub-millisecond window
 between "vote sent" and "vote synced", so the fourth unsafe switch
 (`UnsafeSwitches.vote_before_persist`) would go unnoticed by the ordinary nemeses.

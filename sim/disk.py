@@ -18,7 +18,7 @@ Model (FoundationDB's AsyncFileNonDurable and TigerBeetle's testing storage in s
 - Faults on demand: EIO on the next N operations or with a probability, a capacity that
   makes writes fail with ENOSPC, and bit flips in durable data at rest that spare each
   file's last durable write (a flipped bit there is indistinguishable from a torn write;
-  see DESIGN.md §3) and whatever else the simulation's guard forbids.
+  see docs/architecture.md §3) and whatever else the simulation's guard forbids.
 - Hooks for the fault points at persistence boundaries (`raftlite.sim.fault_points`):
   `on_submit` / `on_perform` observe each submission (before its latency is drawn) and
   each completion, `persisting` says

@@ -29,7 +29,7 @@ committed after the heal, no single leader), a run cut off as a message storm
 A raft invariant broken inside a live node (core/invariant.py: "truncating committed
 entries", "two leaders in term", ...) does count end to end, labelled "node invariant"
 in the table: the node stops itself on a safety verdict of the system's own checks
-(STYLE.md 8, 9), reached by the same run with no knowledge of the planted bug; it is not
+(docs/architecture.md §6), reached by the same run with no knowledge of the planted bug; it is not
 a timeout and not a refusal to start. Counting it also makes such a stop in the safe
 build a failure, which it must be. Where a checker can also see the harm, a driver aims
 for that verdict (the stale-term append has one, see sim/targeted_drivers.py

@@ -281,7 +281,7 @@ class Simulation:
         # Called with (node_id, client, response) when a reply reaches its client: what a
         # load or a liveness probe needs to time an answer exactly, without polling.
         self.reply_observers: list[Callable[[int, Client, Any], None]] = []
-        # Decides whether a bit flip at (node, file, offset) is allowed (DESIGN.md §3
+        # Decides whether a bit flip at (node, file, offset) is allowed (docs/architecture.md §3
         # bounds at-rest corruption); actors with entry-level knowledge install their own.
         self.corruption_guard: Callable[[int, str, int], bool] = self._default_corruption_guard
         self.corrupted: dict[tuple[str, int], set[int]] = {}
@@ -470,7 +470,7 @@ class Simulation:
         self.disk_capacity(node_id, self.nodes[node_id].disk.used_bytes())
 
     def corrupt(self, node_id: int) -> tuple[str, int, int] | None:
-        """Flip one bit of the node's durable data at rest, within DESIGN.md §3's bounds."""
+        """Flip one bit of the node's durable data at rest, within docs/architecture.md §3's bounds."""
         disk = self.nodes[node_id].disk
         flipped = disk.flip_bit(lambda file, offset: self.corruption_guard(node_id, file, offset))
         if flipped is not None:
@@ -481,7 +481,7 @@ class Simulation:
 
     def _default_corruption_guard(self, node_id: int, file: str, offset: int) -> bool:
         # Corruption stays on a minority of nodes: a node may refuse to start on it
-        # (DESIGN.md §3), and a majority must remain to keep the data and the service.
+        # (docs/architecture.md §3), and a majority must remain to keep the data and the service.
         # That also keeps any one place (and so any one entry) off a majority.
         minority = (len(self.node_ids) - 1) // 2
         corrupted_nodes = set().union(*self.corrupted.values()) if self.corrupted else set()

@@ -1,4 +1,4 @@
-"""SQLite's randomness under the simulator: drawn from the run's seed (DESIGN.md §4).
+"""SQLite's randomness under the simulator: drawn from the run's seed (docs/architecture.md §4).
 
 SQLite's PRNG (behind `random()`, `randomblob()` and the WAL salts) is process-wide and
 seeds itself from the *default* VFS's xRandomness. For a run to depend only on

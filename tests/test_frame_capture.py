@@ -1,4 +1,4 @@
-"""Frame-based replication, step 1 (DESIGN.md §4): a leader connection through the capture
+"""Frame-based replication, step 1 (docs/architecture.md §4): a leader connection through the capture
 VFS, a follower file that only ever receives applied entries, and a comparison of both
 with plain apsw: same rows, integrity ok, and (after a leader checkpoint) the same pages."""
 

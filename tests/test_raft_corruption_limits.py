@@ -1,4 +1,4 @@
-"""What plain Raft cannot survive (DESIGN.md §3), documented by a test.
+"""What plain Raft cannot survive (docs/architecture.md §3), documented by a test.
 
 A flipped bit in a node's last *synced* batch looks exactly like a torn write: start-up
 cuts it off as a torn tail, so an acknowledged entry silently disappears from that node.

@@ -1,4 +1,4 @@
-"""Checksummed records: torn tails are told apart from corruption (DESIGN.md §3)."""
+"""Checksummed records: torn tails are told apart from corruption (docs/architecture.md §3)."""
 
 from hypothesis import assume, given, strategies as st
 
