@@ -10,11 +10,11 @@ that drives it (`NodeRuntime`: real files, TCP) and the dqlite protocol server
 Start-up follows dqlite's rules (DESIGN.md §5):
 - a node bootstraps a new one-node cluster only when no `join` addresses are given and
   its data directory was never initialized (it holds no raft state);
-- a node given `join` addresses and never initialized asks the cluster to take it in:
-  it finds the leader through any address, sends ADD (as a spare, with its address),
-  then ASSIGN voter, which the leader answers once the node has caught up; until that
-  is done it neither votes nor campaigns, and a join marker file keeps that so across
-  restarts;
+- a node given `join` addresses and never initialized asks the cluster to take it in,
+  over the admin protocol (raftlite.io.admin): it finds the leader through any address,
+  sends ADD (as a spare, with its address), then ASSIGN voter, which the leader answers
+  once the node has caught up; until that is done it neither votes nor campaigns, and a
+  join marker file keeps that so across restarts;
 - ADD of an id that is already a member is refused: a node whose data was lost, started
   again under its old id, is refused and never votes (it might vote away entries its
   earlier self vouched for); it rejoins under a new id (DESIGN.md §5);
@@ -36,11 +36,14 @@ import os
 from typing import Any, Mapping, Sequence
 
 from raftlite.actors.config import Config
-from raftlite.actors.database import DatabaseNode, SessionClosed
-from raftlite.actors.raft_node import AllowVoting, TransferLeadership
+from raftlite.actors.database import DatabaseNode, SessionClosed, SqlError
+from raftlite.actors.raft_node import (
+    AllowVoting, ChangeMembership, ClientError, ClusterDescription, DescribeCluster, ProposeResult, TransferLeadership,
+)
 from raftlite.core.raft import State
 from raftlite.core.raft_log_format import METADATA_FILES, segment_first_index, snapshot_index_of
 from raftlite.core.raft_types import Configuration, Role
+from raftlite.io.admin import AdminClient, AdminError, AdminFailure
 from raftlite.io.disk import RESERVED_PREFIX
 from raftlite.io.runtime import NodeRuntime, RuntimeState
 from raftlite.io.transport import TlsSettings
@@ -209,33 +212,36 @@ class Node:
 
     async def _join_cluster(self) -> None:
         """ADD this node (as a spare, with its address), then ASSIGN its role; then allow
-        it to vote. The join marker remembers, across restarts, whether an ADD may have
-        taken effect: only then is "already a member" this node's own earlier ADD.
-        Otherwise the id belongs to a member whose data this node does not have (a
-        wiped node restarted under its old id): it must never vote, and stays out."""
-        from raftlite.client.connection import AsyncConnection, ConnectionBroken, RequestFailed
-
+        it to vote. The requests go over the admin protocol (raftlite.io.admin), as the
+        actors' own `DescribeCluster` and `ChangeMembership`, the same requests the dqlite
+        session turns LEADER, CLUSTER, ADD and ASSIGN into (actors/dqlite_session.py).
+        The join marker remembers, across restarts, whether an ADD may have taken
+        effect: only then is "already a member" this node's own earlier ADD. Otherwise
+        the id belongs to a member whose data this node does not have (a wiped node
+        restarted under its old id): it must never vote, and stays out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + JOIN_PROMOTION_TIMEOUT_S
         added = False
         while loop.time() < deadline:
             for address in self.join:
                 try:
-                    leader = await _leader_connection(address, AsyncConnection, self._client_ssl())
+                    leader = await _leader_client(address, self._client_ssl())
                     if leader is None:
                         continue
                     try:
-                        for member in await leader.cluster():
-                            if member.node_id != self.node_id and member.address:
-                                self.learned_peers[member.node_id] = member.address
+                        description = _expect(await leader.request(DescribeCluster()), ClusterDescription)
+                        for member, _, _ in description.members:
+                            member_address = _member_address(description, member, leader.address)
+                            if member != self.node_id and member_address:
+                                self.learned_peers[member] = member_address
                         if not added:
-                            await self._add(leader, RequestFailed)
+                            await self._add(leader)
                             added = True
                             log.info("node %s: added to the cluster as a spare", self.node_id)
                         if self.role != Role.SPARE:
-                            await _tolerating_done(leader.assign(self.node_id, int(self.role)), RequestFailed)
+                            await _assign_tolerating_done(leader, self.node_id, Role(self.role))
                     finally:
-                        leader.close()
+                        await leader.close()
                     await self._allow_voting()
                     log.info("node %s: joined the cluster as a %s", self.node_id, self.role.name.lower())
                     self.joined.set()
@@ -245,7 +251,7 @@ class Node:
                     self.join_failed.set()
                     log.error("node %s: %s", self.node_id, error)
                     return
-                except (ConnectionBroken, RequestFailed, OSError, asyncio.TimeoutError) as error:
+                except (AdminError, _Refused, OSError, asyncio.TimeoutError) as error:
                     log.info("node %s: join through %s not done yet: %s", self.node_id, address, error)
             await asyncio.sleep(JOIN_RETRY_S)
         self.join_error = JoinFailed(f"no leader took node {self.node_id} in within {JOIN_PROMOTION_TIMEOUT_S:.0f} s "
@@ -257,11 +263,15 @@ class Node:
         """The context this node dials with (its own certificate, the cluster CA)."""
         return self.tls.client_context if self.tls is not None else None
 
-    async def _add(self, leader, request_failed) -> None:
+    async def _add(self, leader: AdminClient) -> None:
+        """dqlite's ADD: this node as a spare, with its address, refused if its id is
+        already a member. The marker is written once the request may have reached the
+        leader (sent, whatever the outcome, unless the leader refused it)."""
         may_have_added = self._read_join_marker() == JOIN_MARKER_ADD_MAY_HAVE_HAPPENED
+        add = ChangeMembership(node=self.node_id, role=Role.SPARE, address=self.address, must_be_new=True)
         try:
-            await leader.add(self.node_id, self.address)
-        except request_failed as error:
+            _expect(await leader.request(add), ProposeResult)
+        except _Refused as error:
             if "is already a member" not in str(error):
                 raise   # refused: certainly not added
             if not may_have_added:
@@ -331,27 +341,54 @@ class Node:
 
 
 
-async def _leader_connection(address: str, connection_class, ssl_context):
-    """A connection to the leader, found through `address`; None if none is known."""
-    connection = await connection_class.connect(address, timeout_s=JOIN_REQUEST_TIMEOUT_S, ssl_context=ssl_context)
+class _Refused(Exception):
+    """The node answered a join request with a refusal (not leader, already a member,
+    ...); the admin connection stays usable."""
+
+
+def _expect(response: Any, expected: type) -> Any:
+    """`response` if it is the `expected` answer; otherwise _Refused with its reason."""
+    if isinstance(response, expected):
+        return response
+    match response:
+        case SqlError(code=code, message=message):
+            raise _Refused(f"{message} (code {code})")
+        case ClientError(message=message) | AdminFailure(message=message):
+            raise _Refused(message)
+    raise _Refused(f"unexpected answer {type(response).__name__}")
+
+
+def _member_address(description: ClusterDescription, node: int, described_by: str) -> str | None:
+    """Where `node` is reached: its address in the configuration; for the node that gave
+    the description, the address it was reached at if the configuration has none."""
+    for member, _, address in description.members:
+        if member == node and address:
+            return address
+    return described_by if node == description.node_id else None
+
+
+async def _leader_client(address: str, ssl_context) -> AdminClient | None:
+    """An admin client of the leader, found through `address`; None if none is known."""
+    contacted = AdminClient(address, ssl_context=ssl_context, timeout_seconds=JOIN_REQUEST_TIMEOUT_S)
     try:
-        leader = await connection.leader()
+        description = _expect(await contacted.request(DescribeCluster()), ClusterDescription)
     except BaseException:
-        connection.close()
+        await contacted.close()
         raise
-    if leader is None:
-        connection.close()
+    if description.leader == description.node_id:
+        return contacted
+    await contacted.close()
+    leader_address = None if description.leader is None else _member_address(description, description.leader, address)
+    if leader_address is None:
         return None
-    if leader.address == address:
-        return connection
-    connection.close()
-    return await connection_class.connect(leader.address, timeout_s=JOIN_REQUEST_TIMEOUT_S, ssl_context=ssl_context)
+    return AdminClient(leader_address, ssl_context=ssl_context, timeout_seconds=JOIN_REQUEST_TIMEOUT_S)
 
 
-async def _tolerating_done(request, request_failed) -> None:
-    """Run a membership request; "already has that role" means an earlier try worked."""
+async def _assign_tolerating_done(leader: AdminClient, node: int, role: Role) -> None:
+    """dqlite's ASSIGN; "already has that role" means an earlier try worked. A promotion
+    to voter is answered once the node has caught up."""
     try:
-        await request
-    except request_failed as error:
+        _expect(await leader.request(ChangeMembership(node=node, role=role)), ProposeResult)
+    except _Refused as error:
         if "already has that role" not in str(error):
             raise
