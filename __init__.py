@@ -13,7 +13,7 @@ Public API:
 __version__ = "0.1.0"
 
 if __name__ == "raftlite":
-    from raftlite.actors.config import Config, ConfigError
+    from .actors.config import Config, ConfigError
 
     __all__ = ["Config", "ConfigError", "Node", "__version__", "connect"]
 
@@ -21,11 +21,11 @@ if __name__ == "raftlite":
         # Imported on first use: the command line should not pay for asyncio and the
         # runtime when it only runs the simulator.
         if name == "Node":
-            from raftlite.io.node import Node
+            from .io.node import Node
 
             return Node
         if name == "connect":
-            from raftlite.client import connect
+            from .client import connect
 
             return connect
         raise AttributeError(f"module 'raftlite' has no attribute {name!r}")

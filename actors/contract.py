@@ -31,7 +31,7 @@ in `Context.files`.
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Mapping, Protocol
 
-from raftlite.actors.config import Config
+from .config import Config
 
 __all__ = [
     "Actor",

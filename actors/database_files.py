@@ -28,8 +28,8 @@ leader: after a full checkpoint); restoring writes those bytes back and removes 
 import os
 from typing import Sequence
 
-from raftlite.core.frames import CommittedTransaction, CreateDatabase
-from raftlite.core.invariant import InvariantViolation
+from ..core.frames import CommittedTransaction, CreateDatabase
+from ..core.invariant import InvariantViolation
 
 __all__ = [
     "apply_transaction",

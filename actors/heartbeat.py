@@ -19,8 +19,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Hashable, Mapping
 
-from raftlite.actors.contract import Client, Context, IoResult, NodeId, StatusRequest, StatusResponse
-from raftlite.core.records import encode_record, scan_records
+from .contract import Client, Context, IoResult, NodeId, StatusRequest, StatusResponse
+from ..core.records import encode_record, scan_records
 
 __all__ = ["Heartbeat", "HeartbeatDetector", "StatusRequest", "StatusResponse"]
 

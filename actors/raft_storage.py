@@ -48,9 +48,9 @@ turns durable bytes back into volatile ones.
 from dataclasses import dataclass, field, replace
 from typing import Any, Hashable, Sequence
 
-from raftlite.actors.contract import Context, Delete, IoResult, Rename, Sync, Truncate, Write
-from raftlite.core.invariant import invariant
-from raftlite.core.raft_log_format import (
+from .contract import Context, Delete, IoResult, Rename, Sync, Truncate, Write
+from ..core.invariant import invariant
+from ..core.raft_log_format import (
     SEGMENT_TEMPORARY_FILE,
     SNAPSHOT_TEMPORARY_FILE,
     BatchLayout,
@@ -64,7 +64,7 @@ from raftlite.core.raft_log_format import (
     segment_file_name,
     snapshot_file_name,
 )
-from raftlite.core.raft_types import Entry, HardState, Snapshot
+from ..core.raft_types import Entry, HardState, Snapshot
 
 __all__ = ["RaftStorage", "SEGMENT_BYTES_MAX_DEFAULT", "TOKEN_TAG"]
 

@@ -74,8 +74,8 @@ from dataclasses import dataclass, field
 
 import apsw
 
-from raftlite.core.frames import CommittedTransaction, CreateDatabase, is_valid_page_size
-from raftlite.core.invariant import InvariantViolation
+from ..core.frames import CommittedTransaction, CreateDatabase, is_valid_page_size
+from ..core.invariant import InvariantViolation
 
 __all__ = ["Capture", "CaptureVfs", "WalWriteFault", "open_another_connection", "open_leader_connection"]
 

@@ -10,7 +10,7 @@ if __name__ != "raftlite.client":
 
 # The DB-API 2.0 module interface lives in raftlite.client.dbapi; `raftlite.client`
 # re-exports it so that `raftlite.client.connect(...)` is the entry point (PEP 249).
-from raftlite.client.dbapi import *  # noqa: E402,F401,F403
-from raftlite.client.dbapi import __all__ as _dbapi_all  # noqa: E402
+from .dbapi import *  # noqa: E402,F401,F403
+from .dbapi import __all__ as _dbapi_all  # noqa: E402
 
 __all__ = list(_dbapi_all)

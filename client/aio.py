@@ -21,15 +21,15 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from raftlite.client.cluster import AsyncClusterSession, AsyncConnectionSetup, RequestKind, RetryPolicy
-from raftlite.client.connection import AsyncConnection as NodeConnection, RequestFailed
-from raftlite.client.dbapi import (
+from .cluster import AsyncClusterSession, AsyncConnectionSetup, RequestKind, RetryPolicy
+from .connection import AsyncConnection as NodeConnection, RequestFailed
+from .dbapi import (
     TIMEOUT_S_DEFAULT, CursorResults, SqlCall, Steps, TransactionTracker, checked_many, checked_statement,
     wire_parameters,
 )
-from raftlite.client.errors import Error, InterfaceError, ProgrammingError
-from raftlite.client.types import Parameter, Python
-from raftlite.core.wire import NodeInfo, ResultResponse, RowsResponse
+from .errors import Error, InterfaceError, ProgrammingError
+from .types import Parameter, Python
+from ..core.wire import NodeInfo, ResultResponse, RowsResponse
 
 __all__ = ["Connection", "Cursor", "connect"]
 

@@ -71,15 +71,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from raftlite.client.connection import (
+from .connection import (
     AsyncConnection, Connection, ConnectionBroken, ConnectionBusy, RequestFailed, parse_address,
 )
-from raftlite.client.errors import (
+from .errors import (
     Error, InterfaceError, NoLeaderError, OperationalError, OutcomeUnknownError, TransactionLostError,
     error_from_failure,
 )
-from raftlite.client.types import parameters_to_wire, row_from_wire
-from raftlite.core.wire import ErrorCode, NodeInfo, WireProtocolError
+from .types import parameters_to_wire, row_from_wire
+from ..core.wire import ErrorCode, NodeInfo, WireProtocolError
 
 __all__ = [
     "AsyncClusterSession", "AsyncConnectionSetup", "ClusterSession", "ConnectionSetup", "Decision", "Failure",

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from raftlite.core.wire import (
+from ..core.wire import (
     CLUSTER_FORMAT_WITH_ROLES, MESSAGE_BYTES_MAX_DEFAULT, AddRequest, AssignRequest, ClientRequest,
     ClusterRequest, DbResponse, DescribeRequest, DumpFile, DumpRequest, EmptyResponse, ExecRequest,
     ExecSqlRequest, FailureResponse, FilesResponse, FinalizeRequest, InterruptRequest, LeaderRequest,

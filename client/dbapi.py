@@ -34,20 +34,20 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from raftlite.client.cluster import (
+from .cluster import (
     ClusterSession, ConnectionSetup, RequestKind, RetryPolicy, StatementInfo, describe_statement,
     plan_statement,
 )
-from raftlite.client.connection import Connection as NodeConnection, RequestFailed
-from raftlite.client.errors import (
+from .connection import Connection as NodeConnection, RequestFailed
+from .errors import (
     DataError, DatabaseError, Error, IntegrityError, InterfaceError, InternalError, NoLeaderError,
     NotSupportedError, OperationalError, OutcomeUnknownError, ProgrammingError, TransactionLostError, Warning,
 )
-from raftlite.client.types import (
+from .types import (
     BINARY, DATETIME, NUMBER, ROWID, STRING, Binary, Date, DateFromTicks, Parameter, Python, Time,
     TimeFromTicks, Timestamp, TimestampFromTicks, description_type_codes, parameters_to_wire, row_from_wire,
 )
-from raftlite.core.wire import NodeInfo, ResultResponse, RowsResponse, Value, WireEncodeError
+from ..core.wire import NodeInfo, ResultResponse, RowsResponse, Value, WireEncodeError
 
 __all__ = [
     "BINARY", "Binary", "Connection", "Cursor", "DATETIME", "DataError", "DatabaseError", "Date",

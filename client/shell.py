@@ -45,12 +45,12 @@ from typing import Any, TextIO
 
 import apsw
 
-from raftlite.argument_types import positive_seconds as _positive_seconds
-from raftlite.client.cluster import RequestKind
-from raftlite.client.connection import Connection as NodeConnection, ConnectionBroken, RequestFailed
-from raftlite.client.dbapi import Connection, connect
-from raftlite.client.errors import Error, InterfaceError, error_from_failure
-from raftlite.core.wire import NodeInfo, Role
+from ..argument_types import positive_seconds as _positive_seconds
+from .cluster import RequestKind
+from .connection import Connection as NodeConnection, ConnectionBroken, RequestFailed
+from .dbapi import Connection, connect
+from .errors import Error, InterfaceError, error_from_failure
+from ..core.wire import NodeInfo, Role
 
 __all__ = ["Shell", "StatementReader", "add_shell_parser", "run_shell", "split_statements"]
 

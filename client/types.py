@@ -28,8 +28,8 @@ import datetime as _datetime
 import time as _time
 from collections.abc import Sequence
 
-from raftlite.client.errors import DataError, ProgrammingError
-from raftlite.core.wire import Iso8601, UnixTime, Value, ValueType
+from .errors import DataError, ProgrammingError
+from ..core.wire import Iso8601, UnixTime, Value, ValueType
 
 __all__ = [
     "BINARY", "Binary", "DATETIME", "Date", "DateFromTicks", "NUMBER", "ROWID", "STRING", "Time",

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable
 
 import msgpack
 
-from raftlite.core.raft_messages import (
+from .raft_messages import (
     AppendRequest,
     AppendResponse,
     HeartbeatRequest,
@@ -57,7 +57,7 @@ from raftlite.core.raft_messages import (
     VoteRequest,
     VoteResponse,
 )
-from raftlite.core.raft_types import Configuration, Entry, HardState, Snapshot, SnapshotMeta
+from .raft_types import Configuration, Entry, HardState, Snapshot, SnapshotMeta
 
 __all__ = [
     "CODEC_VERSION",

@@ -40,8 +40,8 @@ from typing import Iterable, Mapping
 
 import msgpack
 
-from raftlite.core.raft_types import Configuration, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
-from raftlite.core.records import RECORD_HEADER_BYTES, encode_record, record_header, scan_records
+from .raft_types import Configuration, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+from .records import RECORD_HEADER_BYTES, encode_record, record_header, scan_records
 
 __all__ = [
     "FORMAT_VERSION",

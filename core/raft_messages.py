@@ -6,7 +6,7 @@ simulator's bandwidth model and the runtime's message limits.
 
 from dataclasses import dataclass
 
-from raftlite.core.raft_types import Entry, SnapshotMeta
+from .raft_types import Entry, SnapshotMeta
 
 __all__ = [
     "AppendRequest", "AppendResponse", "HeartbeatRequest", "HeartbeatResponse", "RaftMessage",

@@ -31,16 +31,16 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from raftlite.actors.contract import Client, StatusRequest, StatusResponse
-from raftlite.actors.database import (
+from ..actors.contract import Client, StatusRequest, StatusResponse
+from ..actors.database import (
     Dump, Dumped, Execute, ExecuteResult, Interrupt, Interrupted, Open, Opened, Prepare, Prepared, Query, QueryResult,
     SessionClosed, SqlError,
 )
-from raftlite.actors.raft_node import (
+from ..actors.raft_node import (
     AllowVoting, ChangeMembership, ClientError, ClusterDescription, DescribeCluster, Propose, ProposeResult, Read,
     ReadResult, TransferLeadership,
 )
-from raftlite.core.peer_codec import RAFT_CODEC, CodecError
+from ..core.peer_codec import RAFT_CODEC, CodecError
 
 __all__ = [
     "ADMIN_CODEC", "ADMIN_MAGIC", "AdminClient", "AdminError", "AdminFailure", "ClientGateway",

@@ -77,8 +77,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Hashable
 
-from raftlite.actors.contract import Delete, DiskCommand, IoResult, Read, Rename, Sync, Truncate, Write
-from raftlite.io import native
+from ..actors.contract import Delete, DiskCommand, IoResult, Read, Rename, Sync, Truncate, Write
+from . import native
 
 __all__ = ["DiskExecutor", "RESERVED_PREFIX", "ZeroFilledFiles", "read_durable_files", "valid_file_name"]
 

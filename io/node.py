@@ -35,19 +35,19 @@ import logging
 import os
 from typing import Any, Mapping, Sequence
 
-from raftlite.actors.config import Config
-from raftlite.actors.database import DatabaseNode, SessionClosed, SqlError
-from raftlite.actors.raft_node import (
+from ..actors.config import Config
+from ..actors.database import DatabaseNode, SessionClosed, SqlError
+from ..actors.raft_node import (
     AllowVoting, ChangeMembership, ClientError, ClusterDescription, DescribeCluster, ProposeResult, TransferLeadership,
 )
-from raftlite.core.raft import State
-from raftlite.core.raft_log_format import METADATA_FILES, segment_first_index, snapshot_index_of
-from raftlite.core.raft_types import Configuration, Role
-from raftlite.io.admin import AdminClient, AdminError, AdminFailure
-from raftlite.io.disk import RESERVED_PREFIX
-from raftlite.io.runtime import NodeRuntime, RuntimeState
-from raftlite.io.transport import TlsSettings
-from raftlite.io.wire_server import NodeMetadata, WireServer
+from ..core.raft import State
+from ..core.raft_log_format import METADATA_FILES, segment_first_index, snapshot_index_of
+from ..core.raft_types import Configuration, Role
+from .admin import AdminClient, AdminError, AdminFailure
+from .disk import RESERVED_PREFIX
+from .runtime import NodeRuntime, RuntimeState
+from .transport import TlsSettings
+from .wire_server import NodeMetadata, WireServer
 
 __all__ = ["JoinFailed", "Node", "data_directory_initialized"]
 

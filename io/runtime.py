@@ -42,15 +42,15 @@ import random
 import time
 from typing import Any, Callable, Hashable, Mapping
 
-from raftlite.actors.config import Config
-from raftlite.actors.contract import (
+from ..actors.config import Config
+from ..actors.contract import (
     CancelTimer, Client, Context, Delete, Halt, IoResult, Read, Rename, Reply, Send, SetTimer, Sync, Truncate, Write,
 )
-from raftlite.core.peer_codec import RAFT_CODEC, Codec
-from raftlite.core.raft_log_format import segment_first_index
-from raftlite.io.admin import parse_address, serve_admin_connection
-from raftlite.io.disk import RESERVED_PREFIX, DiskExecutor, ZeroFilledFiles
-from raftlite.io.transport import ClientProtocolHandler, TlsSettings, Transport, TransportSettings
+from ..core.peer_codec import RAFT_CODEC, Codec
+from ..core.raft_log_format import segment_first_index
+from .admin import parse_address, serve_admin_connection
+from .disk import RESERVED_PREFIX, DiskExecutor, ZeroFilledFiles
+from .transport import ClientProtocolHandler, TlsSettings, Transport, TransportSettings
 
 __all__ = ["DataDirectoryInUse", "NodeRuntime", "RuntimeState", "SCRATCH_DIRECTORY_NAME"]
 

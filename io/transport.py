@@ -59,9 +59,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
-from raftlite.actors.config import Config
-from raftlite.core.peer_codec import RAFT_CODEC, Codec, CodecError
-from raftlite.io.admin import ADMIN_MAGIC, parse_address
+from ..actors.config import Config
+from ..core.peer_codec import RAFT_CODEC, Codec, CodecError
+from .admin import ADMIN_MAGIC, parse_address
 
 __all__ = [
     "DQLITE_PROTOCOL_VERSION", "DQLITE_PROTOCOL_VERSION_LEGACY", "PEER_MAGIC", "TlsSettings", "Transport",

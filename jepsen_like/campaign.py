@@ -22,9 +22,9 @@ import sys
 import time
 from typing import Sequence
 
-from raftlite.jepsen_like.nemesis_schedule import NEMESIS_CHOICES, parse_nemesis_schedule
-from raftlite.jepsen_like.runner import JepsenOptions, run_jepsen, write_outputs
-from raftlite.jepsen_like.workloads import WORKLOADS
+from .nemesis_schedule import NEMESIS_CHOICES, parse_nemesis_schedule
+from .runner import JepsenOptions, run_jepsen, write_outputs
+from .workloads import WORKLOADS
 
 __all__ = ["main", "plan_campaign"]
 

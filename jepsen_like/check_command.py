@@ -20,13 +20,13 @@ import json
 import sys
 from typing import Any, TextIO
 
-from raftlite.argument_types import positive_seconds as _positive_seconds
-from raftlite.jepsen_like.bank import check_bank
-from raftlite.jepsen_like.history import HistoryError, parse_edn_value, parse_history
-from raftlite.jepsen_like.linearizability import LinearizabilityLimits, check_linearizability
-from raftlite.jepsen_like.list_append import check_list_append
-from raftlite.jepsen_like.models import make_model
-from raftlite.jepsen_like.set_checker import check_set
+from ..argument_types import positive_seconds as _positive_seconds
+from .bank import check_bank
+from .history import HistoryError, parse_edn_value, parse_history
+from .linearizability import LinearizabilityLimits, check_linearizability
+from .list_append import check_list_append
+from .models import make_model
+from .set_checker import check_set
 
 __all__ = ["EXIT_INVALID", "EXIT_UNKNOWN", "EXIT_USAGE", "EXIT_VALID", "MODEL_CHOICES", "add_check_parser",
            "run_check"]

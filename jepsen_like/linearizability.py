@@ -37,8 +37,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from raftlite.jepsen_like.history import Anomaly, Event, HistoryError, Operation, Verdict, pair_operations
-from raftlite.jepsen_like.models import INCONSISTENT, Call, Model
+from .history import Anomaly, Event, HistoryError, Operation, Verdict, pair_operations
+from .models import INCONSISTENT, Call, Model
 
 __all__ = ["LinearizabilityLimits", "check_linearizability", "is_independent_history", "partition_calls"]
 

@@ -37,7 +37,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Sequence
 
-from raftlite.jepsen_like.history import Anomaly, Event, HistoryError, Operation, Verdict, pair_operations
+from .history import Anomaly, Event, HistoryError, Operation, Verdict, pair_operations
 
 __all__ = ["ListAppendLimits", "check_list_append"]
 

@@ -33,7 +33,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
-from raftlite.jepsen_like.history import Event, HistoryError, Keyword, Operation
+from .history import Event, HistoryError, Keyword, Operation
 
 __all__ = [
     "INCONSISTENT",

@@ -36,14 +36,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from raftlite.actors.raft_node import ChangeMembership, TransferLeadership
-from raftlite.core.raft import State
-from raftlite.core.raft_types import Role
-from raftlite.sim.disk import CRASH_MODES
-from raftlite.sim.nemesis import NEMESIS_KINDS, Nemesis, NemesisError, NemesisInterval, parse_kind_list
-from raftlite.sim.network import isolate
-from raftlite.sim.simulation import NodeState, Simulation
-from raftlite.sim.trace import Trace
+from ..actors.raft_node import ChangeMembership, TransferLeadership
+from ..core.raft import State
+from ..core.raft_types import Role
+from ..sim.disk import CRASH_MODES
+from ..sim.nemesis import NEMESIS_KINDS, Nemesis, NemesisError, NemesisInterval, parse_kind_list
+from ..sim.network import isolate
+from ..sim.simulation import NodeState, Simulation
+from ..sim.trace import Trace
 
 __all__ = [
     "CLUSTER_NEMESIS_KINDS",

@@ -39,14 +39,14 @@ from typing import Any, Callable
 
 import pytest
 
-from raftlite.core.raft import SAFE
-from raftlite.jepsen_like.nemesis_schedule import parse_nemesis_schedule
-from raftlite.jepsen_like.real_runtime import RealCluster, parse_real_nemesis, run_jepsen_real
-from raftlite.jepsen_like.runner import JepsenOptions, RunResult, database_actor_factory, run_jepsen, write_outputs
-from raftlite.jepsen_like.workloads import DATABASE, leaders
-from raftlite.sim.client import SimDatabaseClient
-from raftlite.sim.run import swarm_config
-from raftlite.sim.simulation import Simulation
+from ..core.raft import SAFE
+from .nemesis_schedule import parse_nemesis_schedule
+from .real_runtime import RealCluster, parse_real_nemesis, run_jepsen_real
+from .runner import JepsenOptions, RunResult, database_actor_factory, run_jepsen, write_outputs
+from .workloads import DATABASE, leaders
+from ..sim.client import SimDatabaseClient
+from ..sim.run import swarm_config
+from ..sim.simulation import Simulation
 
 __all__ = ["SimCluster", "assert_valid", "jepsen_run", "real_cluster", "sim_cluster"]
 

@@ -51,17 +51,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from raftlite.actors.database import Execute, Query
-from raftlite.client.connection import Connection, ConnectionBroken, RequestFailed
-from raftlite.core.raft_log_format import METADATA_FILES, segment_first_index, snapshot_index_of
-from raftlite.core.wire import WireProtocolError
-from raftlite.jepsen_like.history import Event, HistoryError, Keyword
-from raftlite.jepsen_like.run_result import RunResult
-from raftlite.jepsen_like.workloads import DATABASE, Workload, make_workload
-from raftlite.process_cluster import ClusterError, NotConverged, ProcessCluster, free_ports
-from raftlite.sim.nemesis import NemesisError, NemesisInterval, parse_kind_list
-from raftlite.sim.network import bridge, halves, isolate, majorities_ring, one_way
-from raftlite.sim.rng import derive_rng
+from ..actors.database import Execute, Query
+from ..client.connection import Connection, ConnectionBroken, RequestFailed
+from ..core.raft_log_format import METADATA_FILES, segment_first_index, snapshot_index_of
+from ..core.wire import WireProtocolError
+from .history import Event, HistoryError, Keyword
+from .run_result import RunResult
+from .workloads import DATABASE, Workload, make_workload
+from ..process_cluster import ClusterError, NotConverged, ProcessCluster, free_ports
+from ..sim.nemesis import NemesisError, NemesisInterval, parse_kind_list
+from ..sim.network import bridge, halves, isolate, majorities_ring, one_way
+from ..sim.rng import derive_rng
 
 __all__ = [
     "LinkProxy",

@@ -28,7 +28,7 @@ import io
 import json
 from typing import Any
 
-from raftlite.jepsen_like.run_result import RunResult
+from .run_result import RunResult
 
 __all__ = ["matplotlib_available", "render_report"]
 

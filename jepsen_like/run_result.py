@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from raftlite.core.raft import SAFE, UnsafeSwitches
-from raftlite.jepsen_like.history import Event, Verdict, pair_operations, to_json_value
-from raftlite.jepsen_like.nemesis_schedule import NEMESIS_CHOICES
-from raftlite.sim.nemesis import NemesisInterval
-from raftlite.jepsen_like.workloads import WORKLOADS
+from ..core.raft import SAFE, UnsafeSwitches
+from .history import Event, Verdict, pair_operations, to_json_value
+from .nemesis_schedule import NEMESIS_CHOICES
+from ..sim.nemesis import NemesisInterval
+from .workloads import WORKLOADS
 
 __all__ = ["JepsenOptions", "RunResult"]
 

@@ -37,23 +37,23 @@ import traceback
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
-from raftlite.actors.database import DatabaseNode
-from raftlite.actors.raft_node import settings_from_config
-from raftlite.core.raft import SAFE, UnsafeSwitches
-from raftlite.core.raft_types import Configuration, Role
-from raftlite.jepsen_like.history import HistoryError, write_edn_history
-from raftlite.jepsen_like.nemesis_schedule import MEMBERSHIP_SPARE_NODES, FaultTrace, NemesisSchedule
-from raftlite.jepsen_like.report import render_report
-from raftlite.jepsen_like.run_result import JepsenOptions, RunResult
-from raftlite.sim.crash_after_vote import CrashAfterVote
-from raftlite.jepsen_like.workloads import (
+from ..actors.database import DatabaseNode
+from ..actors.raft_node import settings_from_config
+from ..core.raft import SAFE, UnsafeSwitches
+from ..core.raft_types import Configuration, Role
+from .history import HistoryError, write_edn_history
+from .nemesis_schedule import MEMBERSHIP_SPARE_NODES, FaultTrace, NemesisSchedule
+from .report import render_report
+from .run_result import JepsenOptions, RunResult
+from ..sim.crash_after_vote import CrashAfterVote
+from .workloads import (
     DATABASE, HistoryRecorder, WorkloadDriver, WorkloadOptions, leaders, make_workload,
 )
-from raftlite.sim.client import SimDatabaseClient, SqlFailure, Unavailable
-from raftlite.sim.database_workload import replica_page_digest
-from raftlite.sim.raft_checkers import RaftChecker
-from raftlite.sim.run import swarm_config
-from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
+from ..sim.client import SimDatabaseClient, SqlFailure, Unavailable
+from ..sim.database_workload import replica_page_digest
+from ..sim.raft_checkers import RaftChecker
+from ..sim.run import swarm_config
+from ..sim.simulation import NodeState, Simulation, SimulationFailure
 
 __all__ = ["database_actor_factory", "run_jepsen", "write_outputs"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-from raftlite.jepsen_like.history import Anomaly, Event, HistoryError, Operation, Verdict, pair_operations
+from .history import Anomaly, Event, HistoryError, Operation, Verdict, pair_operations
 
 __all__ = ["check_set"]
 

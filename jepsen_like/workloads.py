@@ -43,19 +43,19 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generator, Sequence
 
-from raftlite.actors.contract import Client
-from raftlite.actors.database import (
+from ..actors.contract import Client
+from ..actors.database import (
     LEADERSHIP_LOST, NOT_LEADER, Execute, ExecuteResult, Query, QueryResult, SessionClosed, SqlError,
 )
-from raftlite.core.raft import State
-from raftlite.jepsen_like.bank import check_bank
-from raftlite.jepsen_like.history import Event, Keyword, Verdict
-from raftlite.jepsen_like.linearizability import LinearizabilityLimits, check_linearizability
-from raftlite.jepsen_like.list_append import check_list_append
-from raftlite.jepsen_like.models import make_model
-from raftlite.jepsen_like.set_checker import check_set
-from raftlite.sim.rng import derive_rng
-from raftlite.sim.simulation import NodeState, Simulation
+from ..core.raft import State
+from .bank import check_bank
+from .history import Event, Keyword, Verdict
+from .linearizability import LinearizabilityLimits, check_linearizability
+from .list_append import check_list_append
+from .models import make_model
+from .set_checker import check_set
+from ..sim.rng import derive_rng
+from ..sim.simulation import NodeState, Simulation
 
 __all__ = [
     "AppendWorkload",

@@ -10,11 +10,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-from raftlite.actors.config import Config
-from raftlite.actors.heartbeat import HeartbeatDetector
-from raftlite.sim.nemesis import NEMESIS_KINDS, Nemesis
-from raftlite.sim.simulation import Simulation
-from raftlite.sim.run import ACTORS, ProposalLoad
+from ..actors.config import Config
+from ..actors.heartbeat import HeartbeatDetector
+from .nemesis import NEMESIS_KINDS, Nemesis
+from .simulation import Simulation
+from .run import ACTORS, ProposalLoad
 
 __all__ = ["BenchmarkResult", "run_benchmark", "run_raft_benchmark"]
 

@@ -17,11 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from raftlite.actors.contract import Client
-from raftlite.actors.database import (
+from ..actors.contract import Client
+from ..actors.database import (
     LEADERSHIP_LOST, NOT_LEADER, Execute, ExecuteResult, Query, QueryResult, SessionClosed, SqlError,
 )
-from raftlite.sim.simulation import NodeState, Simulation
+from .simulation import NodeState, Simulation
 
 __all__ = ["OutcomeUnknown", "SimDatabaseClient", "SqlFailure", "Unavailable"]
 

@@ -32,11 +32,11 @@ configuration, so that growing the cluster has a node to add.
 
 from typing import Any, Callable
 
-from raftlite.actors.raft_node import ChangeMembership, TransferLeadership
-from raftlite.core.raft_messages import TimeoutNow
-from raftlite.core.raft_types import Role
-from raftlite.sim.network import isolate
-from raftlite.sim.simulation import NodeState, Simulation
+from ..actors.raft_node import ChangeMembership, TransferLeadership
+from ..core.raft_messages import TimeoutNow
+from ..core.raft_types import Role
+from .network import isolate
+from .simulation import NodeState, Simulation
 
 __all__ = ["CLUSTER_EVENT_PARAMETERS", "CLUSTER_FAULT_KINDS", "EXTRA_NODES", "apply_cluster_fault",
            "choose_cluster_fault", "extra_nodes_for", "install_voter_minority_guard"]

@@ -31,15 +31,15 @@ from outside a step.
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from raftlite.actors.contract import Client
-from raftlite.actors.raft_node import ChangeMembership, ClientError, Propose, Read, TransferLeadership
-from raftlite.core.raft import State
-from raftlite.core.raft_messages import (
+from ..actors.contract import Client
+from ..actors.raft_node import ChangeMembership, ClientError, Propose, Read, TransferLeadership
+from ..core.raft import State
+from ..core.raft_messages import (
     AppendRequest, AppendResponse, HeartbeatResponse, SnapshotChunk, SnapshotResponse, TimeoutNow, VoteRequest,
     VoteResponse,
 )
-from raftlite.core.raft_types import Configuration, Entry, EntryKind, Role
-from raftlite.sim.simulation import Simulation
+from ..core.raft_types import Configuration, Entry, EntryKind, Role
+from .simulation import Simulation
 
 __all__ = ["Coverage", "PATHS", "STANDARD_BUDGET", "CoveragePath", "attach_coverage", "coverage_report",
            "merge_counts", "required_paths"]

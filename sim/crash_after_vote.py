@@ -40,11 +40,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from raftlite.core.raft import State
-from raftlite.core.raft_messages import VoteResponse
-from raftlite.sim.nemesis import NemesisInterval
-from raftlite.sim.network import isolate
-from raftlite.sim.simulation import NodeState, Simulation
+from ..core.raft import State
+from ..core.raft_messages import VoteResponse
+from .nemesis import NemesisInterval
+from .network import isolate
+from .simulation import NodeState, Simulation
 
 __all__ = ["CrashAfterVote"]
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import apsw
 
-from raftlite.actors.database import NOT_LEADER, Execute, ExecuteResult, Query, QueryResult, SessionClosed, SqlError
-from raftlite.sim.rng import derive_rng
-from raftlite.sim.simulation import NodeState, Simulation
+from ..actors.database import NOT_LEADER, Execute, ExecuteResult, Query, QueryResult, SessionClosed, SqlError
+from .rng import derive_rng
+from .simulation import NodeState, Simulation
 
 __all__ = ["KeyValueLoad", "read_replica", "replica_page_digest"]
 

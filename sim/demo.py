@@ -2,11 +2,11 @@
 loss of its leader, told step by step. (`make demo` runs it until the real runtime and
 the wire protocol give it a cluster of real processes to drive.)"""
 
-from raftlite.sim.client import SimDatabaseClient
-from raftlite.sim.database_workload import read_replica
-from raftlite.sim.raft_checkers import RaftChecker
-from raftlite.sim.run import ACTORS, leader_of
-from raftlite.sim.simulation import Simulation
+from .client import SimDatabaseClient
+from .database_workload import read_replica
+from .raft_checkers import RaftChecker
+from .run import ACTORS, leader_of
+from .simulation import Simulation
 
 __all__ = ["run_demo"]
 

@@ -30,7 +30,7 @@ Model (FoundationDB's AsyncFileNonDurable and TigerBeetle's testing storage in s
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
-from raftlite.actors.contract import Delete, DiskCommand, IoResult, Read, Rename, Sync, Truncate, Write
+from ..actors.contract import Delete, DiskCommand, IoResult, Read, Rename, Sync, Truncate, Write
 
 __all__ = ["CRASH_MODES", "DiskProfile", "SECTOR_BYTES", "SimDisk", "SimFile"]
 

@@ -32,13 +32,13 @@ from typing import Any
 
 import msgpack
 
-from raftlite.core.raft import State
-from raftlite.core.raft_log_format import METADATA_FILES, decode_metadata, segment_first_index, snapshot_index_of
-from raftlite.core.raft_messages import AppendResponse, SnapshotResponse, VoteRequest, VoteResponse
-from raftlite.core.raft_types import HardState
-from raftlite.core.records import RECORD_HEADER_BYTES, RECORD_MAGIC, record_at
-from raftlite.sim.disk import SimDisk, SimFile
-from raftlite.sim.simulation import Simulation, SimulationFailure
+from ..core.raft import State
+from ..core.raft_log_format import METADATA_FILES, decode_metadata, segment_first_index, snapshot_index_of
+from ..core.raft_messages import AppendResponse, SnapshotResponse, VoteRequest, VoteResponse
+from ..core.raft_types import HardState
+from ..core.records import RECORD_HEADER_BYTES, RECORD_MAGIC, record_at
+from .disk import SimDisk, SimFile
+from .simulation import Simulation, SimulationFailure
 
 __all__ = ["DurabilityChecker", "DurableView"]
 

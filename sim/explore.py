@@ -65,12 +65,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterator, TextIO
 
-from raftlite.core.invariant import InvariantViolation, invariant
-from raftlite.core.raft import Raft, RaftSettings, Ready, State, UnsafeSwitches
-from raftlite.core.raft_messages import (
+from ..core.invariant import InvariantViolation, invariant
+from ..core.raft import Raft, RaftSettings, Ready, State, UnsafeSwitches
+from ..core.raft_messages import (
     AppendRequest, AppendResponse, HeartbeatRequest, HeartbeatResponse, TimeoutNow, VoteRequest, VoteResponse,
 )
-from raftlite.core.raft_types import Configuration, Entry, EntryKind, HardState, Role
+from ..core.raft_types import Configuration, Entry, EntryKind, HardState, Role
 
 __all__ = [
     "ExploreBounds", "ExploreResult", "Violation", "add_explore_parser", "describe_message", "explore",

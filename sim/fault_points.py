@@ -32,11 +32,11 @@ import math
 from collections import deque
 from typing import Any, Sequence
 
-from raftlite.actors.contract import Sync, Write
-from raftlite.core.raft_log_format import METADATA_FILES
-from raftlite.sim.nemesis import FaultEvent, parse_kind_list
-from raftlite.sim.rng import derive_rng
-from raftlite.sim.simulation import NodeState, Simulation
+from ..actors.contract import Sync, Write
+from ..core.raft_log_format import METADATA_FILES
+from .nemesis import FaultEvent, parse_kind_list
+from .rng import derive_rng
+from .simulation import NodeState, Simulation
 
 __all__ = ["FAULT_POINTS", "FaultPointError", "FaultPoints", "parse_fault_points", "swarm_fault_points"]
 

@@ -34,11 +34,11 @@ user gets liveness mode with one flag, and the standard test suite runs both.
 from dataclasses import replace
 from typing import Any, Callable, Iterable
 
-from raftlite.core.raft import State
-from raftlite.core.raft_types import Configuration
-from raftlite.sim.nemesis import heal_node
-from raftlite.sim.rng import derive_rng
-from raftlite.sim.simulation import NodeState, Simulation
+from ..core.raft import State
+from ..core.raft_types import Configuration
+from .nemesis import heal_node
+from .rng import derive_rng
+from .simulation import NodeState, Simulation
 
 __all__ = [
     "LIVENESS_BUDGET_ELECTION_TIMEOUTS", "LivenessMode", "RecoveryProbe", "choose_core", "recovery_stats",

@@ -60,23 +60,23 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, fields
 from typing import Any, Sequence
 
-from raftlite.core.raft_messages import AppendResponse
-from raftlite.actors.raft_node import ChangeMembership, DigestStateMachine, ProposeResult, Read, ReadResult
-from raftlite.core.raft import SAFE, State, UnsafeSwitches
-from raftlite.core.raft_types import Role
-from raftlite.sim.cluster_faults import CLUSTER_FAULT_KINDS
-from raftlite.sim.crash_after_vote import CrashAfterVote
-from raftlite.sim.durability_checker import DurabilityChecker
-from raftlite.sim.fault_points import FaultPoints, parse_fault_points, swarm_fault_points
-from raftlite.sim.nemesis import NEMESIS_KINDS, Nemesis
-from raftlite.sim.network import isolate, one_way, symmetric_cut
-from raftlite.sim.raft_checkers import entry_digest
-from raftlite.sim.rng import derive_rng
-from raftlite.sim.run import attach_checkers, build_simulation, finish_run, run_config, start_load, violation_checker
-from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
-from raftlite.sim.sweep import parse_seed_range
-from raftlite.sim.targeted_drivers import TARGETED_DRIVERS
-from raftlite.sim.trace import Trace
+from ..core.raft_messages import AppendResponse
+from ..actors.raft_node import ChangeMembership, DigestStateMachine, ProposeResult, Read, ReadResult
+from ..core.raft import SAFE, State, UnsafeSwitches
+from ..core.raft_types import Role
+from .cluster_faults import CLUSTER_FAULT_KINDS
+from .crash_after_vote import CrashAfterVote
+from .durability_checker import DurabilityChecker
+from .fault_points import FaultPoints, parse_fault_points, swarm_fault_points
+from .nemesis import NEMESIS_KINDS, Nemesis
+from .network import isolate, one_way, symmetric_cut
+from .raft_checkers import entry_digest
+from .rng import derive_rng
+from .run import attach_checkers, build_simulation, finish_run, run_config, start_load, violation_checker
+from .simulation import NodeState, Simulation, SimulationFailure
+from .sweep import parse_seed_range
+from .targeted_drivers import TARGETED_DRIVERS
+from .trace import Trace
 
 __all__ = [
     "CATALOGUE", "Mutation", "MutationRow", "Profile", "PROFILES", "SeedVerdict", "render_table", "run_catalogue",

@@ -36,13 +36,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from raftlite.sim.cluster_faults import (
+from .cluster_faults import (
     CLUSTER_EVENT_PARAMETERS, CLUSTER_FAULT_KINDS, apply_cluster_fault, choose_cluster_fault,
 )
-from raftlite.sim.disk import CRASH_MODES
-from raftlite.sim.network import bridge, halves, isolate, majorities_ring, one_way
-from raftlite.sim.rng import derive_rng
-from raftlite.sim.simulation import NodeState, Simulation
+from .disk import CRASH_MODES
+from .network import bridge, halves, isolate, majorities_ring, one_way
+from .rng import derive_rng
+from .simulation import NodeState, Simulation
 
 __all__ = [
     "EVENT_PARAMETERS", "FaultEvent", "NEMESIS_EVENT_KINDS", "NEMESIS_KINDS", "Nemesis", "NemesisError", "NemesisInterval",

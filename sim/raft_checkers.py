@@ -18,9 +18,9 @@ A violation raises `SimulationFailure` with the seed, so the run can be replayed
 import hashlib
 from typing import Any
 
-from raftlite.core.raft import State
-from raftlite.core.raft_types import Entry, Role
-from raftlite.sim.simulation import SimulationFailure, Simulation
+from ..core.raft import State
+from ..core.raft_types import Entry, Role
+from .simulation import SimulationFailure, Simulation
 
 __all__ = ["RaftChecker", "entry_digest"]
 

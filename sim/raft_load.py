@@ -31,11 +31,11 @@ violation raises `SimulationFailure` naming "read linearizability".
 from dataclasses import dataclass, field
 from typing import Any
 
-from raftlite.actors.contract import Client
-from raftlite.actors.raft_node import Propose, ProposeResult, Read, ReadResult
-from raftlite.core.raft_types import Entry, EntryKind
-from raftlite.sim.rng import derive_rng
-from raftlite.sim.simulation import NodeState, Simulation, SimulationFailure
+from ..actors.contract import Client
+from ..actors.raft_node import Propose, ProposeResult, Read, ReadResult
+from ..core.raft_types import Entry, EntryKind
+from .rng import derive_rng
+from .simulation import NodeState, Simulation, SimulationFailure
 
 __all__ = ["RaftLoad", "apply_observer", "believed_leaders", "fnv_fold"]
 

@@ -11,25 +11,25 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Sequence, TextIO
 
-from raftlite.actors.config import Config
-from raftlite.actors.database import DatabaseNode
-from raftlite.actors.heartbeat import HeartbeatDetector
-from raftlite.actors.raft_node import Propose, ProposeResult, RaftNode, settings_from_config
-from raftlite.core.raft import SAFE, UnsafeSwitches
-from raftlite.core.raft_types import Configuration, Role
-from raftlite.sim.cluster_faults import CLUSTER_FAULT_KINDS, extra_nodes_for, install_voter_minority_guard
-from raftlite.sim.coverage import attach_coverage
-from raftlite.sim.database_workload import KeyValueLoad
-from raftlite.sim.fault_points import FaultPoints, swarm_fault_points
-from raftlite.sim.liveness import LIVENESS_BUDGET_ELECTION_TIMEOUTS, LivenessMode
-from raftlite.sim.durability_checker import DurabilityChecker
-from raftlite.sim.liveness import RecoveryProbe
-from raftlite.sim.nemesis import FaultEvent, Nemesis
-from raftlite.sim.raft_checkers import RaftChecker
-from raftlite.sim.raft_load import RaftLoad
-from raftlite.sim.rng import derive_rng
-from raftlite.sim.simulation import Simulation, SimulationFailure
-from raftlite.sim.trace import Trace
+from ..actors.config import Config
+from ..actors.database import DatabaseNode
+from ..actors.heartbeat import HeartbeatDetector
+from ..actors.raft_node import Propose, ProposeResult, RaftNode, settings_from_config
+from ..core.raft import SAFE, UnsafeSwitches
+from ..core.raft_types import Configuration, Role
+from .cluster_faults import CLUSTER_FAULT_KINDS, extra_nodes_for, install_voter_minority_guard
+from .coverage import attach_coverage
+from .database_workload import KeyValueLoad
+from .fault_points import FaultPoints, swarm_fault_points
+from .liveness import LIVENESS_BUDGET_ELECTION_TIMEOUTS, LivenessMode
+from .durability_checker import DurabilityChecker
+from .liveness import RecoveryProbe
+from .nemesis import FaultEvent, Nemesis
+from .raft_checkers import RaftChecker
+from .raft_load import RaftLoad
+from .rng import derive_rng
+from .simulation import Simulation, SimulationFailure
+from .trace import Trace
 
 __all__ = [
     "ACTORS", "ProposalLoad", "RunSummary", "UnsafeSwitchError", "attach_checkers", "build_simulation",

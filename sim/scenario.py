@@ -64,20 +64,20 @@ the checker's name, and every later command is skipped.
 import json
 from typing import Callable
 
-from raftlite.actors.config import Config
-from raftlite.actors.heartbeat import StatusRequest
-from raftlite.actors.raft_node import ChangeMembership, Propose, Read, TransferLeadership
-from raftlite.core.raft_types import Role
-from raftlite.core.records import scan_records
-from raftlite.sim.fault_points import FaultPoints
-from raftlite.sim.nemesis import FaultEvent, Nemesis
-from raftlite.sim.network import bridge, halves, isolate, majorities_ring, one_way, symmetric_cut
-from raftlite.sim.run import (
+from ..actors.config import Config
+from ..actors.heartbeat import StatusRequest
+from ..actors.raft_node import ChangeMembership, Propose, Read, TransferLeadership
+from ..core.raft_types import Role
+from ..core.records import scan_records
+from .fault_points import FaultPoints
+from .nemesis import FaultEvent, Nemesis
+from .network import bridge, halves, isolate, majorities_ring, one_way, symmetric_cut
+from .run import (
     ACTORS, CHECKER_SETS, UnsafeSwitchError, attach_checkers, build_simulation, finish_run, parse_unsafe, run_config,
     start_load, violation_checker,
 )
-from raftlite.sim.simulation import Simulation, SimulationFailure
-from raftlite.sim.trace import TIMELINE_EVENTS, Trace, format_timeline_line
+from .simulation import Simulation, SimulationFailure
+from .trace import TIMELINE_EVENTS, Trace, format_timeline_line
 
 __all__ = ["ScenarioError", "ScenarioRunner", "execute_script", "run_script"]
 

@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence, TextIO
 
-from raftlite.core.raft import SAFE, UnsafeSwitches
-from raftlite.sim.nemesis import FaultEvent
-from raftlite.sim.run import RunSummary, run_simulation, violation_checker
-from raftlite.sim.scenario import execute_script
+from ..core.raft import SAFE, UnsafeSwitches
+from .nemesis import FaultEvent
+from .run import RunSummary, run_simulation, violation_checker
+from .scenario import execute_script
 
 __all__ = ["ShrinkResult", "ddmin", "shrink", "shrunk_script"]
 

@@ -26,18 +26,18 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 
 import simpy
 
-from raftlite.actors.config import Config
-from raftlite.actors.contract import (
+from ..actors.config import Config
+from ..actors.contract import (
     CancelTimer, Client, Context, DISK_COMMAND_TYPES, Halt, Reply, Send, SetTimer, Write,
 )
-from raftlite.core.invariant import InvariantViolation
-from raftlite.core.raft import State
-from raftlite.sim.clock import NodeClock
-from raftlite.sim.disk import DiskProfile, SimDisk
-from raftlite.sim.network import LinkProfile, Network
-from raftlite.sim.rng import derive_rng
-from raftlite.sim.sqlite_determinism import seed_sqlite
-from raftlite.sim.trace import Trace
+from ..core.invariant import InvariantViolation
+from ..core.raft import State
+from .clock import NodeClock
+from .disk import DiskProfile, SimDisk
+from .network import LinkProfile, Network
+from .rng import derive_rng
+from .sqlite_determinism import seed_sqlite
+from .trace import Trace
 
 __all__ = ["NodeState", "SimNode", "Simulation", "SimulationFailure", "message_size"]
 

@@ -10,7 +10,7 @@ answers xCurrentTimeInt64 from the node's (simulated, skewable) clock.
 
 import apsw
 
-from raftlite.sim.rng import derive_rng
+from .rng import derive_rng
 
 __all__ = ["seed_sqlite"]
 

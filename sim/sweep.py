@@ -6,13 +6,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from raftlite.actors.config import Config
-from raftlite.core.raft import SAFE, UnsafeSwitches
-from raftlite.sim.coverage import coverage_report, judged, merge_counts
-from raftlite.sim.fault_points import FAULT_POINTS
-from raftlite.sim.liveness import recovery_stats
-from raftlite.sim.nemesis import NEMESIS_KINDS
-from raftlite.sim.run import RunSummary, run_simulation
+from ..actors.config import Config
+from ..core.raft import SAFE, UnsafeSwitches
+from .coverage import coverage_report, judged, merge_counts
+from .fault_points import FAULT_POINTS
+from .liveness import recovery_stats
+from .nemesis import NEMESIS_KINDS
+from .run import RunSummary, run_simulation
 
 __all__ = ["SweepResult", "parse_seed_range", "sweep"]
 

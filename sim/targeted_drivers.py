@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from raftlite.core.raft import State
-from raftlite.actors.raft_node import Propose
-from raftlite.core.raft_messages import AppendRequest, AppendResponse, HeartbeatRequest, VoteRequest
-from raftlite.sim.network import isolate, one_way, symmetric_cut
-from raftlite.sim.rng import derive_rng
-from raftlite.sim.simulation import NodeState, Simulation
+from ..core.raft import State
+from ..actors.raft_node import Propose
+from ..core.raft_messages import AppendRequest, AppendResponse, HeartbeatRequest, VoteRequest
+from .network import isolate, one_way, symmetric_cut
+from .rng import derive_rng
+from .simulation import NodeState, Simulation
 
 __all__ = [
     "TARGETED_DRIVERS", "CrashNewLeader", "DivergentTails", "PausedLeader", "SplitVote", "leader_with_own_commit",

@@ -100,7 +100,8 @@ def test_acknowledged_writes_survive_leader_kills_snapshot_kills_and_a_full_rest
         # a snapshot; it is killed the moment it starts writing it (snapshot-tmp).
         leader = cluster.wait_leader()
         follower = next(n for n in cluster.running() if n != leader)
-        behind = cluster.nodes[follower].status()["applied_index"]
+        # (It may be the node restarted last, still reading its log back: wait for it.)
+        behind = wait_for(cluster.nodes[follower].status, 30, f"node {follower} answering status", cluster)["applied_index"]
         cluster.nodes[follower].kill()
         wait_for(lambda: any(i > behind + 200 for i in snapshot_indexes(cluster.nodes[leader].data_dir)), 60,
                  f"a snapshot on leader {leader} beyond index {behind}", cluster)

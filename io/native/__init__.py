@@ -80,7 +80,7 @@ def _load_native():
     "use the portable backend".
     """
     try:
-        from raftlite.io.native import _aio
+        from . import _aio
     except ImportError as error:
         return None, None, f"raftlite.io.native._aio is not built or cannot load ({error})"
     context = _aio.ffi.new("uint64_t *")
