@@ -196,12 +196,12 @@ def decode_database_entry(data: bytes | memoryview) -> DatabaseEntry:
             raise FrameFormatError(f"page number outside 1..{size_after_commit}")
         if any(a >= b for a, b in zip(page_numbers, page_numbers[1:])):
             raise FrameFormatError("page numbers not strictly ascending")
-        pages = {
+        changed_pages = {
             number: view[images_at + i * page_size : images_at + (i + 1) * page_size]
             for i, number in enumerate(page_numbers)
         }
         return CommittedTransaction(
-            database=database, page_size=page_size, size_after_commit_pages=size_after_commit, pages=pages,
+            database=database, page_size=page_size, size_after_commit_pages=size_after_commit, pages=changed_pages,
         )
     if kind == _KIND_CREATE:
         if len(view) < _CREATE_HEADER.size:

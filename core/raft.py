@@ -65,7 +65,7 @@ from enum import Enum
 from typing import Any, Sequence
 
 from .errors import NotLeader, ProposalDropped
-from .invariant import invariant
+from .invariant import invariant, present
 from .raft_membership import Membership
 from .raft_messages import (
     AppendRequest, AppendResponse, HeartbeatRequest, HeartbeatResponse, SnapshotChunk, SnapshotResponse,
@@ -691,7 +691,7 @@ class Raft:
             self._start_snapshot(node)
             return True
         last = min(self.last_index, prev_index + self.settings.append_entries_max)
-        entries = []
+        entries: list[Entry] = []
         size = 0
         for entry in self._entries_between(prev_index + 1, last):
             if entries and size + entry.wire_bytes() > self.settings.append_batch_bytes_max:
@@ -719,13 +719,13 @@ class Raft:
         self._release_reads()
 
     def _start_snapshot(self, node: int) -> None:
-        invariant(self.snapshot is not None, f"node {self.id}: log compacted without a snapshot")
-        self.progress[node].become_snapshot(self.snapshot)
+        snapshot = present(self.snapshot, f"node {self.id}: log compacted without a snapshot")
+        self.progress[node].become_snapshot(snapshot)
         self._send_snapshot_chunk(node)
 
     def _send_snapshot_chunk(self, node: int) -> None:
         progress = self.progress[node]
-        snapshot = progress.snapshot
+        snapshot = present(progress.snapshot, f"node {self.id}: no snapshot being sent to {node}")
         offset = progress.snapshot_offset
         chunk = snapshot.data[offset : offset + self.settings.snapshot_chunk_bytes]
         self._send(node, SnapshotChunk(
@@ -931,12 +931,14 @@ class Raft:
         if self.snapshot is not None and index <= self.snapshot.meta.index:
             return None
         configuration_index, configuration = self.membership.at(index)
-        meta = SnapshotMeta(index=index, term=self.term_at(index), configuration=configuration,
+        # Past the last snapshot and applied, so still in the log (or its base).
+        term = present(self.term_at(index), f"node {self.id}: no term for index {index} to snapshot")
+        meta = SnapshotMeta(index=index, term=term, configuration=configuration,
                             configuration_index=configuration_index)
         self.snapshot = Snapshot(meta, bytes(data))
         new_base = index - trailing
         if new_base > self.log_base_index:
-            new_base_term = self.term_at(new_base)
+            new_base_term = present(self.term_at(new_base), f"node {self.id}: no term for new log base {new_base}")
             self.entries = self.entries[new_base - self.log_base_index :]
             self.log_base_index, self.log_base_term = new_base, new_base_term
         return self.snapshot
@@ -972,11 +974,11 @@ class Raft:
         apply_to = min(self.commit, self.stable_index)
         if self.settings.unsafe.apply_past_commit:
             apply_to = self.stable_index   # a deliberate bug for tests: uncommitted entries applied
-        committed = ()
+        committed: tuple[Entry, ...] = ()
         if apply_to > self.apply_requested_index:
             committed = tuple(self._entries_between(self.apply_requested_index + 1, apply_to))
             self.apply_requested_index = apply_to
-        entries = ()
+        entries: tuple[Entry, ...] = ()
         if self.last_index > self.persist_requested_index:
             entries = tuple(self._entries_between(self.persist_requested_index + 1, self.last_index))
             self.persist_requested_index = self.last_index

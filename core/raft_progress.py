@@ -77,7 +77,7 @@ class Progress:
         self.state = ProgressState.REPLICATE
         self.probe_sent = False
 
-    def become_snapshot(self, snapshot: Snapshot | None) -> None:
+    def become_snapshot(self, snapshot: Snapshot) -> None:
         """Send `snapshot` from its first byte; appends wait until it is installed."""
         self.state = ProgressState.SNAPSHOT
         self.snapshot_offset = 0

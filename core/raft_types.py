@@ -111,7 +111,9 @@ class Configuration:
 
     @classmethod
     def decode(cls, data: bytes) -> "Configuration":
-        members, addresses, offset = [], [], 0
+        members: list[tuple[int, Role]] = []
+        addresses: list[tuple[int, str]] = []
+        offset = 0
         while offset < len(data):
             if len(data) - offset < 9:
                 raise ValueError(f"configuration of {len(data)} bytes ends inside a member")
