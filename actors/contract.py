@@ -99,7 +99,7 @@ class Write:
     token: Hashable
     file: str
     offset: int
-    data: bytes
+    data: bytes | memoryview   # a view lets a big snapshot be written without a copy
     # True: the completion also means the bytes are durable (RWF_DSYNC on the real disk).
     durable: bool = False
 

@@ -28,7 +28,7 @@ leader: after a full checkpoint); restoring writes those bytes back and removes 
 import os
 from typing import Sequence
 
-from ..core.frames import CommittedTransaction, CreateDatabase
+from ..core.frames import CommittedTransaction, CreateDatabase, PageImage
 from ..core.invariant import InvariantViolation
 
 __all__ = [
@@ -135,11 +135,10 @@ def apply_transactions(path: str, transactions: Sequence[CommittedTransaction]) 
         return
     _require_no_wal_content(path)
     page_size = transactions[0].page_size
-    pages: dict[int, bytes] = {}
-    smallest = None
+    pages: dict[int, PageImage] = {}
+    smallest = min(transaction.size_after_commit_pages for transaction in transactions)
     for transaction in transactions:
         size = transaction.size_after_commit_pages
-        smallest = size if smallest is None else min(smallest, size)
         for page_number in [number for number in pages if number > size]:
             del pages[page_number]   # cut off by this transaction
         pages.update(transaction.pages)

@@ -80,12 +80,14 @@ class HeartbeatDetector:
 
     def on_message(self, src: NodeId | Client, message: Any) -> None:
         match message:
-            case Heartbeat(incarnation=incarnation, sequence=sequence):
+            case Heartbeat(incarnation=incarnation, sequence=sequence) if not isinstance(src, Client):
                 self._on_heartbeat(src, incarnation, sequence)
-            case StatusRequest():
+            case StatusRequest() if isinstance(src, Client):
                 self.ctx.reply(src, StatusResponse(node_id=self.ctx.node_id, status=self.status()))
             case _:
-                pass  # a peer's unknown message is dropped, never trusted
+                # A peer's unknown message is dropped, never trusted; so is a heartbeat
+                # from a client, or a status request from a peer (it has no reply path).
+                pass
 
     def on_timer(self, timer: Hashable) -> None:
         if timer == "beat":

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Hashable, Sequence
 
 from .contract import Context, Delete, IoResult, Rename, Sync, Truncate, Write
-from ..core.invariant import invariant
+from ..core.invariant import invariant, present
 from ..core.raft_log_format import (
     SEGMENT_TEMPORARY_FILE,
     SNAPSHOT_TEMPORARY_FILE,
@@ -380,8 +380,9 @@ class RaftStorage:
         """Replace `segment` by one holding its entries before `target`, atomically."""
         # Entries at or below the snapshot are not needed (and after a restart not held).
         first = max(segment.first_index, self._snapshot_index + 1)
-        kept = [self.entry(index) for index in range(first, target)]
-        invariant(all(entry is not None for entry in kept), f"entries {first}..{target - 1} are not held")
+        held = [self.entry(index) for index in range(first, target)]
+        kept = [entry for entry in held if entry is not None]
+        invariant(len(kept) == len(held), f"entries {first}..{target - 1} are not held")
         header = encode_segment_header(first)
         batch = encode_batch(kept) if kept else None
         content = header + (batch.record if batch is not None else b"")
@@ -459,7 +460,8 @@ class RaftStorage:
             chunk.append(entry)
             chunk_blobs.append(blob)
             chunk_bytes += len(blob)
-        self._write_batch(group, segment, chunk, chunk_blobs)
+        # `entries` is never empty (see persist), so the loop opened a segment if none was.
+        self._write_batch(group, present(segment, "no segment to append to"), chunk, chunk_blobs)
         self._entries.extend(entries)
         if len(self._entries) == len(entries):
             self._entries_first = entries[0].index
@@ -549,10 +551,12 @@ class RaftStorage:
 
     def _mark_synced(self, file: str) -> None:
         # Writes to a file are issued only after its earlier operations completed, so
-        # every completed write to it is older than this Sync and now durable.
+        # every completed write to it is older than this Sync and now durable. (Only a
+        # Write that was not durable is ever _DONE: every other command completes _DURABLE.)
         for group in self._groups:
             for operation in group.operations:
-                if operation.state == _DONE and operation.command.file == file:
+                command = operation.command
+                if operation.state == _DONE and isinstance(command, Write) and command.file == file:
                     operation.state = _DURABLE
 
     def _reissue(self) -> None:

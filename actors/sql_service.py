@@ -118,7 +118,8 @@ def _query_result(description: tuple, rows: tuple) -> QueryResult:
 
 
 def _sql_error(error: apsw.Error) -> SqlError:
-    code = getattr(error, "extendedresult", None) or getattr(error, "result", SQLITE_ERROR)
+    extended = getattr(error, "extendedresult", None)
+    code = extended if extended else getattr(error, "result", SQLITE_ERROR)
     message = str(error)
     # apsw prefixes messages with the exception name ("ConstraintError: ..."); clients
     # expect SQLite's own message.
@@ -665,18 +666,16 @@ class SqlService:
 
     def _propose_entries(self, client: Client, entries: Sequence, *, response: Any) -> None:
         host = self.host
-        last = None
         for decoded in entries:
             index = host.propose(encode_database_entry(decoded))
             self.replica.executed_here[index] = host.term
             self.wal_entries += 1
-            last = index
-        self.last_executed_index = last
+            self.last_executed_index = index
         if response is not None and host.unsafe.acknowledge_before_commit:
             self.ctx.reply(client, response)   # a deliberate bug for tests: nothing is committed yet
         elif response is not None:
             # The answer waits for the last of its entries.
-            host.answer_when_applied(last, client, response)
+            host.answer_when_applied(self.last_executed_index, client, response)
 
     def _respond_after_commit(self, client: Client, response: Any) -> None:
         """Answer once leadership is confirmed and all this answer could depend on is

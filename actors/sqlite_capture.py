@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 import apsw
 
 from ..core.frames import CommittedTransaction, CreateDatabase, is_valid_page_size
-from ..core.invariant import InvariantViolation
+from ..core.invariant import InvariantViolation, present
 
 __all__ = ["Capture", "CaptureVfs", "WalWriteFault", "open_another_connection", "open_leader_connection"]
 
@@ -91,8 +91,8 @@ _NO_SALTS = bytes(8)
 
 @dataclass(slots=True)
 class _Frame:
-    header: bytes | None = None
-    image: bytes | None = None
+    header: bytes
+    image: bytes | None = None   # None until its page image is written
 
 
 @dataclass(slots=True, eq=False)
@@ -143,6 +143,7 @@ class Capture:
         if offset < WAL_HEADER_BYTES:
             return False
         frame_number, within = divmod(offset - WAL_HEADER_BYTES, frame_bytes)
+        header: bytes | None
         if within == 0 and len(data) == frame_bytes:
             header = data
         elif within == FRAME_HEADER_BYTES and len(data) == self.page_size:
@@ -229,7 +230,8 @@ class Capture:
             del self._frames[frame_number]
 
     def _resolve(self, commit_frame: int) -> None:
-        first = self._first_frame
+        # Set by the first frame write of the transaction, which comes before its commit.
+        first = present(self._first_frame, f"commit frame {commit_frame} of {self.database!r} with no first frame")
         pages: dict[int, bytes] = {}
         size_after_commit = 0
         for frame_number in range(first, commit_frame + 1):
