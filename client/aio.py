@@ -21,13 +21,13 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from .cluster import AsyncClusterSession, AsyncConnectionSetup, RequestKind, RetryPolicy
+from .cluster import AsyncClusterSession, AsyncConnectionSetup, RequestKind, RetryPolicy, run_awaited
 from .connection import AsyncConnection as NodeConnection, RequestFailed
 from .dbapi import (
-    TIMEOUT_S_DEFAULT, CursorResults, SqlCall, Steps, TransactionTracker, checked_many, checked_statement,
+    TIMEOUT_S_DEFAULT, ConnectionState, CursorResults, SqlCall, calls_as_steps, Steps, TransactionTracker, checked_many, checked_statement,
     wire_parameters,
 )
-from .errors import Error, InterfaceError, ProgrammingError
+from .errors import Error, InterfaceError
 from .types import Parameter, Python
 from ..core.wire import NodeInfo, ResultResponse, RowsResponse
 
@@ -50,22 +50,6 @@ def _operation(call: SqlCall):
         return await connection.exec_sql(db_id, call.sql, call.parameters)
 
     return run
-
-
-async def _drive(session: AsyncClusterSession, steps: Steps[_T]) -> _T:
-    """Carry out a TransactionTracker generator with awaited calls (as dbapi.drive)."""
-    answer: Any = None
-    error: Exception | None = None
-    while True:
-        try:
-            call = steps.throw(error) if error is not None else steps.send(answer)
-        except StopIteration as stop:
-            return stop.value
-        answer, error = None, None
-        try:
-            answer = await session.call(call.kind, _operation(call))
-        except Exception as failure:   # handed to the generator, which decides
-            error = failure
 
 
 class Cursor(CursorResults):
@@ -114,21 +98,12 @@ class Cursor(CursorResults):
         self._close()
 
 
-class Connection:
+class Connection(ConnectionState):
     """An asyncio connection to a cluster. Use `await connect(...)`."""
 
     def __init__(self, session: AsyncClusterSession, *, autocommit: bool = False) -> None:
-        self.session = session
-        self._tracker = TransactionTracker(autocommit=autocommit)
+        super().__init__(session, autocommit=autocommit)
         self._lock = asyncio.Lock()
-
-    @property
-    def closed(self) -> bool:
-        return self.session.closed
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._tracker.in_transaction
 
     @property
     def autocommit(self) -> bool:
@@ -138,15 +113,11 @@ class Connection:
     def autocommit(self, value: bool) -> None:
         self._tracker.autocommit = bool(value)
 
-    def _check(self) -> None:
-        if self.session.closed:
-            raise ProgrammingError("the connection is closed")
-
     async def _drive(self, steps_of: Callable[[TransactionTracker], Steps[_T]]) -> _T:
         """Run one TransactionTracker method's calls, holding the lock throughout."""
         async with self._lock:
             self._check()
-            return await _drive(self.session, steps_of(self._tracker))
+            return await run_awaited(calls_as_steps(steps_of(self._tracker), self.session, _operation))
 
     def cursor(self) -> Cursor:
         self._check()

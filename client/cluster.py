@@ -67,7 +67,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -508,6 +508,170 @@ class _SessionBase:
             return InterfaceError(str(error))
         return OperationalError(f"{address}: {error}")
 
+    # -- the session's logic, written once ----------------------------------------------
+    # Each method below is a generator of steps: zero-argument callables that do one piece
+    # of I/O (connect, send a request, close, sleep). `run_blocking` calls them in turn;
+    # `run_awaited` awaits what they return. The value goes back into the generator and an
+    # exception is thrown in at the same point, so discovery and the retry policy read
+    # as plain code and serve ClusterSession and AsyncClusterSession alike. The
+    # subclasses supply the I/O: _open_connection, _close_connection, _sleep, _setup.
+
+    def _open_connection(self, address: str, timeout_s: float) -> Any:
+        raise NotImplementedError
+
+    def _close_connection(self, connection: Any) -> Any:
+        raise NotImplementedError
+
+    def _sleep(self, seconds: float) -> Any:
+        raise NotImplementedError
+
+    def _setup(self, connection: Any, db_id: int) -> Any:
+        raise NotImplementedError
+
+    def _drop_steps(self):
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            yield lambda: self._close_connection(connection)
+
+    def _probe_steps(self, address: str, deadline: float):
+        timeout_s = max(min(self.policy.probe_timeout_s, deadline - time.monotonic()), 0.01)
+        connection = yield lambda: self._open_connection(address, timeout_s)
+        try:
+            leader = yield connection.leader
+        except BaseException:
+            yield lambda: self._close_connection(connection)
+            raise
+        return connection, leader
+
+    def _discover_steps(self, deadline: float):
+        reasons: list[str] = []
+        for address in self.nodes.candidates():
+            if time.monotonic() >= deadline:
+                break
+            try:
+                connection, leader = yield from self._probe_steps(address, deadline)
+            except (ConnectionBroken, RequestFailed, WireProtocolError, OSError) as error:
+                reasons.append(f"{address}: {error}")
+                continue
+            if leader is None:
+                yield lambda: self._close_connection(connection)
+                reasons.append(f"{address}: knows no leader")
+                continue
+            if leader.address != address:
+                yield lambda: self._close_connection(connection)
+                try:
+                    connection, confirmed = yield from self._probe_steps(leader.address, deadline)
+                except (ConnectionBroken, RequestFailed, WireProtocolError, OSError) as error:
+                    reasons.append(f"{address} names {leader.address}: {error}")
+                    continue
+                if confirmed is None or confirmed.address != leader.address:
+                    yield lambda: self._close_connection(connection)
+                    reasons.append(f"{address} names {leader.address}, which does not claim leadership")
+                    continue
+            try:
+                connection.timeout_s = max(deadline - time.monotonic(), 0.01)
+                yield lambda: connection.client(self.client_id)
+                self._db_id = yield lambda: connection.open(self.database)
+                try:
+                    self.nodes.learn((yield connection.cluster))
+                except RequestFailed:
+                    pass  # membership is a hint; the request itself decides
+                if self.on_connect is not None:
+                    yield lambda: self.on_connect(self._setup(connection, self._db_id))
+            except (ConnectionBroken, RequestFailed, WireProtocolError, OSError) as error:
+                yield lambda: self._close_connection(connection)
+                if isinstance(error, RequestFailed) and error.code not in (ErrorCode.NOT_LEADER,
+                                                                           ErrorCode.LEADERSHIP_LOST):
+                    raise error_from_failure(error.code, error.message) from None
+                reasons.append(f"{leader.address}: {error}")
+                continue
+            except BaseException:
+                yield lambda: self._close_connection(connection)   # the hook's own exception goes to the caller
+                raise
+            self.nodes.leader = leader.address
+            return connection
+        raise _Unreachable(self._reasons(reasons))
+
+    def _call_steps(self, kind: "RequestKind", operation: Callable[[Any, int], Any]):
+        """`operation(connection, db_id)` on the leader under the retry policy; its value,
+        or None when a ROLLBACK found its transaction already gone."""
+        self._check_open()
+        deadline = self._deadline()
+        attempt = 0
+        in_transaction = kind in (RequestKind.IN_TRANSACTION, RequestKind.COMMIT, RequestKind.ROLLBACK)
+        while True:
+            error: BaseException
+            sent = False
+            address = self.connected_to or "?"
+            try:
+                if self._connection is not None and self._connection.peer_closed():
+                    yield from self._drop_steps()
+                if self._connection is None:
+                    if in_transaction:
+                        raise ConnectionBroken("the connection holding the transaction is gone")
+                    self._connection = yield from self._discover_steps(deadline)
+                connection = self._connection
+                address = connection.address
+                connection.timeout_s = max(deadline - time.monotonic(), 0.01)
+                sent = True
+                return (yield lambda: operation(connection, self._db_id))
+            except _Unreachable as unreachable:
+                error = unreachable
+                failure = Failure.NOT_SENT
+            except (RequestFailed, ConnectionBroken, WireProtocolError, OSError) as raised:
+                error = raised
+                failure = failure_of(raised, sent=sent)
+            except ConnectionBusy as busy:
+                raise InterfaceError(str(busy)) from None
+            if failure is not Failure.OTHER and failure is not Failure.BUSY:
+                yield from self._drop_steps()  # the next attempt rediscovers the leader
+            decision = decide(kind, failure, retry_unknown_writes=self.policy.retry_unknown_writes)
+            if decision is Decision.RETRY:
+                if time.monotonic() >= deadline:
+                    raise self._gave_up(str(error))
+                pause = self._backoff(attempt, deadline)
+                yield lambda: self._sleep(pause)
+                attempt += 1
+                continue
+            outcome = self._outcome(decision, error, kind, address)
+            if outcome is None:
+                return None
+            raise outcome from (error if isinstance(error, (RequestFailed, ConnectionBroken)) else None)
+
+
+def run_blocking(steps: Generator[Callable[[], Any], Any, T]) -> T:
+    """Carry out a session generator (above) with blocking calls."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            value = step()
+        except BaseException as failure:   # thrown in: the generator's own handlers decide
+            error = failure
+
+
+async def run_awaited(steps: Generator[Callable[[], Any], Any, T]) -> T:
+    """Carry out a session generator (above), awaiting what each step returns."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            step = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            value = step()
+            if inspect.isawaitable(value):
+                value = await value
+        except BaseException as failure:   # thrown in: the generator's own handlers decide
+            error = failure
+
 
 _Operation = Callable[[Any, int], T]
 
@@ -532,112 +696,24 @@ class ClusterSession(_SessionBase):
 
     def drop(self) -> None:
         """Closes the leader connection (the next request rediscovers the leader)."""
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        run_blocking(self._drop_steps())
 
-    def _probe(self, address: str, deadline: float) -> tuple[Connection, NodeInfo | None]:
-        timeout_s = max(min(self.policy.probe_timeout_s, deadline - time.monotonic()), 0.01)
-        connection = Connection.connect(address, timeout_s=timeout_s, ssl_context=self.ssl_context)
-        try:
-            return connection, connection.leader()
-        except BaseException:
-            connection.close()
-            raise
+    def _open_connection(self, address: str, timeout_s: float) -> Connection:
+        return Connection.connect(address, timeout_s=timeout_s, ssl_context=self.ssl_context)
 
-    def _discover(self, deadline: float) -> Connection:
-        reasons: list[str] = []
-        for address in self.nodes.candidates():
-            if time.monotonic() >= deadline:
-                break
-            try:
-                connection, leader = self._probe(address, deadline)
-            except (ConnectionBroken, RequestFailed, WireProtocolError, OSError) as error:
-                reasons.append(f"{address}: {error}")
-                continue
-            if leader is None:
-                connection.close()
-                reasons.append(f"{address}: knows no leader")
-                continue
-            if leader.address != address:
-                connection.close()
-                try:
-                    connection, confirmed = self._probe(leader.address, deadline)
-                except (ConnectionBroken, RequestFailed, WireProtocolError, OSError) as error:
-                    reasons.append(f"{address} names {leader.address}: {error}")
-                    continue
-                if confirmed is None or confirmed.address != leader.address:
-                    connection.close()
-                    reasons.append(f"{address} names {leader.address}, which does not claim leadership")
-                    continue
-            try:
-                connection.timeout_s = max(deadline - time.monotonic(), 0.01)
-                connection.client(self.client_id)
-                self._db_id = connection.open(self.database)
-                try:
-                    self.nodes.learn(connection.cluster())
-                except RequestFailed:
-                    pass  # membership is a hint; the request itself decides
-                if self.on_connect is not None:
-                    self.on_connect(ConnectionSetup(connection, self._db_id))
-            except (ConnectionBroken, RequestFailed, WireProtocolError, OSError) as error:
-                connection.close()
-                if isinstance(error, RequestFailed) and error.code not in (ErrorCode.NOT_LEADER,
-                                                                           ErrorCode.LEADERSHIP_LOST):
-                    raise error_from_failure(error.code, error.message) from None
-                reasons.append(f"{leader.address}: {error}")
-                continue
-            except BaseException:
-                connection.close()   # the on_connect hook's own exception goes to the caller
-                raise
-            self.nodes.leader = leader.address
-            return connection
-        raise _Unreachable(self._reasons(reasons))
+    def _close_connection(self, connection: Connection) -> None:
+        connection.close()
+
+    def _sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def _setup(self, connection: Connection, db_id: int) -> ConnectionSetup:
+        return ConnectionSetup(connection, db_id)
 
     def call(self, kind: RequestKind, operation: _Operation[T]) -> T | None:
         """Runs `operation(connection, db_id)` on the leader under the retry policy.
         Returns its value, or None when a ROLLBACK found its transaction already gone."""
-        self._check_open()
-        deadline = self._deadline()
-        attempt = 0
-        in_transaction = kind in (RequestKind.IN_TRANSACTION, RequestKind.COMMIT, RequestKind.ROLLBACK)
-        while True:
-            error: BaseException
-            sent = False
-            address = self.connected_to or "?"
-            try:
-                if self._connection is not None and self._connection.peer_closed():
-                    self.drop()
-                if self._connection is None:
-                    if in_transaction:
-                        raise ConnectionBroken("the connection holding the transaction is gone")
-                    self._connection = self._discover(deadline)
-                connection = self._connection
-                address = connection.address
-                connection.timeout_s = max(deadline - time.monotonic(), 0.01)
-                sent = True
-                return operation(connection, self._db_id)
-            except _Unreachable as unreachable:
-                error = unreachable
-                failure = Failure.NOT_SENT
-            except (RequestFailed, ConnectionBroken, WireProtocolError, OSError) as raised:
-                error = raised
-                failure = failure_of(raised, sent=sent)
-            except ConnectionBusy as busy:
-                raise InterfaceError(str(busy)) from None
-            if failure is not Failure.OTHER and failure is not Failure.BUSY:
-                self.drop()  # the next attempt rediscovers the leader
-            decision = decide(kind, failure, retry_unknown_writes=self.policy.retry_unknown_writes)
-            if decision is Decision.RETRY:
-                if time.monotonic() >= deadline:
-                    raise self._gave_up(str(error))
-                time.sleep(self._backoff(attempt, deadline))
-                attempt += 1
-                continue
-            outcome = self._outcome(decision, error, kind, address)
-            if outcome is None:
-                return None
-            raise outcome from (error if isinstance(error, (RequestFailed, ConnectionBroken)) else None)
+        return run_blocking(self._call_steps(kind, operation))
 
     def leader(self) -> NodeInfo | None:
         """The leader as the cluster names it (None when no node knows one)."""
@@ -676,110 +752,22 @@ class AsyncClusterSession(_SessionBase):
         await self.drop()
 
     async def drop(self) -> None:
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            await connection.wait_closed()
+        await run_awaited(self._drop_steps())
 
-    async def _probe(self, address: str, deadline: float) -> tuple[AsyncConnection, NodeInfo | None]:
-        timeout_s = max(min(self.policy.probe_timeout_s, deadline - time.monotonic()), 0.01)
-        connection = await AsyncConnection.connect(address, timeout_s=timeout_s, ssl_context=self.ssl_context)
-        try:
-            return connection, await connection.leader()
-        except BaseException:
-            await connection.wait_closed()
-            raise
+    def _open_connection(self, address: str, timeout_s: float) -> Awaitable[AsyncConnection]:
+        return AsyncConnection.connect(address, timeout_s=timeout_s, ssl_context=self.ssl_context)
 
-    async def _discover(self, deadline: float) -> AsyncConnection:
-        reasons: list[str] = []
-        for address in self.nodes.candidates():
-            if time.monotonic() >= deadline:
-                break
-            try:
-                connection, leader = await self._probe(address, deadline)
-            except (ConnectionBroken, RequestFailed, WireProtocolError, OSError) as error:
-                reasons.append(f"{address}: {error}")
-                continue
-            if leader is None:
-                await connection.wait_closed()
-                reasons.append(f"{address}: knows no leader")
-                continue
-            if leader.address != address:
-                await connection.wait_closed()
-                try:
-                    connection, confirmed = await self._probe(leader.address, deadline)
-                except (ConnectionBroken, RequestFailed, WireProtocolError, OSError) as error:
-                    reasons.append(f"{address} names {leader.address}: {error}")
-                    continue
-                if confirmed is None or confirmed.address != leader.address:
-                    await connection.wait_closed()
-                    reasons.append(f"{address} names {leader.address}, which does not claim leadership")
-                    continue
-            try:
-                connection.timeout_s = max(deadline - time.monotonic(), 0.01)
-                await connection.client(self.client_id)
-                self._db_id = await connection.open(self.database)
-                try:
-                    self.nodes.learn(await connection.cluster())
-                except RequestFailed:
-                    pass  # membership is a hint; the request itself decides
-                if self.on_connect is not None:
-                    outcome = self.on_connect(AsyncConnectionSetup(connection, self._db_id))
-                    if inspect.isawaitable(outcome):
-                        await outcome
-            except (ConnectionBroken, RequestFailed, WireProtocolError, OSError) as error:
-                await connection.wait_closed()
-                if isinstance(error, RequestFailed) and error.code not in (ErrorCode.NOT_LEADER,
-                                                                           ErrorCode.LEADERSHIP_LOST):
-                    raise error_from_failure(error.code, error.message) from None
-                reasons.append(f"{leader.address}: {error}")
-                continue
-            except BaseException:
-                await connection.wait_closed()   # the on_connect hook's own exception goes to the caller
-                raise
-            self.nodes.leader = leader.address
-            return connection
-        raise _Unreachable(self._reasons(reasons))
+    def _close_connection(self, connection: AsyncConnection) -> Awaitable[None]:
+        return connection.wait_closed()
+
+    def _sleep(self, seconds: float) -> Awaitable[None]:
+        return asyncio.sleep(seconds)
+
+    def _setup(self, connection: AsyncConnection, db_id: int) -> AsyncConnectionSetup:
+        return AsyncConnectionSetup(connection, db_id)
 
     async def call(self, kind: RequestKind, operation: _AsyncOperation[T]) -> T | None:
         """Awaits `operation(connection, db_id)` on the leader under the retry policy."""
-        self._check_open()
-        deadline = self._deadline()
-        attempt = 0
-        in_transaction = kind in (RequestKind.IN_TRANSACTION, RequestKind.COMMIT, RequestKind.ROLLBACK)
-        while True:
-            error: BaseException
-            sent = False
-            address = self.connected_to or "?"
-            try:
-                if self._connection is not None and self._connection.peer_closed():
-                    await self.drop()
-                if self._connection is None:
-                    if in_transaction:
-                        raise ConnectionBroken("the connection holding the transaction is gone")
-                    self._connection = await self._discover(deadline)
-                connection = self._connection
-                address = connection.address
-                connection.timeout_s = max(deadline - time.monotonic(), 0.01)
-                sent = True
-                return await operation(connection, self._db_id)
-            except _Unreachable as unreachable:
-                error = unreachable
-                failure = Failure.NOT_SENT
-            except (RequestFailed, ConnectionBroken, WireProtocolError, OSError) as raised:
-                error = raised
-                failure = failure_of(raised, sent=sent)
-            except ConnectionBusy as busy:
-                raise InterfaceError(str(busy)) from None
-            if failure is not Failure.OTHER and failure is not Failure.BUSY:
-                await self.drop()
-            decision = decide(kind, failure, retry_unknown_writes=self.policy.retry_unknown_writes)
-            if decision is Decision.RETRY:
-                if time.monotonic() >= deadline:
-                    raise self._gave_up(str(error))
-                await asyncio.sleep(self._backoff(attempt, deadline))
-                attempt += 1
-                continue
-            outcome = self._outcome(decision, error, kind, address)
-            if outcome is None:
-                return None
-            raise outcome from (error if isinstance(error, (RequestFailed, ConnectionBroken)) else None)
+        return await run_awaited(self._call_steps(kind, operation))
+
+

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from .cluster import (
-    ClusterSession, ConnectionSetup, RequestKind, RetryPolicy, StatementInfo, describe_statement,
-    plan_statement,
+    ClusterSession, ConnectionSetup, RequestKind, RetryPolicy, StatementInfo, describe_statement, plan_statement,
+    run_blocking,
 )
 from .connection import Connection as NodeConnection, RequestFailed
 from .errors import (
@@ -179,19 +179,21 @@ def statement_operation(call: SqlCall):
     return run
 
 
-def drive(session: ClusterSession, steps: Steps[_T]) -> _T:
-    """Carry out a TransactionTracker generator with blocking calls."""
+def calls_as_steps(calls: Steps[_T], session: Any, operation_of: Callable[[SqlCall], Any]):
+    """A TransactionTracker generator as session steps (raftlite.client.cluster's
+    run_blocking / run_awaited carry them out): each SqlCall becomes one
+    `session.call(kind, operation_of(call))`, its answer or exception passed back."""
     answer: Any = None
-    error: Exception | None = None
+    error: BaseException | None = None
     while True:
         try:
-            call = steps.throw(error) if error is not None else steps.send(answer)
+            call = calls.throw(error) if error is not None else calls.send(answer)
         except StopIteration as stop:
             return stop.value
         answer, error = None, None
         try:
-            answer = session.call(call.kind, statement_operation(call))
-        except Exception as failure:   # handed to the generator, which decides
+            answer = yield lambda: session.call(call.kind, operation_of(call))
+        except BaseException as failure:   # handed to the tracker, which decides
             error = failure
 
 
@@ -279,6 +281,28 @@ class CursorResults:
         """PEP 249: accepted and ignored."""
 
 
+class ConnectionState:
+    """What the blocking and the asyncio connection share: the session, the transaction
+    tracker, and the state they report."""
+
+    def __init__(self, session: Any, *, autocommit: bool) -> None:
+        self.session = session
+        self._tracker = TransactionTracker(autocommit=autocommit)
+
+    @property
+    def closed(self) -> bool:
+        return self.session.closed
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (sqlite3's attribute of the same name)."""
+        return self._tracker.in_transaction
+
+    def _check(self) -> None:
+        if self.session.closed:
+            raise ProgrammingError("the connection is closed")
+
+
 class Cursor(CursorResults):
     """A PEP 249 cursor. Rows are read whole by execute() and handed out by the fetch methods."""
 
@@ -334,7 +358,7 @@ class Cursor(CursorResults):
         self.close()
 
 
-class Connection:
+class Connection(ConnectionState):
     """A PEP 249 connection to a cluster (its leader, wherever it moves). Use `connect()`."""
 
     Warning = Warning
@@ -349,20 +373,10 @@ class Connection:
     NotSupportedError = NotSupportedError
 
     def __init__(self, session: ClusterSession, *, autocommit: bool = False) -> None:
-        self.session = session
-        self._tracker = TransactionTracker(autocommit=autocommit)
+        super().__init__(session, autocommit=autocommit)
         self._lock = threading.RLock()
 
     # -- state -------------------------------------------------------------------------
-
-    @property
-    def closed(self) -> bool:
-        return self.session.closed
-
-    @property
-    def in_transaction(self) -> bool:
-        """Whether a transaction is open (sqlite3's attribute of the same name)."""
-        return self._tracker.in_transaction
 
     @property
     def autocommit(self) -> bool:
@@ -375,17 +389,13 @@ class Connection:
             self.commit()
         self._tracker.autocommit = bool(value)
 
-    def _check(self) -> None:
-        if self.session.closed:
-            raise ProgrammingError("the connection is closed")
-
     # -- statements --------------------------------------------------------------------
 
     def _drive(self, steps_of: Callable[[TransactionTracker], Steps[_T]]) -> _T:
         """Run one TransactionTracker method's calls, holding the lock throughout."""
         with self._lock:
             self._check()
-            return drive(self.session, steps_of(self._tracker))
+            return run_blocking(calls_as_steps(steps_of(self._tracker), self.session, statement_operation))
 
     def cursor(self) -> Cursor:
         self._check()
