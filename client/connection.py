@@ -373,11 +373,11 @@ class Connection(_Helpers):
         return stream
 
 
-class RowsStream:
-    """The batches of one query on a blocking connection. Iterate for rows, or take
-    `next_batch()`; `close()` before the end sends INTERRUPT and drains."""
+class _RowsStreamState:
+    """What the blocking and the asyncio rows stream share: the first batch, held until
+    asked for, and whether more batches are due."""
 
-    def __init__(self, connection: Connection, exchange: _Exchange, first: RowsResponse) -> None:
+    def __init__(self, connection: Any, exchange: _Exchange, first: RowsResponse) -> None:
         self.columns = first.columns
         self._connection = connection
         self._exchange = exchange
@@ -388,11 +388,29 @@ class RowsStream:
     def done(self) -> bool:
         return self._pending is None and not self._more
 
+    def _take_pending(self) -> RowsResponse | None:
+        batch, self._pending = self._pending, None
+        return batch
+
+    def _stop(self) -> bool:
+        """Forget the rest of the result; True when the server still has batches to send
+        (the caller sends INTERRUPT)."""
+        self._pending = None
+        if not self._more:
+            return False
+        self._more = False
+        self._connection._stream = None
+        return True
+
+
+class RowsStream(_RowsStreamState):
+    """The batches of one query on a blocking connection. Iterate for rows, or take
+    `next_batch()`; `close()` before the end sends INTERRUPT and drains."""
+
     def next_batch(self) -> tuple[tuple[Value, ...], ...] | None:
         """The next batch's rows, or None after the last one."""
-        if self._pending is not None:
-            batch, self._pending = self._pending, None
-            return batch.rows
+        if (pending := self._take_pending()) is not None:
+            return pending.rows
         if not self._more:
             return None
         connection = self._connection
@@ -416,13 +434,8 @@ class RowsStream:
             yield from rows
 
     def close(self) -> None:
-        self._pending = None
-        if not self._more:
-            return
-        self._more = False
-        connection = self._connection
-        connection._stream = None
-        connection.interrupt(self._exchange.request.db_id)
+        if self._stop():
+            self._connection.interrupt(self._exchange.request.db_id)
 
     def __enter__(self) -> "RowsStream":
         return self
@@ -584,24 +597,12 @@ class AsyncConnection(_Helpers):
         return stream
 
 
-class AsyncRowsStream:
+class AsyncRowsStream(_RowsStreamState):
     """The batches of one query on an asyncio connection (`async for` gives rows)."""
 
-    def __init__(self, connection: AsyncConnection, exchange: _Exchange, first: RowsResponse) -> None:
-        self.columns = first.columns
-        self._connection = connection
-        self._exchange = exchange
-        self._pending: RowsResponse | None = first
-        self._more = first.more
-
-    @property
-    def done(self) -> bool:
-        return self._pending is None and not self._more
-
     async def next_batch(self) -> tuple[tuple[Value, ...], ...] | None:
-        if self._pending is not None:
-            batch, self._pending = self._pending, None
-            return batch.rows
+        if (pending := self._take_pending()) is not None:
+            return pending.rows
         if not self._more:
             return None
         connection = self._connection
@@ -629,12 +630,8 @@ class AsyncRowsStream:
                 yield row
 
     async def close(self) -> None:
-        self._pending = None
-        if not self._more:
-            return
-        self._more = False
-        self._connection._stream = None
-        await self._connection.interrupt(self._exchange.request.db_id)
+        if self._stop():
+            await self._connection.interrupt(self._exchange.request.db_id)
 
     async def __aenter__(self) -> "AsyncRowsStream":
         return self
