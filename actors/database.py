@@ -31,6 +31,7 @@ this component and names it for inspection (`database_machine`); it overrides no
 from typing import Any, Hashable
 
 from ..core.errors import LeadershipLost, NotLeader, RaftError
+from ..core.invariant import present
 from ..core.raft_types import Entry
 from . import database_files
 from .contract import Client, Context
@@ -64,6 +65,17 @@ class DatabaseStateMachine(StateMachine):
         self.replica: DatabaseReplica | None = None
         self.sql: SqlService | None = None
 
+    # Both halves are made by `start`; the node calls nothing else before it (bar `close`,
+    # which checks), so the other calls reach them through these.
+
+    @property
+    def _replica(self) -> DatabaseReplica:
+        return present(self.replica, "database state machine used before start")
+
+    @property
+    def _sql(self) -> SqlService:
+        return present(self.sql, "database state machine used before start")
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self, host: StateMachineHost, ctx: Context) -> None:
@@ -81,49 +93,49 @@ class DatabaseStateMachine(StateMachine):
     # -- applying the log: the replica -----------------------------------------------------
 
     def apply(self, entry: Entry) -> Any:
-        return self.replica.apply(entry)
+        return self._replica.apply(entry)
 
     def apply_steps(self, entry: Entry, step_bytes: int) -> Steps:
-        return self.replica.apply_steps(entry, step_bytes)
+        return self._replica.apply_steps(entry, step_bytes)
 
     def applies_during_snapshot(self, entry: Entry) -> bool:
-        return self.replica.applies_during_snapshot(entry)
+        return self._replica.applies_during_snapshot(entry)
 
     def flush(self) -> None:
-        self.replica.flush()
+        self._replica.flush()
 
     # -- snapshots -----------------------------------------------------------------------
 
     def can_snapshot(self) -> bool:
         """Only when the main files hold exactly the applied state and the leader is
         quiet (nothing it ran awaits its commit, no session is in a transaction)."""
-        return self.replica.main_files_complete() and self.sql.quiet()
+        return self._replica.main_files_complete() and self._sql.quiet()
 
     def snapshot(self) -> bytes:
-        return self.replica.snapshot()
+        return self._replica.snapshot()
 
     def snapshot_steps(self, step_bytes: int) -> Steps:
-        return self.replica.snapshot_steps(step_bytes)
+        return self._replica.snapshot_steps(step_bytes)
 
     def restore(self, data: bytes) -> None:
-        self.replica.restore(data)
+        self._replica.restore(data)
 
     def restore_steps(self, data: bytes, step_bytes: int) -> Steps:
-        return self.replica.restore_steps(data, step_bytes)
+        return self._replica.restore_steps(data, step_bytes)
 
     # -- leadership and clients: the SQL service -------------------------------------------
 
     def leadership_lost(self) -> None:
-        self.sql.leadership_lost()
+        self._sql.leadership_lost()
 
     def read(self) -> Any:
-        return self.replica.read()
+        return self._replica.read()
 
     def handle_request(self, client: Client, message: Any) -> bool:
-        return self.sql.handle_request(client, message)
+        return self._sql.handle_request(client, message)
 
     def on_timer(self, timer: Hashable) -> bool:
-        return self.sql.on_timer(timer)
+        return self._sql.on_timer(timer)
 
     def refusal(self, error: RaftError) -> Any:
         """Refusals in dqlite's terms, for raft's requests too."""
@@ -134,7 +146,7 @@ class DatabaseStateMachine(StateMachine):
         return SqlError(code=SQLITE_ERROR, message=str(error))
 
     def progressed(self) -> None:
-        self.sql.progressed()
+        self._sql.progressed()
 
 
 class DatabaseNode(RaftNode):
@@ -150,4 +162,4 @@ class DatabaseNode(RaftNode):
         """The replica's files (which databases, where, what only the WAL holds), for
         the simulator's checkers and tests; None before the node started."""
         machine = self.state_machine
-        return machine.replica if machine is not None else None
+        return machine.replica if isinstance(machine, DatabaseStateMachine) else None

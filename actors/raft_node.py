@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Mapping
 
 from ..core.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError
+from ..core.invariant import present
 from ..core.raft import Raft, RaftSettings, Ready, State, UnsafeSwitches
 from ..core.raft_log_format import COMMIT_HINT_FILE, StorageCorruption, encode_commit_hint, recover
 from ..core.raft_types import Configuration, Entry, EntryKind, Role, Snapshot
@@ -134,14 +135,26 @@ class RaftNode:
         self.on_apply: Callable[[NodeId, Entry], None] | None = None
         self.on_acknowledge: Callable[[NodeId, Entry], None] | None = None
 
+    # `raft` and `state_machine` stay None until `on_start` makes them (and `raft` for
+    # good if the storage is corrupt: the node halts). `on_message` and the status calls
+    # check; every other handler runs only after they exist, and reaches them through these.
+
+    @property
+    def _core(self) -> Raft:
+        return present(self.raft, "raft node handler ran before on_start made the raft core")
+
+    @property
+    def _machine(self) -> StateMachine:
+        return present(self.state_machine, "raft node handler ran before on_start made the state machine")
+
     # -- handlers ------------------------------------------------------------------------
 
     def on_start(self, ctx: Context) -> None:
         self.ctx = ctx
         # The component starts first: it may prepare what its restore needs (the
         # database clears its scratch directory, whose files are derived state).
-        self.state_machine = self.state_machine_factory()
-        self.state_machine.start(_Host(self), ctx)
+        machine = self.state_machine = self.state_machine_factory()
+        machine.start(_Host(self), ctx)
         self.batches: deque[_Batch] = deque()
         self.unsubmitted: list[_Batch] = []   # batches waiting for the next persist group
         self.group_in_flight: int | None = None
@@ -175,10 +188,10 @@ class RaftNode:
         self.storage = RaftStorage(ctx, recovered, segment_bytes_max=ctx.config.segment_bytes_max)
         self.applied_index = 0
         if recovered.snapshot is not None:
-            self.state_machine.restore(recovered.snapshot.data)
+            machine.restore(recovered.snapshot.data)
             self.applied_index = recovered.snapshot.meta.index
             self.last_snapshot_bytes = len(recovered.snapshot.data)
-        self.raft = Raft(
+        raft = self.raft = Raft(
             ctx.node_id,
             settings=self.settings_override or settings_from_config(ctx.config),
             rng=ctx.rng,
@@ -188,23 +201,24 @@ class RaftNode:
             entries=recovered.entries,
             commit=recovered.commit_hint,
         )
-        self.storage.skip_fsync = self.raft.settings.unsafe.skip_fsync
+        self.storage.skip_fsync = raft.settings.unsafe.skip_fsync
         self.commit_hint_written = recovered.commit_hint
         never_initialized = recovered.snapshot is None and not recovered.entries and recovered.hard_state.term == 0
         if never_initialized and self.bootstrap is not None:
-            self.raft.bootstrap(self.bootstrap)
-        self.raft.voting_blocked = self.start_voting_blocked
+            raft.bootstrap(self.bootstrap)
+        raft.voting_blocked = self.start_voting_blocked
         ctx.set_timer(self.TICK, ctx.config.heartbeat_interval_ms)
         self._process()
 
     def on_message(self, src: NodeId | Client, message: Any) -> None:
-        if self.raft is None:
+        raft = self.raft
+        if raft is None:
             return
-        self.raft.storage_failing = self.storage.failed
+        raft.storage_failing = self.storage.failed
         if isinstance(src, Client):
             self._handle_client(src, message)
         else:
-            self.raft.step(src, message)
+            raft.step(src, message)
         self._process()
 
     def on_timer(self, timer: Hashable) -> None:
@@ -213,8 +227,9 @@ class RaftNode:
             self._process()
             return
         if timer == self.TICK:
-            self.raft.storage_failing = self.storage.failed
-            self.raft.tick()
+            raft = self._core
+            raft.storage_failing = self.storage.failed
+            raft.tick()
             self._check_promotion()
             self.ctx.set_timer(self.TICK, self.ctx.config.heartbeat_interval_ms)
             if self.storage.failed:
@@ -222,7 +237,7 @@ class RaftNode:
             self._process()
             self._write_commit_hint()   # once a tick at most: it is only a hint
             return
-        if self.state_machine.on_timer(timer):
+        if self._machine.on_timer(timer):
             self._process()
 
     def on_io_done(self, token: Hashable, result: IoResult) -> None:
@@ -282,7 +297,7 @@ class RaftNode:
         if snapshot is not None:
             # Segments the snapshot covers, beyond the trailing entries the core keeps for
             # slow followers, go once the snapshot is durable (the deletes queue behind it).
-            self.storage.compact(min(self.raft.log_base_index, snapshot.meta.index))
+            self.storage.compact(min(self._core.log_base_index, snapshot.meta.index))
         self._groups_completed(done)
 
     # -- clients -------------------------------------------------------------------------
@@ -295,12 +310,12 @@ class RaftNode:
             self.reads.pop(client, None)
             self.ctx.reply(client, self._refusal(error))
             return
-        if not handled and not self.state_machine.handle_request(client, message):
+        if not handled and not self._machine.handle_request(client, message):
             self.ctx.reply(client, ClientError(kind="bad-request", message=f"unknown request {type(message).__name__}"))
 
     def _handle_raft_request(self, client: Client, message: Any) -> bool:
         """Handle one of raft's requests; False if `message` is none of them."""
-        raft = self.raft
+        raft = self._core
         match message:
             case Propose(data=data):
                 index = raft.propose(data)
@@ -310,12 +325,12 @@ class RaftNode:
             case ChangeMembership(node=node, role=role, address=address, must_be_new=must_be_new):
                 if must_be_new and raft.configuration.role(node) is not None:
                     raise ProposalDropped(f"node {node} is already a member")
-                index = raft.change_membership(node, role, address)
+                change_index = raft.change_membership(node, role, address)
                 if raft.pending_promotion is not None:
                     # Answered when the node finally becomes a voter (or gives up).
                     self.promotion_client = (client, node)
-                elif index is not None:
-                    self.pending_membership[index] = client
+                elif change_index is not None:
+                    self.pending_membership[change_index] = client
             case TransferLeadership(target=target):
                 raft.transfer_leadership(target)
                 self.ctx.reply(client, ProposeResult(index=0, term=raft.term, result="transfer started"))
@@ -338,7 +353,7 @@ class RaftNode:
         """Answer `client` once a ReadIndex round that starts now confirms leadership and
         the state machine has applied up to the read index (and `min_index`). The
         response is given, or computed then by calling it, or (None) a ReadResult."""
-        if self.raft.settings.unsafe.read_without_read_index:
+        if self._core.settings.unsafe.read_without_read_index:
             # A deliberate bug for tests: answered at once from the node's own state, with
             # no round confirming leadership and no wait for what it ran but has not
             # committed (a deposed leader serves stale or never-committed data).
@@ -346,7 +361,7 @@ class RaftNode:
             return
         self.read_contexts += 1
         self.reads[client] = _WaitingRead(None, min_index, response)
-        self.raft.read_index((client, self.read_contexts))
+        self._core.read_index((client, self.read_contexts))
 
     def _answer_from_applied_state(self, client: Client, response: Any) -> None:
         """Answer `client` from what is applied, with no ReadIndex round (see `_start_read`)."""
@@ -356,7 +371,7 @@ class RaftNode:
     def _refusal(self, error: RaftError) -> Any:
         """The answer a client gets for a refusal (the state machine's: the database
         answers in SQL terms)."""
-        return self.state_machine.refusal(error)
+        return self._machine.refusal(error)
 
     # -- the Ready loop ------------------------------------------------------------------
 
@@ -378,10 +393,10 @@ class RaftNode:
         if self.leading and not leading:
             self._fail_pending(LeadershipLost("leadership lost: the outcome is unknown"))
             self.leading = False
-            self.state_machine.leadership_lost()
+            self._machine.leadership_lost()
         elif leading and not self.leading:
             self.leading = True
-            self.state_machine.leadership_gained()
+            self._machine.leadership_gained()
 
     def _complete_batches(self) -> None:
         while self.batches and self.batches[0].durable:
@@ -389,19 +404,19 @@ class RaftNode:
             own_id = self.ctx.node_id
             for dst, message in ready.messages_after_persist:
                 if dst == own_id:
-                    self.raft.step(own_id, message)   # a candidate's own vote, now durable
+                    self._core.step(own_id, message)   # a candidate's own vote, now durable
                 else:
                     self.ctx.send(dst, message)
             if ready.snapshot is not None:
                 self.apply_queue.append(ready.snapshot)
             self.apply_queue.extend(ready.committed_entries)
-            self.raft.advance(ready)
+            self._core.advance(ready)
             for read_state in ready.read_states:
                 self._read_index_known(read_state.context, read_state.index)
         self._apply_some()
         self._answer_reads()
         self._maybe_snapshot()
-        self.state_machine.progressed()
+        self._machine.progressed()
 
     def _write_commit_hint(self) -> None:
         """Record the commit index for the next start (one write in flight, no fsync).
@@ -423,7 +438,7 @@ class RaftNode:
         zero-delay timer. While a snapshot is being taken nothing is applied: the
         snapshot must show the state at exactly its index."""
         budget = self.APPLY_STEP_BYTES
-        machine = self.state_machine
+        machine = self._machine
         while budget > 0 and (self.step_in_progress is not None or (self.apply_queue and self.snapshot_in_progress is None)):
             if (self.snapshot_in_progress is not None and self.apply_queue
                     and isinstance(self.apply_queue[0], Entry) and machine.applies_during_snapshot(self.apply_queue[0])):
@@ -486,7 +501,7 @@ class RaftNode:
                 self.ctx.reply(proposal.client, response)
             else:
                 # Another leader's entry took the index: ours was certainly not applied.
-                self.ctx.reply(proposal.client, self._refusal(NotLeader(self.raft.leader)))
+                self.ctx.reply(proposal.client, self._refusal(NotLeader(self._core.leader)))
         client = self.pending_membership.pop(entry.index, None)
         if client is not None:
             self.ctx.reply(client, ProposeResult(index=entry.index, term=entry.term, result="membership changed"))
@@ -497,9 +512,9 @@ class RaftNode:
                 self.ctx.reply(client, ProposeResult(index=entry.index, term=entry.term, result="membership changed"))
 
     def _check_promotion(self) -> None:
-        if self.promotion_client is not None and self.raft.pending_promotion is None:
+        if self.promotion_client is not None and self._core.pending_promotion is None:
             client, node = self.promotion_client
-            if self.raft.configuration.role(node) != Role.VOTER:
+            if self._core.configuration.role(node) != Role.VOTER:
                 # The core gave up (or leadership moved): the node never caught up in time.
                 self.promotion_client = None
                 self.ctx.reply(client, ClientError(kind="dropped", message=f"node {node} did not catch up in time"))
@@ -516,7 +531,7 @@ class RaftNode:
             self.ctx.reply(self.pending_membership[index], self._refusal(error))
         self.pending_membership.clear()
         for client in self.reads:
-            self.ctx.reply(client, self._refusal(NotLeader(self.raft.leader)))
+            self.ctx.reply(client, self._refusal(NotLeader(self._core.leader)))
         self.reads.clear()
         if self.promotion_client is not None:
             self.ctx.reply(self.promotion_client[0], self._refusal(error))
@@ -543,22 +558,22 @@ class RaftNode:
                 response = response()
             del self.reads[client]
             if response is None:
-                response = ReadResult(index=applied, value=self.state_machine.read())
+                response = ReadResult(index=applied, value=self._machine.read())
             self.ctx.reply(client, response)
 
     def _maybe_snapshot(self) -> None:
         if not self._snapshot_due() or self.snapshot_in_progress is not None:
             return
-        if not self.state_machine.can_snapshot():
+        if not self._machine.can_snapshot():
             return  # e.g. a leader whose WAL holds transactions not yet committed
         if self.apply_queue or self.step_in_progress is not None:
             return  # the state machine is between entries only when nothing is pending
         index = self.applied_index
-        if not self.state_machine.works_in_steps:
-            self._snapshot_taken(index, self.state_machine.snapshot())
+        if not self._machine.works_in_steps:
+            self._snapshot_taken(index, self._machine.snapshot())
             return
         self.snapshot_in_progress = index
-        self.step_in_progress = (self.state_machine.snapshot_steps(self.APPLY_STEP_BYTES),
+        self.step_in_progress = (self._machine.snapshot_steps(self.APPLY_STEP_BYTES),
                                  lambda data: self._snapshot_taken(index, data))
         self._apply_some()
 
@@ -577,7 +592,7 @@ class RaftNode:
         self.applied_since_snapshot = 0
         self.applied_bytes_since_snapshot = 0
         self.last_snapshot_bytes = len(data)
-        snapshot = self.raft.compact(index, data, self.ctx.config.snapshot_trailing_entries)
+        snapshot = self._core.compact(index, data, self.ctx.config.snapshot_trailing_entries)
         if snapshot is not None:
             self.own_snapshot_waiting = snapshot   # replaces an older one still waiting
             self._persist_own_snapshot()
@@ -594,15 +609,17 @@ class RaftNode:
     def _own_snapshot_durable(self) -> None:
         """The snapshot is durable under its final name: the segments it covers (beyond
         the trailing entries the core keeps for slow followers) may go."""
-        _, snapshot = self.own_snapshot_in_flight
+        _, snapshot = present(self.own_snapshot_in_flight, "own snapshot durable with none in flight")
         self.own_snapshot_in_flight = None
-        self.storage.compact(min(self.raft.log_base_index, snapshot.meta.index))
+        self.storage.compact(min(self._core.log_base_index, snapshot.meta.index))
         self._persist_own_snapshot()
 
     def _abandon_snapshot(self) -> None:
         """Drop a snapshot being taken (its files are about to change under it)."""
         if self.snapshot_in_progress is not None:
-            self.step_in_progress[0].close()
+            # The steps in progress are the snapshot's: nothing else runs while it is taken.
+            steps, _ = present(self.step_in_progress, "snapshot in progress without its steps")
+            steps.close()
             self.step_in_progress = None
             self.snapshot_in_progress = None
 
@@ -633,11 +650,12 @@ class RaftNode:
         return status
 
     def status(self) -> Mapping[str, Any]:
-        if self.raft is None:
+        raft = self.raft
+        if raft is None:
             return {}
-        status = self.raft.status()
+        status = raft.status()
         status["storage_errors"] = self.storage_errors
-        status.update(self.state_machine.status())
+        status.update(self._machine.status())
         return status
 
 
@@ -678,28 +696,28 @@ class _Host(StateMachineHost):
 
     @property
     def term(self) -> int:
-        return self._node.raft.term
+        return self._node._core.term
 
     @property
     def unsafe(self) -> UnsafeSwitches:
-        return self._node.raft.settings.unsafe
+        return self._node._core.settings.unsafe
 
     def is_leader(self) -> bool:
-        return self._node.raft.state == State.LEADER
+        return self._node._core.state == State.LEADER
 
     def leader_caught_up(self) -> bool:
-        raft = self._node.raft
+        raft = self._node._core
         return raft.state == State.LEADER and raft.term_at(raft.commit) == raft.term and self._node.applied_index >= raft.commit
 
     def transferring_leadership(self) -> bool:
-        return self._node.raft.transfer_target is not None
+        return self._node._core.transfer_target is not None
 
     def propose(self, data: bytes) -> int:
-        return self._node.raft.propose(data)
+        return self._node._core.propose(data)
 
     def answer_when_applied(self, index: int, client: Client, response: Any) -> None:
         node = self._node
-        node.proposals[index] = _PendingProposal(client, node.raft.term, response)
+        node.proposals[index] = _PendingProposal(client, node._core.term, response)
 
     def start_read(self, client: Client, *, response: Any = None, min_index: int = 0) -> None:
         self._node._start_read(client, response=response, min_index=min_index)
@@ -716,7 +734,7 @@ class _Host(StateMachineHost):
         return True
 
     def step_down(self) -> None:
-        self._node.raft.step_down()
+        self._node._core.step_down()
 
     @property
     def snapshot_in_progress(self) -> int | None:
