@@ -585,6 +585,8 @@ class _BodyWriter:
         self.raw(data + b"\0" * _padding(len(data)))
 
     def value(self, value: Value, code: ValueType) -> None:
+        # `code` says which of Value's types `value` has; mypy cannot tie the two
+        # together, hence the targeted ignores below.
         match code:
             case ValueType.INTEGER:
                 self.int64(value, "integer")  # type: ignore[arg-type]
@@ -1110,6 +1112,8 @@ def _decode(specs: dict[int, _MessageSpec], frame: Frame, reader: _BodyReader, k
     for field in spec.fields:
         _read_field(reader, field, frame.schema, cluster_format, values)
     reader.end()
+    # The class comes from the table (`specs`), so mypy sees only `object`; the callers
+    # know which table holds requests and which responses (their targeted ignores).
     return spec.message_class(**values)
 
 
