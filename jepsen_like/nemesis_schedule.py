@@ -33,7 +33,6 @@ and wait to be added.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from ..actors.raft_node import ChangeMembership, TransferLeadership

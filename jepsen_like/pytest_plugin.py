@@ -43,7 +43,7 @@ from ..core.raft import SAFE
 from .nemesis_schedule import parse_nemesis_schedule
 from .real_runtime import RealCluster, parse_real_nemesis, run_jepsen_real
 from .runner import JepsenOptions, RunResult, database_actor_factory, run_jepsen, write_outputs
-from .workloads import DATABASE, leaders
+from .workloads import DATABASE
 from ..sim.client import SimDatabaseClient
 from ..sim.run import swarm_config
 from ..sim.simulation import Simulation
@@ -57,7 +57,7 @@ class SimCluster:
     client: Any
 
     def leader(self) -> int | None:
-        found = leaders(self.sim)
+        found = self.sim.leaders()
         return found[0] if len(found) == 1 else None
 
 
@@ -107,9 +107,9 @@ def sim_cluster() -> Callable[..., SimCluster]:
         clusters.append(cluster)
         sim.start()
         deadline = sim.now_ms + leader_timeout_ms
-        while len(leaders(sim)) != 1 and sim.now_ms < deadline:
+        while len(sim.leaders()) != 1 and sim.now_ms < deadline:
             sim.run_for(10.0)
-        if len(leaders(sim)) != 1:
+        if len(sim.leaders()) != 1:
             raise AssertionError(f"no leader within {leader_timeout_ms:.0f} simulated ms (seed {seed})")
         return cluster
 

@@ -47,7 +47,7 @@ from .report import render_report
 from .run_result import JepsenOptions, RunResult
 from ..sim.crash_after_vote import CrashAfterVote
 from .workloads import (
-    DATABASE, HistoryRecorder, WorkloadDriver, WorkloadOptions, leaders, make_workload,
+    DATABASE, HistoryRecorder, WorkloadDriver, WorkloadOptions, make_workload,
 )
 from ..sim.client import SimDatabaseClient, SqlFailure, Unavailable
 from ..sim.database_workload import replica_page_digest
@@ -192,7 +192,7 @@ def _convergence_problems(sim, checker, limit_ms: float) -> list[str]:
             problems.append(f"node {node_id} halted: {node.halt_reason}")
 
     def members_applied() -> dict[int, int] | None:
-        found = leaders(sim)
+        found = sim.leaders()
         if len(found) != 1:
             return None
         leader = sim.nodes[found[0]].actor
@@ -207,7 +207,7 @@ def _convergence_problems(sim, checker, limit_ms: float) -> list[str]:
         sim.run_for(50.0)
         applied = members_applied()
     if applied is None:
-        problems.append(f"liveness: {len(leaders(sim))} leaders {limit_ms:.0f} ms after the final operations")
+        problems.append(f"liveness: {len(sim.leaders())} leaders {limit_ms:.0f} ms after the final operations")
         return problems
     if len(set(applied.values())) > 1:
         problems.append(f"replicas did not converge: applied indexes {applied}")

@@ -47,7 +47,6 @@ from ..actors.contract import Client
 from ..actors.database import (
     LEADERSHIP_LOST, NOT_LEADER, Execute, ExecuteResult, Query, QueryResult, SessionClosed, SqlError,
 )
-from ..core.raft import State
 from .bank import check_bank
 from .history import Event, Keyword, Verdict
 from .linearizability import LinearizabilityLimits, check_linearizability
@@ -143,17 +142,6 @@ class ReplyRouter:
     def forget(self, client: Client) -> None:
         self.waiting.pop(client, None)
         self.sim.replies.pop(client, None)
-
-
-def leaders(sim: Simulation) -> list[int]:
-    """Nodes that are up and believe they lead (during a partition there may be two)."""
-    found = []
-    for node_id in sim.node_ids:
-        node = sim.nodes[node_id]
-        raft = getattr(node.actor, "raft", None)
-        if node.state == NodeState.UP and raft is not None and raft.state == State.LEADER:
-            found.append(node_id)
-    return found
 
 
 # --------------------------------------------------------------------------------------
@@ -473,7 +461,7 @@ class WorkloadDriver:
         node = self.believed_leader.get(slot)
         if node is not None and self.sim.nodes[node].state == NodeState.UP:
             return node
-        found = leaders(self.sim)
+        found = self.sim.leaders()
         node = self.rng.choice(found) if found else None
         self.believed_leader[slot] = node
         return node

@@ -21,7 +21,7 @@ from ..actors.contract import Client
 from ..actors.database import (
     LEADERSHIP_LOST, NOT_LEADER, Execute, ExecuteResult, Query, QueryResult, SessionClosed, SqlError,
 )
-from .simulation import NodeState, Simulation
+from .simulation import Simulation
 
 __all__ = ["OutcomeUnknown", "SimDatabaseClient", "SqlFailure", "Unavailable"]
 
@@ -48,18 +48,10 @@ class SimDatabaseClient:
     timeout_ms: float = 10_000.0
     step_ms: float = 1.0
 
-    def _leader(self) -> int | None:
-        for node_id in self.sim.node_ids:
-            node = self.sim.nodes[node_id]
-            raft = getattr(node.actor, "raft", None)
-            if node.state == NodeState.UP and raft is not None and raft.state.value == "leader":
-                return node_id
-        return None
-
     def _call(self, message: Any, *, node: int | None = None, session: Client | None = None) -> Any:
         deadline = self.sim.now_ms + self.timeout_ms
         while self.sim.now_ms < deadline:
-            target = node if node is not None else self._leader()
+            target = node if node is not None else self.sim.leader()
             if target is None:
                 self.sim.run_for(10 * self.step_ms)
                 continue
@@ -89,7 +81,7 @@ class SimDatabaseClient:
     @contextmanager
     def transaction(self) -> Iterator["_Transaction"]:
         """BEGIN ... COMMIT on one session with the current leader (ROLLBACK on error)."""
-        leader = self._leader()
+        leader = self.sim.leader()
         if leader is None:
             raise Unavailable("no leader")
         self.sim._next_client += 1

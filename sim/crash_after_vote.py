@@ -91,12 +91,8 @@ class CrashAfterVote:
         return self.until_ms is None or self.sim.now_ms < self.until_ms
 
     def _leader(self) -> tuple[int, int] | None:
-        for node_id in self.sim.node_ids:
-            node = self.sim.nodes[node_id]
-            raft = getattr(node.actor, "raft", None)
-            if node.state == NodeState.UP and raft is not None and raft.state == State.LEADER:
-                return node_id, raft.term
-        return None
+        leader = self.sim.leader()
+        return None if leader is None else (leader, self.sim.nodes[leader].actor.raft.term)
 
     def _provoke(self, round_number: int) -> None:
         if round_number != self.round or not self._active():

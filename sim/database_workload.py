@@ -105,14 +105,6 @@ class KeyValueLoad:
         self.rng = derive_rng(self.sim.seed, "workload")
         self.sim.call_later(self.interval_ms, self._tick)
 
-    def _leader(self) -> int | None:
-        for node_id in self.sim.node_ids:
-            node = self.sim.nodes[node_id]
-            raft = getattr(node.actor, "raft", None)
-            if raft is not None and node.state == NodeState.UP and raft.state.value == "leader":
-                return node_id
-        return None
-
     def _tick(self) -> None:
         self.collect()
         if self.sim.now_ms >= self.stop_at_ms:
@@ -121,7 +113,7 @@ class KeyValueLoad:
                 # client that vanished would hold the write lock until the idle timeout).
                 self.sim.call_later(self.interval_ms, self._tick)
             return
-        leader = self._leader()
+        leader = self.sim.leader()
         if leader is not None:
             key = len(self.outcomes) + 1
             self.outcomes[key] = "info"   # until an answer says otherwise

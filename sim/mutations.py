@@ -72,7 +72,7 @@ from .nemesis import NEMESIS_KINDS, Nemesis
 from .network import isolate, one_way, symmetric_cut
 from .raft_checkers import entry_digest
 from .rng import derive_rng
-from .run import attach_checkers, build_simulation, finish_run, run_config, start_load, violation_checker
+from .run import attach_checkers, build_simulation, finish_run, run_config, start_load
 from .simulation import NodeState, Simulation, SimulationFailure
 from .sweep import parse_seed_range
 from .targeted_drivers import TARGETED_DRIVERS
@@ -395,9 +395,7 @@ class CrashAfterAcknowledgement:
     def _arm(self) -> None:
         if self.sim.now_ms >= self.stop_at_ms:
             return
-        leader = next((n for n in self.sim.node_ids if self.sim.nodes[n].state == NodeState.UP
-                       and getattr(self.sim.nodes[n].actor, "raft", None) is not None
-                       and self.sim.nodes[n].actor.raft.state == State.LEADER), None)
+        leader = self.sim.leader()
         if leader is None:
             self.sim.call_later(100.0, self._arm)
             return

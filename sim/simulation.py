@@ -337,6 +337,11 @@ class Simulation:
     def up_nodes(self) -> list[int]:
         return [n for n in self.node_ids if self.nodes[n].state == NodeState.UP]
 
+    def leader(self) -> int | None:
+        """The first node (in node order) that is up and believes it leads, or None."""
+        found = self.leaders()
+        return found[0] if found else None
+
     def leaders(self, states: Sequence[str] = (NodeState.UP,)) -> list[int]:
         """Nodes in one of `states` whose raft core believes it leads (it may have been
         deposed without knowing), in node order. Actors without a raft core lead nothing."""
