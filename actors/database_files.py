@@ -1,4 +1,4 @@
-"""A node's SQLite files, written directly from replicated entries (DESIGN.md §4).
+"""A node's SQLite files, written directly from replicated entries (docs/architecture.md §4).
 
 Theory of operation
 -------------------
@@ -8,7 +8,7 @@ and after a crash the files are rebuilt from them. So nothing here syncs, and ev
 operation is idempotent: applying the same entry twice, or again after a failure half
 way (ENOSPC, EIO: the caller stalls and retries, never skips), leaves the same file.
 
-Applying a committed transaction follows DESIGN.md §4's first option: with NO
+Applying a committed transaction follows docs/architecture.md §4's rule: with NO
 connection open on the database, write each page image at `(page - 1) * page_size` of
 the main file and cut the file to `size_after_commit_pages * page_size`. That is exactly
 what a full checkpoint of the leader's WAL would do to the leader's main file, so a

@@ -25,7 +25,7 @@ completed:
 Because a write to a segment waits for the previous Sync of that segment, a segment never
 holds more than one record that is not yet durable. A crash therefore damages at most its
 last record, which is what lets recovery call a bad record with nothing valid after it a
-torn tail (DESIGN.md §3) and everything else corruption.
+torn tail (docs/architecture.md §3) and everything else corruption.
 
 Truncation never makes an entry that stays in the log non-durable, even for a moment: at a
 batch boundary the segment is cut (atomic); inside a batch the segment's kept entries are

@@ -1,4 +1,4 @@
-"""Capture what each SQLite transaction commits, as page images (DESIGN.md §4).
+"""Capture what each SQLite transaction commits, as page images (docs/architecture.md §4).
 
 Theory of operation
 -------------------

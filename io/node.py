@@ -7,7 +7,7 @@ A `Node` puts together the replicated-SQLite actor (`DatabaseNode`), the asyncio
 that drives it (`NodeRuntime`: real files, TCP) and the dqlite protocol server
 (`WireServer`), all on one address.
 
-Start-up follows dqlite's rules (DESIGN.md §5):
+Start-up follows dqlite's rules (docs/architecture.md §5):
 - a node bootstraps a new one-node cluster only when no `join` addresses are given and
   its data directory was never initialized (it holds no raft state);
 - a node given `join` addresses and never initialized asks the cluster to take it in,
@@ -17,7 +17,7 @@ Start-up follows dqlite's rules (DESIGN.md §5):
   join marker file keeps that so across restarts;
 - ADD of an id that is already a member is refused: a node whose data was lost, started
   again under its old id, is refused and never votes (it might vote away entries its
-  earlier self vouched for); it rejoins under a new id (DESIGN.md §5);
+  earlier self vouched for); it rejoins under a new id (docs/architecture.md §5);
 - an initialized node just starts: its raft state says who it is; it never
   bootstraps again and never joins again.
 

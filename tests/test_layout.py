@@ -1,4 +1,4 @@
-"""The package layout promises of DESIGN.md §1 and the purity rule of §2."""
+"""The package layout of docs/architecture.md §1 and the purity rule of §2."""
 
 import ast
 import os
