@@ -36,7 +36,7 @@ import os
 from typing import Any, Mapping, Sequence
 
 from ..actors.config import Config
-from ..actors.database import DatabaseNode, SessionClosed, SqlError
+from ..actors.database import LEADERSHIP_LOST, DatabaseNode, SessionClosed, SqlError
 from ..actors.raft_node import (
     AllowVoting, ChangeMembership, ClientError, ClusterDescription, DescribeCluster, ProposeResult, TransferLeadership,
 )
@@ -266,12 +266,16 @@ class Node:
     async def _add(self, leader: AdminClient) -> None:
         """dqlite's ADD: this node as a spare, with its address, refused if its id is
         already a member. The marker is written once the request may have reached the
-        leader (sent, whatever the outcome, unless the leader refused it)."""
+        leader (sent, whatever the outcome, unless the leader refused it before
+        proposing it; "leadership lost" means it was proposed and may still commit)."""
         may_have_added = self._read_join_marker() == JOIN_MARKER_ADD_MAY_HAVE_HAPPENED
         add = ChangeMembership(node=self.node_id, role=Role.SPARE, address=self.address, must_be_new=True)
         try:
             _expect(await leader.request(add), ProposeResult)
         except _Refused as error:
+            if error.outcome_unknown:
+                self._write_join_marker(JOIN_MARKER_ADD_MAY_HAVE_HAPPENED)   # it may still commit
+                raise
             if "is already a member" not in str(error):
                 raise   # refused: certainly not added
             if not may_have_added:
@@ -343,7 +347,12 @@ class Node:
 
 class _Refused(Exception):
     """The node answered a join request with a refusal (not leader, already a member,
-    ...); the admin connection stays usable."""
+    ...); the admin connection stays usable. `outcome_unknown`: the leader took the
+    request and lost its leadership before answering, so it may still take effect."""
+
+    def __init__(self, message: str, *, outcome_unknown: bool = False) -> None:
+        super().__init__(message)
+        self.outcome_unknown = outcome_unknown
 
 
 def _expect(response: Any, expected: type) -> Any:
@@ -352,8 +361,10 @@ def _expect(response: Any, expected: type) -> Any:
         return response
     match response:
         case SqlError(code=code, message=message):
-            raise _Refused(f"{message} (code {code})")
-        case ClientError(message=message) | AdminFailure(message=message):
+            raise _Refused(f"{message} (code {code})", outcome_unknown=code == LEADERSHIP_LOST)
+        case ClientError(kind=kind, message=message):
+            raise _Refused(message, outcome_unknown=kind == "leadership-lost")
+        case AdminFailure(message=message):
             raise _Refused(message)
     raise _Refused(f"unexpected answer {type(response).__name__}")
 
