@@ -267,10 +267,7 @@ def _latency_figure(result: "RunResult", operations: list):
         if points:
             axes.scatter([p[0] for p in points], [p[1] for p in points], s=6, color=colour, label=kind, alpha=0.7)
     axes.set_yscale("log")
-    axes.set_xlabel(f"time ({_seconds(result)})")
-    axes.set_ylabel("latency (ms)")
-    axes.legend(loc="upper right", fontsize="small", ncol=4)
-    return figure
+    return _over_time(figure, axes, result, "latency (ms)")
 
 
 def _throughput_figure(result: "RunResult", operations: list):
@@ -287,8 +284,13 @@ def _throughput_figure(result: "RunResult", operations: list):
                 counts[min(bins - 1, int((start + latency / 1000) // width))] += 1
         axes.plot([(index + 0.5) * width for index in range(bins)], [count / width for count in counts],
                   color=colour, label=kind, marker=".")
+    return _over_time(figure, axes, result, "completions per s")
+
+
+def _over_time(figure, axes, result: "RunResult", ylabel: str):
+    """Label a figure drawn against the run's clock, with the outcomes' legend."""
     axes.set_xlabel(f"time ({_seconds(result)})")
-    axes.set_ylabel("completions per s")
+    axes.set_ylabel(ylabel)
     axes.legend(loc="upper right", fontsize="small", ncol=4)
     return figure
 

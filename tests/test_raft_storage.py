@@ -368,13 +368,21 @@ def test_the_simulators_corruption_guard_can_use_locate():
     assert caught.value.file == flipped[0]
 
 
-def test_gaps_between_segments_and_unknown_versions_are_refused():
+@pytest.mark.parametrize("missing, refusal", [
+    (1, "gap"),
+    # Entries 1..k went into a snapshot that is now missing: starting from the rest
+    # would apply later entries to an empty state machine.
+    (0, "after no snapshot"),
+])
+def test_a_log_with_a_segment_missing_is_refused(missing, refusal):
     sim = written_log(segment_bytes_max=400)
     files = durable(sim)
-    middle = node(sim).storage.segment_files[1]
-    del files[middle]
-    with pytest.raises(StorageCorruption, match="gap"):
+    del files[node(sim).storage.segment_files[missing]]
+    with pytest.raises(StorageCorruption, match=refusal):
         recover(files)
+
+
+def test_unknown_versions_and_misnamed_segments_are_refused():
     future = {segment_file_name(1): encode_record(msgpack.packb([FORMAT_VERSION + 1, 1]))}
     with pytest.raises(UnsupportedFormatVersion, match="format version 2"):
         recover(future)
@@ -383,17 +391,6 @@ def test_gaps_between_segments_and_unknown_versions_are_refused():
     misnamed = {segment_file_name(5): encode_segment_header(4)}
     with pytest.raises(StorageCorruption, match="header says first index 4"):
         recover(misnamed)
-
-
-def test_a_log_that_does_not_start_at_one_needs_its_snapshot():
-    # Entries 1..k went into a snapshot that is now missing: starting from the rest
-    # would apply later entries to an empty state machine.
-    sim = written_log(segment_bytes_max=400)
-    files = durable(sim)
-    first = node(sim).storage.segment_files[0]
-    del files[first]
-    with pytest.raises(StorageCorruption, match="after no snapshot"):
-        recover(files)
 
 
 # -- (d) metadata survives a crash between its two writes --------------------------------------

@@ -99,23 +99,21 @@ def _frame(message: bytes) -> Frame:
 
 # -- round trips -----------------------------------------------------------------------
 
-@given(requests)
-def test_every_request_round_trips(request):
-    encoded = encode_request(request)
-    assert len(encoded) % 8 == 0
-    decoded = decode_request(_frame(encoded))
-    assert decoded == request
-    # Byte-exact re-encoding also proves every value kept its wire type (True is not 1).
-    assert encode_request(decoded) == encoded
+@pytest.mark.parametrize("messages, encode, decode", [
+    (requests, encode_request, decode_request),
+    (responses, encode_response, decode_response),
+], ids=["requests", "responses"])
+def test_every_message_round_trips(messages, encode, decode):
+    @given(messages)
+    def round_trip(message):
+        encoded = encode(message)
+        assert len(encoded) % 8 == 0
+        decoded = decode(_frame(encoded))
+        assert decoded == message
+        # Byte-exact re-encoding also proves every value kept its wire type (True is not 1).
+        assert encode(decoded) == encoded
 
-
-@given(responses)
-def test_every_response_round_trips(response):
-    encoded = encode_response(response)
-    assert len(encoded) % 8 == 0
-    decoded = decode_response(_frame(encoded))
-    assert decoded == response
-    assert encode_response(decoded) == encoded
+    round_trip()
 
 
 @given(nodes_without_roles.map(tuple))
