@@ -93,24 +93,28 @@ class DqliteCluster:
 
     @classmethod
     def start(cls, directory: Path, size: int = 3) -> "DqliteCluster":
-        ports = iter(free_ports(2 * size))   # an address and an API address per node
+        """Start the first node, wait for it to lead, then the others joining it."""
         cluster = cls()
         try:
-            first = f"127.0.0.1:{next(ports)}"
-            for index in range(size):
-                node = DqliteProcess(address=first if index == 0 else f"127.0.0.1:{next(ports)}",
-                                     api_address=f"127.0.0.1:{next(ports)}",
-                                     directory=directory / f"node{index + 1}",
-                                     join=[] if index == 0 else [first])
+            for index, node in enumerate(cls.planned_nodes(directory, size)):
                 cluster.nodes.append(node)
                 node.start()
                 if index == 0:
-                    cluster.wait_for_leader(among=[first])
+                    cluster.wait_for_leader(among=[node.address])
             cluster.wait_for_voters(size)
         except BaseException:
             cluster.stop()
             raise
         return cluster
+
+    @staticmethod
+    def planned_nodes(directory: Path, size: int) -> list:
+        """The processes to start, the first one bootstrapping, the others joining it."""
+        ports = iter(free_ports(2 * size))   # an address and an API address per node
+        addresses = [f"127.0.0.1:{next(ports)}" for _ in range(size)]
+        return [DqliteProcess(address=address, api_address=f"127.0.0.1:{next(ports)}",
+                              directory=directory / f"node{index + 1}", join=[] if index == 0 else [addresses[0]])
+                for index, address in enumerate(addresses)]
 
     def node(self, address: str) -> DqliteProcess:
         return next(node for node in self.nodes if node.address == address)

@@ -24,21 +24,13 @@ class RaftliteProcess(ServerProcess):
         return arguments
 
 
+@dataclass
 class RaftliteCluster(DqliteCluster):
-    @classmethod
-    def start(cls, directory: Path, size: int = 3) -> "RaftliteCluster":
-        cluster = cls(kind="raftlite")
-        try:
-            addresses = [f"127.0.0.1:{port}" for port in free_ports(size)]
-            for index, address in enumerate(addresses):
-                node = RaftliteProcess(node_id=index + 1, address=address, directory=directory / f"node{index + 1}",
-                                       join=[] if index == 0 else [addresses[0]])
-                cluster.nodes.append(node)
-                node.start()
-                if index == 0:
-                    cluster.wait_for_leader(among=[address])
-            cluster.wait_for_voters(size)
-        except BaseException:
-            cluster.stop()
-            raise
-        return cluster
+    kind: str = "raftlite"
+
+    @staticmethod
+    def planned_nodes(directory: Path, size: int) -> list:
+        addresses = [f"127.0.0.1:{port}" for port in free_ports(size)]
+        return [RaftliteProcess(node_id=index + 1, address=address, directory=directory / f"node{index + 1}",
+                                join=[] if index == 0 else [addresses[0]])
+                for index, address in enumerate(addresses)]
