@@ -84,7 +84,7 @@ from ..core.wire import ErrorCode, NodeInfo, WireProtocolError
 __all__ = [
     "AsyncClusterSession", "AsyncConnectionSetup", "ClusterSession", "ConnectionSetup", "Decision", "Failure",
     "KnownNodes", "RequestKind", "RetryPolicy", "StatementInfo", "StatementPlan", "decide", "describe_statement",
-    "failure_of", "parse_addresses", "plan_statement",
+    "failure_of", "parameter_positions", "parameter_slots", "parse_addresses", "plan_statement",
 ]
 
 T = TypeVar("T")
@@ -233,6 +233,31 @@ class StatementInfo:
     transaction_effects: tuple[str, ...]   # "BEGIN" / "COMMIT" / "ROLLBACK", in order
 
 
+def _literal_end(sql: str, index: int) -> int | None:
+    """Where the comment, string or quoted name starting at `index` ends (None when
+    none starts there). The one place that knows SQLite's quoting: `_tokens` and
+    `parameter_slots` both skip through it."""
+    char = sql[index]
+    if sql.startswith("--", index):
+        newline = sql.find("\n", index)
+        return len(sql) if newline < 0 else newline + 1
+    if sql.startswith("/*", index):
+        end = sql.find("*/", index + 2)
+        return len(sql) if end < 0 else end + 2
+    if char in "'\"`[":
+        closing = "]" if char == "[" else char
+        index += 1
+        while index < len(sql):
+            if sql[index] == closing:
+                if closing != "]" and sql.startswith(closing * 2, index):
+                    index += 2
+                    continue
+                break
+            index += 1
+        return index + 1
+    return None
+
+
 def _tokens(sql: str) -> list[list[str]]:
     """The statements of `sql`, each as its tokens: upper-cased words, single punctuation
     characters, and "<literal>" for strings and quoted names."""
@@ -243,24 +268,10 @@ def _tokens(sql: str) -> list[list[str]]:
         char = sql[index]
         if char.isspace():
             index += 1
-        elif sql.startswith("--", index):
-            newline = sql.find("\n", index)
-            index = length if newline < 0 else newline + 1
-        elif sql.startswith("/*", index):
-            end = sql.find("*/", index + 2)
-            index = length if end < 0 else end + 2
-        elif char in "'\"`[":
-            closing = "]" if char == "[" else char
-            index += 1
-            while index < length:
-                if sql[index] == closing:
-                    if closing != "]" and sql.startswith(closing * 2, index):
-                        index += 2
-                        continue
-                    break
-                index += 1
-            index += 1
-            current.append("<literal>")
+        elif (end := _literal_end(sql, index)) is not None:
+            if char in "'\"`[":
+                current.append("<literal>")
+            index = end
         elif char == ";":
             # A trigger's body holds statements: only "END;" ends CREATE TRIGGER.
             in_trigger = current[:1] == ["CREATE"] and "TRIGGER" in current[:4]
@@ -279,6 +290,64 @@ def _tokens(sql: str) -> list[list[str]]:
     if current:
         statements.append(current)
     return statements
+
+
+# SQLite's parameter forms: ?, ?NNN, :name, @name, $name (a name as SQLite's tokenizer
+# takes it; $name's Tcl-style "::" and "(...)" suffixes are not supported).
+_PARAMETER = re.compile(r"\?([0-9]*)|([:@$])([A-Za-z0-9_$]+)")
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|0[xX][0-9A-Fa-f]+")
+
+
+def parameter_slots(sql: str) -> list[int | str]:
+    """The parameters of `sql` in text order, each as the 1-based index SQLite gives it
+    (`?` and `?NNN`) or its name with its prefix (":id", "$id", "@id"), found by the
+    same scan as `describe_statement` (strings, quoted names and comments skipped). A
+    bare `?` is numbered after the largest index so far, as SQLite numbers it; a name
+    gets its index in `parameter_positions`."""
+    slots: list[int | str] = []
+    largest = 0
+    names: dict[str, int] = {}
+    index, length = 0, len(sql)
+    while index < length:
+        if (end := _literal_end(sql, index)) is not None:
+            index = end
+        elif (word := _WORD.match(sql, index)) or (word := _NUMBER.match(sql, index)):
+            index = word.end()    # x$y is one name, 1e5 one number: no parameter inside
+        elif parameter := _PARAMETER.match(sql, index):
+            digits, prefix, name = parameter.groups()
+            if prefix:
+                slot: int | str = prefix + name
+                if slot not in names:
+                    largest += 1
+                    names[slot] = largest
+            elif digits:
+                slot = int(digits)
+                if not 1 <= slot <= 250_000:
+                    raise ValueError(f"?{digits}: a parameter number must be between 1 and 250000")
+                largest = max(largest, slot)
+            else:
+                largest += 1
+                slot = largest
+            slots.append(slot)
+            index = parameter.end()
+        else:
+            index += 1
+    return slots
+
+
+def parameter_positions(sql: str) -> tuple[int, dict[str, int]]:
+    """How many positions SQLite binds for `sql` and the position of each named
+    parameter (what sqlite3_bind_parameter_count / _index answer)."""
+    count = 0
+    names: dict[str, int] = {}
+    for slot in parameter_slots(sql):
+        if isinstance(slot, str):
+            if slot not in names:
+                count += 1
+                names[slot] = count
+        else:
+            count = max(count, slot)
+    return count, names
 
 
 def _writes(tokens: list[str]) -> bool:
@@ -348,12 +417,17 @@ class StatementPlan:
     in_transaction_after: bool  # whether a transaction is open once it succeeded
 
 
-def plan_statement(info: StatementInfo, *, autocommit: bool, in_transaction: bool) -> StatementPlan:
-    """How to send a statement given the connection's transaction state."""
+def plan_statement(info: StatementInfo, *, autocommit: bool, in_transaction: bool,
+                   begin_before_any: bool = False) -> StatementPlan:
+    """How to send a statement given the connection's transaction state. Outside a
+    transaction and not in autocommit, DML gets an implicit BEGIN first (sqlite3's
+    legacy control), and so does every statement with `begin_before_any` (sqlite3's
+    autocommit=False, where a transaction is always open)."""
     after = in_transaction
     for effect in info.transaction_effects:
         after = effect == "BEGIN"
-    implicit_begin = not autocommit and not in_transaction and info.dml and "BEGIN" not in info.transaction_effects
+    implicit_begin = (not autocommit and not in_transaction and (info.dml or begin_before_any)
+                      and "BEGIN" not in info.transaction_effects)
     if implicit_begin:
         after = "COMMIT" not in info.transaction_effects and "ROLLBACK" not in info.transaction_effects
     inside = in_transaction or implicit_begin

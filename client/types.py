@@ -118,12 +118,13 @@ def parameter_to_wire(value: Parameter) -> Value:
 
 
 def parameters_to_wire(parameters: Sequence[Parameter] | None) -> tuple[Value, ...]:
-    """The wire values of a qmark parameter sequence (a mapping is refused: only qmark is supported)."""
+    """The wire values of a parameter sequence, in order (named parameters given as a
+    mapping are placed by raftlite.client.compat.bind_parameters)."""
     if parameters is None:
         return ()
     if isinstance(parameters, (str, bytes, bytearray, memoryview)) or not isinstance(parameters, Sequence):
-        raise ProgrammingError("parameters must be a sequence (list or tuple) for the qmark style, "
-                               f"not {type(parameters).__name__}")
+        raise ProgrammingError("parameters must be a sequence (list or tuple), or a mapping (dict) for "
+                               f"named parameters, not {type(parameters).__name__}")
     return tuple(parameter_to_wire(value) for value in parameters)
 
 
