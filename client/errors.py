@@ -115,6 +115,10 @@ _EXTENDED_NAMES = {
     10250: "DQLITE_NOT_LEADER", 10506: "DQLITE_LEADERSHIP_LOST", 1001: "DQLITE_PROTO", 1005: "DQLITE_PARSE",
 }
 _DQLITE_PROTOCOL_CODES = frozenset({1001, 1005})
+_SQLITE_AUTH = 23
+_REFUSED_FOR_REPLICATION = ("the leader refuses statements that would break replication (ATTACH, DETACH, "
+                            "pragmas that change journaling, locking, syncing, checkpoints or page size, "
+                            "and process-wide settings)")
 
 # The class Python's sqlite3 raises for each primary code (Modules/_sqlite/util.c).
 _PRIMARY_CLASSES: dict[int, type[Error]] = {
@@ -125,6 +129,7 @@ _PRIMARY_CLASSES: dict[int, type[Error]] = {
     7: OperationalError,  # NOMEM: sqlite3 raises MemoryError; a remote server's memory is an operational matter
     18: DataError,
     19: IntegrityError, 20: IntegrityError,
+    23: DatabaseError,  # SQLITE_AUTH: sqlite3 raises DatabaseError for a statement its authorizer denied
     21: InterfaceError, 25: InterfaceError,
 }
 
@@ -141,4 +146,7 @@ def error_from_failure(code: int, message: str) -> Error:
     if code in _DQLITE_PROTOCOL_CODES:
         return InterfaceError(f"the server did not understand the request: {message} (code {code})", code=code)
     cls = _PRIMARY_CLASSES.get(code & SQLITE_PRIMARY_MASK, DatabaseError)
+    if code & SQLITE_PRIMARY_MASK == _SQLITE_AUTH and "replicat" not in message:
+        # SQLite says only "not authorized"; the reason is raftlite's authorizer.
+        message = f"{message}: {_REFUSED_FOR_REPLICATION}"
     return cls(message, code=code)

@@ -8,6 +8,12 @@ verdict is one JSON object: ``valid`` (true, false or "unknown"), ``anomalies`` 
 with its kind, a description and the operations that show it), ``excerpt`` (the
 events of the first anomaly, in history order), and model-specific details.
 
+Ops without ``:process`` (completions only, as Elle may write them) have no
+real-time order: bank and list-append with ``--consistency serializable`` accept
+them; the register models, set, and strict-serializable list-append need invocations
+and refuse such a history with a usage error. Output cut short by the reader (``|
+head``) ends quietly.
+
 Exit status: 0 valid, 1 invalid, 3 unknown (a time limit or search limit reached
 before a verdict, or nothing to judge), 2 a usage mistake (missing or unreadable file,
 a file that is not a history, a history the model cannot read), reported as one line.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, TextIO
 
@@ -92,7 +99,11 @@ def run_check(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr:
               else f"raftlite: error: {error}", file=stderr)
         return EXIT_USAGE
     document = verdict.to_json()
-    print(json.dumps(document, indent=2, default=repr), file=stdout)
+    try:
+        print(json.dumps(document, indent=2, default=repr), file=stdout)
+        stdout.flush()
+    except BrokenPipeError:
+        _silence(stdout)   # the reader stopped reading (`| head`): nothing more to say to it
     if verdict.valid is True:
         return EXIT_VALID
     if verdict.valid is False:
@@ -100,8 +111,37 @@ def run_check(args: argparse.Namespace, *, stdout: TextIO | None = None, stderr:
     return EXIT_UNKNOWN
 
 
+def _silence(stream: TextIO) -> None:
+    """Point a stream whose reader went away at /dev/null, so that the flush at exit
+    does not raise BrokenPipeError again (the recipe of Python's signal documentation)."""
+    try:
+        descriptor = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return   # not a file (a StringIO in tests): nothing is flushed at exit
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, descriptor)
+    os.close(null)
+
+
 class _UsageError(Exception):
     pass
+
+
+# What each model needs of the history's order: all but these need real-time order,
+# which ops recorded without :process (timeless) do not have.
+_ACCEPTS_TIMELESS = ("bank",)
+
+
+def _refuse_timeless(events, args: argparse.Namespace) -> None:
+    timeless = [event for event in events if event.timeless]
+    if not timeless:
+        return
+    if args.model in _ACCEPTS_TIMELESS or (args.model == "list-append" and args.consistency == "serializable"):
+        return
+    needs = "strict-serializable list-append" if args.model == "list-append" else f"--model {args.model}"
+    raise _UsageError(f"{args.file}: {len(timeless)} op(s) have no :process (the first is op {timeless[0].index}), so their "
+                      f"invocations and real-time order are unknown, which {needs} needs; bank and list-append "
+                      "--consistency serializable accept such histories")
 
 
 def _judge(args: argparse.Namespace):
@@ -117,6 +157,7 @@ def _judge(args: argparse.Namespace):
     except OSError as error:
         raise _UsageError(f"cannot read {args.file}: {error.strerror}") from None
     events = parse_history(text, source=args.file)
+    _refuse_timeless(events, args)
 
     match args.model:
         case "cas-register" | "register" | "etcd-register":

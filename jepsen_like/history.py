@@ -20,6 +20,14 @@ B's invocation. ``time`` (nanoseconds) is carried along for reports only.
 Events that belong to no client (Jepsen's nemesis writes ``:info`` lines with no
 invocation, under ``:process :nemesis``) are kept in the history but pair with nothing.
 
+A completion without ``:process`` (Elle's histories may hold only completions) is an
+operation on its own: it is `timeless` (its invocation, and so its real-time order,
+is unknown) and stands as both invocation and completion, under a process number of
+its own (negative, so no real process has it). Only checkers that need no real-time
+order accept them (`raftlite check`: bank, and list-append with
+``--consistency serializable``); an invocation without ``:process`` cannot be paired
+and is refused.
+
 Two text formats are read, and the format is detected from the text:
 
     EDN    one op map per line, or one vector/list of op maps (Knossos' data files):
@@ -96,6 +104,7 @@ class Event:
     index: int                     # position in the history; real-time order
     time: int | None = None        # nanoseconds, when the history records it
     extra: tuple[tuple[Any, Any], ...] = ()   # other keys of the op map (e.g. :error), kept verbatim
+    timeless: bool = False         # a completion recorded without :process (module docstring)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +138,7 @@ class Operation:
         return self.complete.index
 
     def events(self) -> tuple[Event, ...]:
-        return (self.invoke,) if self.complete is None else (self.invoke, self.complete)
+        return (self.invoke,) if self.complete is None or self.complete is self.invoke else (self.invoke, self.complete)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -229,6 +238,8 @@ def pair_operations(events: Sequence[Event]) -> list[Operation]:
                 )
             open_by_process[event.process] = len(slots)
             slots.append([event, None])
+        elif event.timeless:
+            slots.append([event, event])      # its own invocation: no real-time order is known
         elif event.type in ("ok", "fail", "info"):
             slot_index = open_by_process.pop(event.process, None)
             if slot_index is None:
@@ -371,8 +382,8 @@ def _event_from_map(op: dict, position: int, source: str) -> Event:
     type_name = op["type"]
     if type_name not in EVENT_TYPES:
         raise HistoryError(f"{where}: :type must be one of :invoke :ok :fail :info, not {_short(type_name)}")
-    if "process" not in op:
-        raise HistoryError(f"{where} has no :process")
+    if "process" not in op and type_name == "invoke":
+        raise HistoryError(f"{where}: an invocation needs :process (to pair it with its completion)")
     if "f" not in op:
         raise HistoryError(f"{where} has no :f")
     time = op.get("time")
@@ -384,6 +395,9 @@ def _event_from_map(op: dict, position: int, source: str) -> Event:
     known = ("type", "f", "value", "process", "time", "index")
     extra = tuple((key, value) for key, value in op.items() if key not in known)
     # Position, not the recorded :index, orders events: files are written in history order.
+    if "process" not in op:
+        return Event(type=str(type_name), f=op["f"], value=op.get("value"), process=-1 - position,
+                     index=position, time=time, extra=extra, timeless=True)
     return Event(type=str(type_name), f=op["f"], value=op.get("value"), process=op["process"],
                  index=position, time=time, extra=extra)
 
@@ -453,8 +467,9 @@ def format_edn_event(event: Event) -> str:
         f":type {format_edn_value(Keyword(event.type))}",
         f":f {format_edn_value(_as_keyword(event.f))}",
         f":value {format_edn_value(event.value)}",
-        f":process {format_edn_value(_as_keyword(event.process))}",
     ]
+    if not event.timeless:
+        parts.append(f":process {format_edn_value(_as_keyword(event.process))}")
     if event.time is not None:
         parts.append(f":time {event.time}")
     parts.append(f":index {event.index}")

@@ -109,9 +109,6 @@ def check_list_append(
     for transaction in committed:
         for function, key, value in transaction.micro_operations:
             if function == "r":
-                if value is None:
-                    raise HistoryError(f"event {transaction.operation.complete.index}: a committed read of key "
-                                       f"{key!r} has no value")
                 if not isinstance(value, tuple):
                     raise HistoryError(f"event {transaction.operation.complete.index}: a read of key {key!r} must "
                                        f"return a list, not {value!r}")
@@ -168,7 +165,10 @@ def _transactions(operations: Sequence[Operation]) -> list[_Transaction]:
             if not (isinstance(micro, tuple) and len(micro) == 3 and micro[0] in ("append", "r")):
                 raise HistoryError(f"event {operation.invoke_index}: micro-operation {micro!r} is not "
                                    "[:append key value] or [:r key list]")
-            micro_operations.append((str(micro[0]), micro[1], micro[2]))
+            function, key, micro_value = str(micro[0]), micro[1], micro[2]
+            if function == "r" and micro_value is None and operation.type == "ok":
+                micro_value = ()   # Elle's convention: [:r k nil] is a committed read of an empty list
+            micro_operations.append((function, key, micro_value))
         transactions.append(_Transaction(id=len(transactions), operation=operation, micro_operations=micro_operations))
     return transactions
 

@@ -364,7 +364,7 @@ def run_plan(session: _Session, plan, deadline: float) -> tuple[str, Any]:
                     raise TypeError(f"a plan yielded {type(request).__name__}")
             except RequestFailed as error:
                 kind = "info" if error.code == LEADERSHIP_LOST else "fail"
-                raise _Outcome(kind, f"{error} (code {error.code})") from None
+                raise _Outcome(kind, str(error)) from None   # RequestFailed says "(code N)" itself
             except (ConnectionBroken, OSError, WireProtocolError) as error:
                 raise _Outcome("info", f"{type(error).__name__}: {error}") from None
     finally:
