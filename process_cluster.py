@@ -22,6 +22,10 @@ opened in a scratch directory and integrity-checked.
 pid_files=True)` writes each node's PID to `DIR/nodeI.pid`; `ProcessCluster.adopt(DIR)`
 finds those processes again for `raftlite cluster down DIR`.
 
+Peers authenticate with a cluster key (raftlite.io.peer_auth): a `ProcessCluster` makes
+one, `DIR/cluster.key` (mode 0600), unless it exists already, and gives every node
+`--cluster-key-file` pointing at it; `cluster_key=False` runs the nodes without one.
+
 Ports come from `free_ports`: the kernel's choice of free ports at the time of the call
 (another process may take one before the node binds it; the tests accept that race).
 """
@@ -42,6 +46,7 @@ from typing import Callable, Iterator
 
 from .client.connection import Connection
 from .io.admin import AdminError, node_status
+from .io.peer_auth import create_cluster_key_file
 
 __all__ = [
     "ClusterError", "NodeProcess", "NotConverged", "ProcessCluster", "free_ports", "pid_alive", "running_pids",
@@ -59,6 +64,7 @@ POLL_INTERVAL_S = 0.1
 PROGRESS_EVERY_S = 1.0
 # wait_converged asks once more after this pause: a commit index that did not move is settled.
 SETTLE_S = 0.2
+CLUSTER_KEY_FILE_NAME = "cluster.key"
 
 Report = Callable[[str], None]
 
@@ -152,6 +158,7 @@ class NodeProcess:
     election_timeout_ms: float = 1000.0
     disk_backend: str | None = None
     dial_via: dict[int, str] = field(default_factory=dict)
+    cluster_key_file: Path | None = None
     pid_file: Path | None = None
     process: subprocess.Popen | None = None
     adopted_pid: int | None = None   # started by an earlier command (its PID file), not by us
@@ -180,6 +187,8 @@ class NodeProcess:
             command += ["--role", role]
         if self.disk_backend is not None:
             command += ["--disk-backend", self.disk_backend]
+        if self.cluster_key_file is not None:
+            command += ["--cluster-key-file", str(self.cluster_key_file)]
         if self.dial_via:
             command += ["--dial-via", ",".join(f"{peer}={address}" for peer, address in sorted(self.dial_via.items()))]
         return command
@@ -280,9 +289,14 @@ class ProcessCluster:
     def __init__(self, directory: Path, size: int = 3, *, addresses: dict[int, str] | None = None,
                  election_timeout_ms: float = 1000.0, disk_backend: str | None = None,
                  data_dirs: dict[int, Path] | None = None, dial_via: dict[int, dict[int, str]] | None = None,
-                 pid_files: bool = False) -> None:
+                 pid_files: bool = False, cluster_key: bool = True) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.cluster_key_file: Path | None = None
+        if cluster_key and (size or addresses):
+            self.cluster_key_file = self.directory / CLUSTER_KEY_FILE_NAME
+            if not self.cluster_key_file.exists():
+                create_cluster_key_file(str(self.cluster_key_file))
         self.election_timeout_ms = election_timeout_ms
         self.disk_backend = disk_backend
         self.pid_files = pid_files
@@ -314,7 +328,7 @@ class ProcessCluster:
                            data_dir=Path(data_dir) if data_dir else self.directory / f"node{node_id}",
                            log_path=self.directory / f"node{node_id}.log",
                            election_timeout_ms=self.election_timeout_ms, disk_backend=self.disk_backend,
-                           dial_via=dict(dial_via or {}),
+                           dial_via=dict(dial_via or {}), cluster_key_file=self.cluster_key_file,
                            pid_file=_pid_file(self.directory, node_id) if self.pid_files else None)
         self.nodes[node_id] = node
         return node

@@ -6,7 +6,9 @@
 `up` starts N `raftlite node` processes on 127.0.0.1 (node 1 bootstraps, the others
 join it), each in its own process session, with `DIR/nodeI/` as data directory,
 `DIR/nodeI.log` as log and `DIR/nodeI.pid` holding its PID; it waits until every node
-is a voter and prints the addresses. `down DIR` stops them (SIGTERM, then SIGKILL after
+is a voter and prints the addresses. The nodes share one cluster key, `DIR/cluster.key`
+(created with mode 0600 unless it exists), which a node added later by hand must be given
+with `--cluster-key-file DIR/cluster.key`. `down DIR` stops them (SIGTERM, then SIGKILL after
 a grace period) by the PIDs in those files. raftlite.process_cluster does both.
 """
 

@@ -1,7 +1,7 @@
 """`raftlite node`: run one node (real runtime) in the foreground.
 
     raftlite node --id N --address HOST:PORT --data-dir DIR [--join ADDR,...]
-                  [--dial-via NODE=HOST:PORT,...]
+                  [--dial-via NODE=HOST:PORT,...] [--cluster-key-file FILE]
 
 It runs until SIGTERM or SIGINT, which stop it gracefully (a leader first hands
 leadership over). Its log goes to stderr, one line per event: `time level logger:
@@ -24,7 +24,8 @@ from ..argument_types import positive_float, positive_int
 from ..core.raft_types import Role
 from ..io.admin import parse_address
 from ..io.event_loop import EVENT_LOOP_CHOICES, loop_factory
-from ..io.node import Node
+from ..io.node import Node, data_directory_initialized
+from ..io.peer_auth import ClusterKeys, create_cluster_key_file, key_file_too_open, load_cluster_key_file
 from ..io.runtime import DataDirectoryInUse
 from ..io.transport import TlsSettings
 from . import CommandError
@@ -58,6 +59,10 @@ def register(commands) -> None:
     node.add_argument("--dial-via", default="", metavar="NODE=HOST:PORT,...",
                       help="dial a peer through a proxy, e.g. toxiproxy: for peer NODE connect to HOST:PORT "
                            "instead of the peer's own address")
+    node.add_argument("--cluster-key-file", metavar="FILE",
+                      help="the cluster key peers must prove (one hex key per line, current first, then the "
+                           "previous one during a rotation); a bootstrapping node creates FILE when it does not "
+                           "exist, every other node must be given a copy; without it peers are not authenticated")
     node.set_defaults(func=run)
 
 
@@ -74,11 +79,15 @@ def run(args: argparse.Namespace) -> int:
         dial_via = parse_dial_via(args.dial_via)
         config = Config(election_timeout_ms=args.election_timeout, heartbeat_interval_ms=args.heartbeat_interval).validate()
         tls = _tls_settings(args)
+        if tls is not None and args.cluster_key_file is None:
+            raise ValueError("with TLS, peers must also prove the cluster key: give --cluster-key-file")
         factory = loop_factory(args.event_loop)
+        keys = _cluster_keys(args.cluster_key_file, bootstrapping=not join and not data_directory_initialized(args.data_dir))
     except (ValueError, ConfigError) as error:
         raise CommandError(str(error)) from None
     node = Node(node_id=args.id, address=args.address, data_dir=args.data_dir, join=join, config=config,
-                disk_backend=args.disk_backend, role=Role[args.role.upper()], tls=tls, dial_via=dial_via)
+                disk_backend=args.disk_backend, role=Role[args.role.upper()], tls=tls, dial_via=dial_via,
+                cluster_key=keys.keys if keys is not None else None)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(_serve(node))
 
@@ -111,6 +120,26 @@ class _JsonLogFormatter(logging.Formatter):
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
         return json.dumps(event)
+
+
+def _cluster_keys(path: str | None, *, bootstrapping: bool) -> ClusterKeys | None:
+    """The keys of --cluster-key-file; a bootstrapping node creates the file (mode 0600)
+    when it does not exist. ValueError with a one-line message."""
+    if path is None:
+        return None
+    if not os.path.exists(path):
+        if not bootstrapping:
+            raise ValueError(f"cluster key file {path} does not exist: only a node that bootstraps a new cluster "
+                             "creates one; give this node a copy of the cluster's key file")
+        try:
+            keys = create_cluster_key_file(path)
+        except OSError as error:
+            raise ValueError(f"cannot create cluster key file {path}: {error.strerror or error}") from None
+        logging.getLogger("raftlite.node").info("created cluster key file %s: copy it to every node that joins", path)
+        return keys
+    if key_file_too_open(path):
+        logging.getLogger("raftlite.node").warning("cluster key file %s can be read by other users (chmod 600 it)", path)
+    return load_cluster_key_file(path)
 
 
 def _tls_settings(args: argparse.Namespace) -> TlsSettings | None:

@@ -45,6 +45,7 @@ from ..core.raft_log_format import METADATA_FILES, segment_first_index, snapshot
 from ..core.raft_types import Configuration, Role
 from .admin import AdminClient, AdminError, AdminFailure
 from .disk import RESERVED_PREFIX
+from .peer_auth import ClusterKeys
 from .runtime import NodeRuntime, RuntimeState
 from .transport import TlsSettings
 from .wire_server import NodeMetadata, WireServer
@@ -105,9 +106,16 @@ class Node:
         disk_backend: str | None = None,
         role: Role = Role.VOTER,
         dial_via: Mapping[int, str] | None = None,
+        cluster_key: bytes | Sequence[bytes] | None = None,
     ) -> None:
         if node_id <= 0:
             raise ValueError(f"node id must be a positive number, got {node_id}")
+        # The cluster key (or current key first, then the previous one during a rotation):
+        # peers prove it to each other (raftlite.io.peer_auth). A certificate the cluster
+        # CA signed also goes to clients, so with TLS it cannot stand for a peer alone.
+        self.cluster_keys = ClusterKeys.of(cluster_key) if cluster_key is not None else None
+        if tls is not None and self.cluster_keys is None:
+            raise ValueError("with TLS, peers must also prove the cluster key: give a cluster key (--cluster-key-file)")
         self.node_id = node_id
         self.address = address
         self.data_dir = data_dir
@@ -148,10 +156,13 @@ class Node:
             None, message_bytes_max=self.config.message_bytes_max,
             heartbeat_timeout_ms=int(self.config.election_timeout_ms), metadata=self.metadata,
         )
+        if self.cluster_keys is None:
+            log.warning("node %s: no cluster key: any process that reaches %s can speak to it as a peer "
+                        "(give --cluster-key-file)", self.node_id, self.address)
         self.runtime = NodeRuntime(
             node_id=self.node_id, address=self.address, data_dir=self.data_dir, actor=self.actor,
             config=self.config, tls=self.tls, client_protocol_handler=self.wire.serve,
-            client_closed_message=SessionClosed(), disk_backend=self.disk_backend,
+            client_closed_message=SessionClosed(), disk_backend=self.disk_backend, cluster_keys=self.cluster_keys,
         )
         self.wire.runtime = self.runtime
         await self.runtime.start()

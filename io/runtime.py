@@ -50,6 +50,7 @@ from ..core.peer_codec import RAFT_CODEC, Codec
 from ..core.raft_log_format import segment_first_index
 from .admin import parse_address, serve_admin_connection
 from .disk import RESERVED_PREFIX, DiskExecutor, ZeroFilledFiles
+from .peer_auth import ClusterKeys
 from .transport import ClientProtocolHandler, TlsSettings, Transport, TransportSettings
 
 __all__ = ["DataDirectoryInUse", "NodeRuntime", "RuntimeState", "SCRATCH_DIRECTORY_NAME"]
@@ -89,6 +90,7 @@ class NodeRuntime:
         disk_backend: str | None = None,
         transport_settings: TransportSettings = TransportSettings(),
         peer_codec: Codec = RAFT_CODEC,
+        cluster_keys: ClusterKeys | None = None,
     ) -> None:
         parse_address(address)   # a bad address fails here, with a one-line ValueError
         for peer_address in (peers or {}).values():
@@ -105,6 +107,7 @@ class NodeRuntime:
         self.disk_backend = disk_backend
         self.transport_settings = transport_settings
         self.peer_codec = peer_codec
+        self.cluster_keys = cluster_keys
         self.state = RuntimeState.NEW
         self.context: Context | None = None
         self.disk: DiskExecutor | None = None
@@ -155,7 +158,7 @@ class NodeRuntime:
                 node_id=self.node_id, address=self.requested_address, config=self.config,
                 on_peer_message=self._peer_message, on_admin_connection=self._admin_connection,
                 client_protocol_handler=self.client_protocol_handler, tls=self.tls,
-                settings=self.transport_settings, codec=self.peer_codec,
+                settings=self.transport_settings, codec=self.peer_codec, cluster_keys=self.cluster_keys,
             )
             await self.transport.listen()
             self.transport.set_peers(self.peers)

@@ -5,7 +5,11 @@ Theory of operation
 Every node listens on one TCP address. The first 8-byte word a connection sends says
 what it is (docs/architecture.md §5, as dqlite tells its protocol versions apart):
 
-    PEER_MAGIC   "rlPEER01"   a raft peer's stream of messages to this node
+    PEER_AUTH_MAGIC "rlPEER02" a raft peer that proves the cluster key first, then its
+                              stream of messages to this node (the only peer word a node
+                              with a cluster key accepts)
+    PEER_MAGIC   "rlPEER01"   an unauthenticated raft peer (only a node without a cluster
+                              key accepts it, as before keys existed)
     ADMIN_MAGIC  "rlADMIN1"   raftlite's admin protocol (raftlite.io.admin)
     1 or 0x86104dd760433fe5   dqlite's client protocol, version 1 or legacy (little-endian
                               uint64): handed to `client_protocol_handler(reader, writer,
@@ -13,8 +17,16 @@ what it is (docs/architecture.md §5, as dqlite tells its protocol versions apar
     anything else             closed
 
 Peers. Each node *dials* one connection to every peer and only ever writes on it; what a
-peer sends arrives on the connection that peer dialled. After the magic, the dialler
-sends its node id (8 bytes, little-endian), then frames: a 5-byte header (payload length
+peer sends arrives on the connection that peer dialled. With a cluster key, after the
+magic both ends run the mutual challenge-response of raftlite.io.peer_auth (the dialler
+sends its node id and a nonce, the server answers with its own and a proof, the dialler
+sends its proof), within `TransportSettings.peer_auth_timeout_ms`; only then are frames
+read, and every message on the connection is attributed to the dialler's authenticated
+node id (raft messages carry no sender of their own). A failed, truncated or slow
+handshake closes the connection, counts in `stats["peer_auth_failures"]` and is logged
+at WARNING at most once a minute per remote host, or per peer address on the dialling
+side (the rest are counted in the next warning). Without a key, the dialler just sends its node id (8 bytes, little-endian)
+after the magic. Then frames: a 5-byte header (payload length
 as big-endian uint32, kind) and the payload. A message (raftlite.core.peer_codec bytes)
 of at most `fragment_bytes` travels as one WHOLE frame; a larger one as FRAGMENT frames
 and a final LAST frame. The writer sends every waiting small message before each
@@ -55,6 +67,7 @@ import os
 import random
 import ssl
 import struct
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
@@ -62,15 +75,24 @@ from typing import Any, Awaitable, Callable, Mapping
 from ..actors.config import Config
 from ..core.peer_codec import RAFT_CODEC, Codec, CodecError
 from .admin import ADMIN_MAGIC, parse_address
+from .peer_auth import (
+    ANSWER_BYTES, HELLO_FIXED_BYTES, PROOF_BYTES, ClusterKeys, PeerAuthError, dialler_finish, dialler_hello, hello_bytes,
+    server_answer, server_finish,
+)
 
 __all__ = [
-    "DQLITE_PROTOCOL_VERSION", "DQLITE_PROTOCOL_VERSION_LEGACY", "PEER_MAGIC", "TlsSettings", "Transport",
+    "DQLITE_PROTOCOL_VERSION", "DQLITE_PROTOCOL_VERSION_LEGACY", "PEER_AUTH_MAGIC", "PEER_MAGIC", "TlsSettings", "Transport",
     "TransportSettings",
 ]
 
 log = logging.getLogger("raftlite.io.transport")
 
 PEER_MAGIC = b"rlPEER01"
+PEER_AUTH_MAGIC = b"rlPEER02"
+# An authentication failure is logged at most this often per remote host: a peer with
+# the wrong key, or a process knocking on the port, must not flood the log.
+AUTH_WARNING_INTERVAL_S = 60.0
+_AUTH_WARNING_HOSTS_MAX = 1024
 DQLITE_PROTOCOL_VERSION = 1
 DQLITE_PROTOCOL_VERSION_LEGACY = 0x86104DD760433FE5
 _DQLITE_WORDS = {
@@ -97,6 +119,8 @@ class TransportSettings:
     reconnect_delay_max_ms: float = 2000.0
     connect_timeout_ms: float = 2000.0
     handshake_timeout_ms: float = 10_000.0
+    # The whole peer authentication (hello, answer, proof), dialler and server side.
+    peer_auth_timeout_ms: float = 3000.0
     # A quiet link looks for its peer's end-of-file this often.
     idle_check_interval_ms: float = 500.0
 
@@ -233,11 +257,23 @@ class _PeerLink:
                     log.info("node %s: cannot reach peer %s at %s (%s)", self.transport.node_id, self.peer_id, self.address, error or type(error).__name__)
                 await asyncio.sleep(self._backoff_seconds(failures))
                 continue
+            transport = self.transport
+            if transport.cluster_keys is not None:
+                try:
+                    await self._authenticate(reader, writer)
+                except (PeerAuthError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ssl.SSLError) as error:
+                    writer.close()
+                    failures += 1
+                    transport._auth_failed(self.address, f"cannot authenticate peer {self.peer_id} at {self.address}: "
+                                           f"{_auth_error_text(error)}")
+                    await asyncio.sleep(self._backoff_seconds(failures))
+                    continue
             failures = 0
             self.connected = True
-            self.transport.stats["connections_dialled"] += 1
+            transport.stats["connections_dialled"] += 1
             try:
-                writer.write(PEER_MAGIC + _NODE_ID.pack(self.transport.node_id))
+                if transport.cluster_keys is None:
+                    writer.write(PEER_MAGIC + _NODE_ID.pack(transport.node_id))
                 self.reader, self.writer = reader, writer
                 await self._pump(reader, writer)
             except (OSError, ssl.SSLError, ConnectionError) as error:
@@ -253,6 +289,16 @@ class _PeerLink:
                     self.current = None   # the receiver dropped its part: raft resends
                     self.transport.stats["dropped_cut"] += 1
             await asyncio.sleep(self._backoff_seconds(1))
+
+    async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Prove the cluster key to the peer and check its proof (raftlite.io.peer_auth)."""
+        transport = self.transport
+        hello, state = dialler_hello(transport.cluster_keys, transport.node_id)
+        async with asyncio.timeout(transport.settings.peer_auth_timeout_ms / 1000):
+            writer.write(PEER_AUTH_MAGIC + hello)
+            answer = await reader.readexactly(ANSWER_BYTES)
+            writer.write(dialler_finish(state, answer, self.peer_id))
+            await writer.drain()
 
     def _backoff_seconds(self, failures: int) -> float:
         settings = self.transport.settings
@@ -414,8 +460,13 @@ class Transport:
         settings: TransportSettings = TransportSettings(),
         codec: Codec = RAFT_CODEC,
         rng: random.Random | None = None,
+        cluster_keys: ClusterKeys | None = None,
     ) -> None:
         self.node_id = node_id
+        # None: peers are not authenticated (PEER_MAGIC, as before keys existed).
+        self.cluster_keys = cluster_keys
+        self.auth_warned_at: dict[str, float] = {}
+        self.auth_failures_unlogged: dict[str, int] = {}
         self.host, self.port = parse_address(address)
         self.config = config
         self.on_peer_message = on_peer_message
@@ -435,7 +486,7 @@ class Transport:
             key: 0 for key in (
                 "messages_sent", "fragments_sent", "messages_received", "dropped_queue_full", "dropped_too_large",
                 "dropped_unencodable", "dropped_unknown_peer", "dropped_cut", "undecodable", "connections_dialled",
-                "connections_accepted", "connections_refused",
+                "connections_accepted", "connections_refused", "peer_auth_failures",
             )
         }
 
@@ -506,8 +557,8 @@ class Transport:
         try:
             async with asyncio.timeout(self.settings.handshake_timeout_ms / 1000):
                 word = await reader.readexactly(8)
-            if word == PEER_MAGIC:
-                await self._serve_peer(reader, writer)
+            if word == PEER_AUTH_MAGIC or word == PEER_MAGIC:
+                await self._serve_peer(reader, writer, authenticated=word == PEER_AUTH_MAGIC)
             elif word == ADMIN_MAGIC and self.on_admin_connection is not None:
                 await self.on_admin_connection(reader, writer)
             elif word in _DQLITE_WORDS and self.client_protocol_handler is not None:
@@ -529,9 +580,24 @@ class Transport:
             self.writers.discard(writer)
             self.connections.discard(task)
 
-    async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        async with asyncio.timeout(self.settings.handshake_timeout_ms / 1000):
-            (peer,) = _NODE_ID.unpack(await reader.readexactly(_NODE_ID.size))
+    async def _serve_peer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, authenticated: bool) -> None:
+        host = _remote_host(writer)
+        if self.cluster_keys is None and authenticated:
+            self._auth_failed(host, "refused a peer that offers a cluster key: this node has none (--cluster-key-file)")
+            return
+        if self.cluster_keys is not None and not authenticated:
+            self._auth_failed(host, "refused an unauthenticated peer connection (this node requires the cluster key)")
+            return
+        if authenticated:
+            try:
+                async with asyncio.timeout(self.settings.peer_auth_timeout_ms / 1000):
+                    peer = await self._authenticate(reader, writer)
+            except (PeerAuthError, asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, OSError, ssl.SSLError) as error:
+                self._auth_failed(host, f"refused a peer connection: {_auth_error_text(error)}")
+                return
+        else:
+            async with asyncio.timeout(self.settings.handshake_timeout_ms / 1000):
+                (peer,) = _NODE_ID.unpack(await reader.readexactly(_NODE_ID.size))
         if peer == self.node_id:
             log.warning("node %s: a peer connection claims this node's own id; closing it", self.node_id)
             return
@@ -540,6 +606,39 @@ class Transport:
             chunk = await reader.read(_READ_CHUNK_BYTES)
             if not chunk or not frames.feed(chunk):
                 return
+
+    async def _authenticate(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
+        """The server side of raftlite.io.peer_auth's handshake: the dialler's
+        authenticated id. PeerAuthError when it fails (a dialler with no key in common
+        is told so first)."""
+        fixed = await reader.readexactly(HELLO_FIXED_BYTES)
+        hello = fixed + await reader.readexactly(hello_bytes(fixed))
+        answer, state = server_answer(self.cluster_keys, self.node_id, hello)
+        writer.write(answer)
+        await writer.drain()
+        if state is None:
+            raise PeerAuthError("the dialler holds none of this node's cluster keys (a wrong --cluster-key-file?)")
+        return server_finish(state, await reader.readexactly(PROOF_BYTES))
+
+    def _auth_failed(self, host: str, what: str) -> None:
+        """Count a failed peer authentication; warn at most once per interval per `host`
+        (the remote host of an inbound connection, whose port changes on every attempt,
+        or the address of a peer this node dials)."""
+        self.stats["peer_auth_failures"] += 1
+        now = time.monotonic()
+        last = self.auth_warned_at.get(host)
+        if last is not None and now - last < AUTH_WARNING_INTERVAL_S:
+            self.auth_failures_unlogged[host] = self.auth_failures_unlogged.get(host, 0) + 1
+            return
+        if len(self.auth_warned_at) >= _AUTH_WARNING_HOSTS_MAX:
+            # Many hosts: forget those whose interval has passed, so the table stays bounded.
+            for stale in [h for h, at in self.auth_warned_at.items() if now - at >= AUTH_WARNING_INTERVAL_S]:
+                del self.auth_warned_at[stale]
+                self.auth_failures_unlogged.pop(stale, None)
+        unlogged = self.auth_failures_unlogged.pop(host, 0)
+        self.auth_warned_at[host] = now
+        more = f" ({unlogged} more from {host} since the last warning)" if unlogged else ""
+        log.warning("node %s: %s [from %s]%s", self.node_id, what, host, more)
 
     def _deliver(self, peer: int, payload: bytes | bytearray | memoryview) -> None:
         try:
@@ -573,3 +672,16 @@ class Transport:
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.server is not None:
             await self.server.wait_closed()
+
+
+def _remote_host(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+
+
+def _auth_error_text(error: BaseException) -> str:
+    if isinstance(error, asyncio.IncompleteReadError):
+        return "the handshake was cut short"
+    if isinstance(error, TimeoutError):
+        return "the handshake did not complete in time"
+    return str(error) or type(error).__name__

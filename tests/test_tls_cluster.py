@@ -1,15 +1,24 @@
 """Mutual TLS end to end: three nodes whose every connection is TLS (peers, joining,
 dqlite clients); the DB-API client with the cluster's CA and a client certificate works,
-a plain-TCP client and a client with a foreign CA get nothing."""
+a plain-TCP client and a client with a foreign CA get nothing, and a client certificate
+cannot speak the peer protocol (peers must also prove the cluster key)."""
 
+import secrets
+import socket
 import ssl
+import struct
+import time
 
 import pytest
 import trustme   # a test dependency (pyproject's test extras)
 
 import raftlite
 from raftlite.client.connection import Connection, ConnectionBroken
-from raftlite.io.transport import TlsSettings
+from raftlite.core.peer_codec import RAFT_CODEC
+from raftlite.core.raft_messages import HeartbeatResponse
+from raftlite.io.admin import parse_address
+from raftlite.io.node import Node
+from raftlite.io.transport import PEER_MAGIC, TlsSettings
 from raftlite_inprocess import InProcessCluster
 
 
@@ -17,13 +26,12 @@ class TlsCluster(InProcessCluster):
     def __init__(self, directory, tls: TlsSettings) -> None:
         super().__init__(directory)
         self.tls = tls
+        self.cluster_key = secrets.token_bytes(32)   # with TLS, peers must also prove the cluster key
 
     def start_node(self, node_id: int):
-        from raftlite.io.node import Node
-
         join = () if node_id == 1 else (self.addresses[0],)
         node = Node(node_id=node_id, address=self.addresses[node_id - 1], data_dir=str(self.directory / f"node{node_id}"),
-                    join=join, config=self.config, tls=self.tls)
+                    join=join, config=self.config, tls=self.tls, cluster_key=self.cluster_key)
         self.run(node.start())
         self.nodes[node_id] = node
         return node
@@ -50,6 +58,23 @@ def test_a_tls_cluster_serves_tls_clients_only(tmp_path):
         assert connection.execute("SELECT count(*) FROM t").fetchall() == [(2,)]
         assert len(connection.cluster()) == 3
         connection.close()
+
+        # A client certificate is not a peer: the forged HeartbeatResponse of term 1000
+        # (issue 14) sent over mutual TLS with it moves no term.
+        leader = cluster.leader()
+        terms = {n: node.status()["term"] for n, node in cluster.nodes.items()}
+        payload = RAFT_CODEC.encode(HeartbeatResponse(term=1000, sequence=1, last_index=1))
+        forged = PEER_MAGIC + struct.pack("<Q", 3 if leader != 3 else 2) + struct.pack(">IB", len(payload), 1) + payload
+        host, port = parse_address(cluster.address(leader))
+        for _ in range(20):
+            with socket.create_connection((host, port), timeout=5) as raw:
+                with client_context.wrap_socket(raw, server_hostname=host) as tls_socket:
+                    tls_socket.sendall(forged)
+                    assert tls_socket.recv(1) == b""   # the node closed it
+        time.sleep(0.3)
+        assert {n: node.status()["term"] for n, node in cluster.nodes.items()} == terms
+        with pytest.raises(ValueError, match="cluster key"):
+            Node(node_id=9, address="127.0.0.1:1", data_dir=str(tmp_path / "nokey"), tls=tls)
 
         with pytest.raises(ConnectionBroken):        # plain TCP: the node closes it
             with Connection.connect(cluster.address(1), timeout_s=5) as plain:
