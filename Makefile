@@ -12,7 +12,7 @@ TEST_TIME_LIMIT := 18m
 $(STAMP): pyproject.toml setup.py io/native/_aio_build.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools>=68" wheel
-	$(PY) -m pip install --quiet -e '.[test,plots,fast]'
+	$(PY) -m pip install --quiet -e '.[test,plots,fast,sweeps]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -3,6 +3,7 @@
     raftlite sim run   --seed S --nodes N --duration SECONDS [--nemesis LIST] [--fault-points LIST]
                        [--unsafe SWITCH ...] [--checkers all|end-to-end] [--trace FILE]
     raftlite sim check --seeds A..B --nodes N [--nemesis LIST] [--fault-points LIST] [--duration SECONDS]
+                       [--jobs N] [--dask ADDRESS|local] [--jsonl FILE]
                        [--liveness]   (prints coverage counts and recovery times; exit 1 on a failing
                        seed or, over the standard budget, a named path never reached)
     raftlite sim shrink --seed S [--nodes N] [--nemesis LIST] [--fault-points LIST] [--unsafe SWITCH ...]
@@ -17,6 +18,7 @@ their calls and their results into output.
 """
 
 import argparse
+import importlib.util
 import sys
 
 from ..argument_types import non_negative_int, positive_float, positive_int
@@ -64,6 +66,14 @@ def register(commands) -> None:
                        help="liveness mode (TigerBeetle's VOPR): at the end of chaos heal only a random quorum core, "
                             "keep every other fault for good, and require the core to commit a write within "
                             "10 maximum election timeouts (default: heal everything; every node must converge)")
+    check.add_argument("--jobs", type=positive_int, default=1,
+                       help="run seeds in this many processes (with --dask: the local cluster's workers)")
+    check.add_argument("--dask", metavar="ADDRESS|local",
+                       help="run seeds on Dask: 'local' starts a LocalCluster of --jobs workers, an address joins "
+                            "a running scheduler (needs raftlite[sweeps])")
+    check.add_argument("--jsonl", metavar="FILE",
+                       help="write one JSON line per seed as it finishes (no wall-clock figures: sorted by seed, "
+                            "two sweeps' files compare equal)")
     check.set_defaults(func=_check)
 
     shrink_parser = sim_commands.add_parser(
@@ -153,8 +163,19 @@ def _check(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     if args.liveness and args.actor != "raft":
         raise UsageError("--liveness runs the raft actor only (the database's replica checks need every node healed)")
-    result = sweep(seeds=seeds, nodes=args.nodes, nemesis_text=args.nemesis, duration_s=args.duration,
-                   actor=args.actor, fault_points_text=args.fault_points, liveness=args.liveness, **options)
+    if args.dask is not None and importlib.util.find_spec("distributed") is None:
+        raise UsageError("--dask needs Dask distributed: pip install 'raftlite[sweeps]'")
+    try:
+        jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None
+    except OSError as error:
+        raise UsageError(f"cannot write {args.jsonl}: {error.strerror}") from None
+    try:
+        result = sweep(seeds=seeds, nodes=args.nodes, nemesis_text=args.nemesis, duration_s=args.duration,
+                       actor=args.actor, fault_points_text=args.fault_points, liveness=args.liveness,
+                       jobs=args.jobs, dask=args.dask, jsonl=jsonl, **options)
+    finally:
+        if jsonl is not None:
+            jsonl.close()
     print(result.render())
     return 0 if result.ok else 1
 

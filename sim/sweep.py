@@ -1,10 +1,24 @@
 """`raftlite sim check`: many seeded runs of the raft actor under faults, with the safety
 checkers on; any violation prints the seed, the command that replays it and the one that
-shrinks it. The result sums how often each fault point fired over the sweep."""
+shrinks it. The result sums how often each fault point fired over the sweep.
 
+Seeds are independent, so a sweep spreads over processes: `jobs` local processes
+(concurrent.futures), or a Dask cluster (`dask="local"` starts a distributed.LocalCluster;
+an address joins a running scheduler, which dask-jobqueue or dask-kubernetes can feed
+from SLURM, PBS or Kubernetes). Each worker runs one seed at a time in one thread: the
+simulator steers SQLite's PRNG and VFS, which are process-wide. A run depends only on
+its seed and the code, so every result is the same whatever the spread; only the order
+in which seeds finish differs. `jsonl` receives one line per seed as it finishes, without
+wall-clock figures, so two sweeps' files are identical once sorted by seed.
+"""
+
+import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import Any, Iterator, TextIO
 
 from ..actors.config import Config
 from ..core.raft import SAFE, UnsafeSwitches
@@ -14,7 +28,7 @@ from .liveness import recovery_stats
 from .nemesis import NEMESIS_KINDS
 from .run import RunSummary, run_simulation
 
-__all__ = ["SweepResult", "parse_seed_range", "sweep"]
+__all__ = ["SweepResult", "SweepSettings", "check_seed", "parse_seed_range", "seed_record", "sweep"]
 
 
 def parse_seed_range(text: str) -> range:
@@ -94,28 +108,103 @@ def replay_command(seed: int, nodes: int, nemesis: str, duration_s: float, actor
     return " ".join(words)
 
 
+@dataclass(frozen=True)
+class SweepSettings:
+    """Everything one seed's run needs besides the seed (sent to worker processes)."""
+
+    nodes: int
+    nemesis: tuple[str, ...]
+    duration_s: float
+    config: Config | None = None
+    actor: str = "raft"
+    fault_points: tuple[str, ...] = ()
+    unsafe: UnsafeSwitches = SAFE
+    checkers: str = "all"
+    liveness: bool = False
+
+
+def check_seed(settings: SweepSettings, seed: int) -> RunSummary:
+    """One seed of a sweep (a module-level function, so worker processes can run it)."""
+    summary, sim = run_simulation(
+        seed=seed, nodes=settings.nodes, duration_ms=settings.duration_s * 1000.0, nemesis=settings.nemesis,
+        actor=settings.actor, config=settings.config, fault_points=settings.fault_points, unsafe=settings.unsafe,
+        checkers=settings.checkers, liveness=settings.liveness,
+    )
+    sim.close()
+    return summary
+
+
+def seed_record(summary: RunSummary) -> dict[str, Any]:
+    """A seed's result as one JSON object: what the run determined, no wall-clock figures."""
+    return {
+        "seed": summary.seed, "ok": summary.ok, "violation": summary.violation, "problems": list(summary.problems),
+        "trace_hash": summary.trace_hash, "simulated_ms": summary.simulated_ms, "events": summary.events,
+        "recovery_ms": summary.recovery_ms, "acknowledged": summary.acknowledged, "faults": summary.faults,
+        "fault_points": {name: point["fired"] for name, point in summary.fault_points.items()},
+        "coverage": summary.coverage,
+    }
+
+
+def _local_results(settings: SweepSettings, seeds: range, jobs: int) -> Iterator[RunSummary]:
+    if jobs == 1:
+        for seed in seeds:
+            yield check_seed(settings, seed)
+        return
+    # spawn: a fresh interpreter per worker, so no SQLite or simulator state is inherited.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(check_seed, settings, seed) for seed in seeds]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def _dask_results(settings: SweepSettings, seeds: range, jobs: int, address: str) -> Iterator[RunSummary]:
+    # Dask is an optional extra (raftlite[sweeps]); the command line checks it is there.
+    import distributed
+
+    cluster = None
+    if address == "local":
+        cluster = distributed.LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
+        client = distributed.Client(cluster)
+    else:
+        client = distributed.Client(address)
+    try:
+        futures = client.map(check_seed, [settings] * len(seeds), list(seeds), pure=False)
+        for future in distributed.as_completed(futures):
+            yield future.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
 def sweep(
     *, seeds: range, nodes: int, nemesis: tuple[str, ...], nemesis_text: str, duration_s: float,
     config: Config | None = None, progress=sys.stderr, out=sys.stdout, actor: str = "raft",
     fault_points: tuple[str, ...] = (), fault_points_text: str = "none", unsafe: UnsafeSwitches = SAFE,
-    checkers: str = "all", liveness: bool = False,
+    checkers: str = "all", liveness: bool = False, jobs: int = 1, dask: str | None = None,
+    jsonl: TextIO | None = None,
 ) -> SweepResult:
+    """Run every seed (`jobs` processes, or on Dask) and sum up; failures are printed as
+    they come, and listed in seed order in the result."""
     started = time.perf_counter()
     failures = []
     simulated = 0.0
     last_report = started
     point_totals: dict[str, list[int]] = {}
     coverage: dict[str, int] = {}
-    recoveries: list[float] = []
-    for position, seed in enumerate(seeds, 1):
-        summary, sim = run_simulation(
-            seed=seed, nodes=nodes, duration_ms=duration_s * 1000.0, nemesis=nemesis, actor=actor, config=config,
-            fault_points=fault_points, unsafe=unsafe, checkers=checkers, liveness=liveness,
-        )
-        sim.close()
+    recoveries: list[tuple[int, float]] = []
+    settings = SweepSettings(nodes=nodes, nemesis=nemesis, duration_s=duration_s, config=config, actor=actor,
+                             fault_points=fault_points, unsafe=unsafe, checkers=checkers, liveness=liveness)
+    results = _local_results(settings, seeds, jobs) if dask is None else _dask_results(settings, seeds, jobs, dask)
+    for position, summary in enumerate(results, 1):
+        seed = summary.seed
+        if jsonl is not None:
+            jsonl.write(json.dumps(seed_record(summary), sort_keys=True) + "\n")
+            jsonl.flush()
         merge_counts(coverage, summary.coverage)
         if summary.recovery_ms is not None:
-            recoveries.append(summary.recovery_ms)
+            recoveries.append((seed, summary.recovery_ms))
         simulated += summary.simulated_ms / 1000.0
         for name, point in summary.fault_points.items():
             totals = point_totals.setdefault(name, [0, 0])
@@ -137,8 +226,9 @@ def sweep(
             rate = position / elapsed
             eta = (len(seeds) - position) / rate if rate else 0.0
             print(f"  [{position}/{len(seeds)}] {rate:.1f} seeds/s, {len(failures)} failing, eta {eta:.0f} s", file=progress)
+    failures.sort(key=lambda summary: summary.seed)
     ordered = {name: point_totals[name] for name in FAULT_POINTS if name in point_totals}
     all_nemeses = set(NEMESIS_KINDS) <= set(nemesis)
     return SweepResult(len(seeds), failures, time.perf_counter() - started, simulated, ordered, coverage=coverage,
                        actor=actor, coverage_judged=judged(actor, seeds, nodes, all_nemeses),
-                       recovery_ms=recoveries, liveness=liveness)
+                       recovery_ms=[ms for _, ms in sorted(recoveries)], liveness=liveness)
