@@ -179,8 +179,9 @@ class TransactionTracker:
         return self.isolation_level is None, False
 
     def statement(self, sql: str, info: StatementInfo, parameters: tuple[Value, ...], *,
-                  force_exec: bool = False) -> Steps[StatementResult]:
+                  force_exec: bool = False, implicit_begin: bool = True) -> Steps[StatementResult]:
         autocommit, begin_before_any = self._modes()
+        autocommit = autocommit or not implicit_begin
         plan = plan_statement(info, autocommit=autocommit, in_transaction=self.in_transaction,
                               begin_before_any=begin_before_any)
         if plan.implicit_begin:
@@ -218,10 +219,14 @@ class TransactionTracker:
         return total, lastrowid
 
     def script(self, sql: str, info: StatementInfo) -> Steps[None]:
-        """executescript: a pending implicit transaction is committed first, as sqlite3 does."""
-        if self.in_transaction and self.autocommit is not True:
+        """executescript, as sqlite3 (3.12) runs it: under legacy transaction control a
+        pending transaction is committed first and the script gets no implicit BEGIN
+        (its own BEGIN / COMMIT are its transaction control); with autocommit=False it
+        runs inside the connection's transaction."""
+        legacy = not isinstance(self.autocommit, bool)   # LEGACY_TRANSACTION_CONTROL
+        if self.in_transaction and legacy:
             yield from self.commit()
-        yield from self.statement(sql, info, (), force_exec=True)
+        yield from self.statement(sql, info, (), force_exec=True, implicit_begin=not legacy)
 
     def commit(self) -> Steps[None]:
         if not self.in_transaction:

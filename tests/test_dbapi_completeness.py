@@ -367,3 +367,23 @@ def test_create_pool_reports_a_bad_address_at_once():
         aio.create_pool("not-an-address", size=2)
     with pytest.raises(client.InterfaceError, match="pool size"):
         aio.create_pool("127.0.0.1:1", size=0)
+
+
+def test_executescript_commits_first_and_adds_no_begin_under_legacy_control(node):
+    connection = _connect(node)
+    connection.execute("CREATE TABLE t (x)")
+    connection.execute("INSERT INTO t VALUES (1)")
+    assert connection.in_transaction
+    script = "INSERT INTO t VALUES (2); INSERT INTO t VALUES (3);"
+    connection.executescript(script)
+    assert _sent(node)[-2:] == ["COMMIT", script] and not connection.in_transaction
+    connection.executescript("BEGIN; INSERT INTO t VALUES (4);")
+    assert connection.in_transaction       # the script's own BEGIN is tracked
+    connection.rollback()
+    pep249 = _connect(node, autocommit=False)
+    pep249.executescript("INSERT INTO t VALUES (5);")
+    assert pep249.in_transaction and _sent(node)[-2] == "BEGIN"
+    pep249.rollback()
+    assert connection.execute("SELECT count(*) FROM t").fetchone() == (3,)
+    connection.close()
+    pep249.close()
