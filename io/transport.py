@@ -261,11 +261,20 @@ class _PeerLink:
             if transport.cluster_keys is not None:
                 try:
                     await self._authenticate(reader, writer)
-                except (PeerAuthError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ssl.SSLError) as error:
+                except PeerAuthError as error:
                     writer.close()
                     failures += 1
-                    transport._auth_failed(self.address, f"cannot authenticate peer {self.peer_id} at {self.address}: "
-                                           f"{_auth_error_text(error)}")
+                    transport._auth_failed(self.address, f"cannot authenticate peer {self.peer_id} at {self.address}: {error}")
+                    await asyncio.sleep(self._backoff_seconds(failures))
+                    continue
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ssl.SSLError) as error:
+                    # The network, or a peer going away, not a proof that failed (a cut
+                    # link black-holes the handshake): logged as an unreachable peer is.
+                    writer.close()
+                    failures += 1
+                    if failures == 1 or failures % 20 == 0:
+                        log.info("node %s: no handshake with peer %s at %s (%s)", transport.node_id, self.peer_id,
+                                 self.address, _auth_error_text(error))
                     await asyncio.sleep(self._backoff_seconds(failures))
                     continue
             failures = 0

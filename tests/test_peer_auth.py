@@ -5,6 +5,7 @@ HeartbeatResponse of term 1000 moves no term in a keyed cluster (it does in an u
 one: the forgery is real), a peer with the wrong key is refused while the cluster goes
 on, and a key rotation node by node keeps writes committing."""
 
+import asyncio
 import os
 import secrets
 import socket
@@ -14,6 +15,7 @@ import time
 
 import pytest
 
+from raftlite.actors.config import Config
 from raftlite.core.peer_codec import RAFT_CODEC
 from raftlite.core.raft_messages import HeartbeatResponse
 from raftlite.io.admin import parse_address
@@ -21,7 +23,7 @@ from raftlite.io.peer_auth import (
     ANSWER_BYTES, ClusterKeys, PeerAuthError, create_cluster_key_file, dialler_finish, dialler_hello, key_id,
     load_cluster_key_file, server_answer, server_finish,
 )
-from raftlite.io.transport import PEER_AUTH_MAGIC, PEER_MAGIC
+from raftlite.io.transport import PEER_AUTH_MAGIC, PEER_MAGIC, Transport, TransportSettings
 
 from raftlite.client.connection import RequestFailed
 
@@ -149,6 +151,48 @@ def test_the_key_file(tmp_path):
         load_cluster_key_file(str(tmp_path / "missing"))
 
 
+# -- two transports in one process ---------------------------------------------------------------
+
+class BytesCodec:
+    def encode(self, message):
+        return bytes(message)
+
+    def decode(self, data):
+        return bytes(data)
+
+
+def test_transports_deliver_only_from_authenticated_peers_under_their_proven_id():
+    async def scenario():
+        received: list[tuple[int, bytes]] = []
+
+        def transport(node_id, keys, on_message=lambda *_: None):
+            return Transport(node_id=node_id, address="127.0.0.1:0", config=Config(), on_peer_message=on_message,
+                             codec=BytesCodec(), cluster_keys=keys,
+                             settings=TransportSettings(reconnect_delay_ms=20.0, reconnect_delay_max_ms=100.0))
+
+        server = transport(2, OLD, lambda src, message: received.append((src, message)))
+        address = await server.listen()
+        member, outsider, misdirected = transport(1, OLD), transport(3, OTHER), transport(4, OLD)
+        try:
+            member.set_peers({2: address})
+            outsider.set_peers({2: address})
+            misdirected.set_peers({5: address})   # node 2 listens there, not node 5
+            for _ in range(100):
+                member.send(2, b"from-1")
+                outsider.send(2, b"from-3")
+                misdirected.send(5, b"from-4")
+                await asyncio.sleep(0.02)
+            assert received and set(received) == {(1, b"from-1")}
+            assert server.stats["peer_auth_failures"] >= 1 and outsider.stats["peer_auth_failures"] >= 1
+            assert misdirected.stats["peer_auth_failures"] >= 1 and not misdirected.peer_connected(5)
+            assert member.peer_connected(2) and not outsider.peer_connected(2)
+        finally:
+            for each in (member, outsider, misdirected, server):
+                await each.close()
+
+    asyncio.run(scenario())
+
+
 # -- real node processes ------------------------------------------------------------------------
 
 def forged_heartbeat_response(claimed_id: int, term: int = 1000) -> bytes:
@@ -234,6 +278,18 @@ def test_a_forged_heartbeat_moves_no_term_in_a_keyed_cluster(keyed_cluster):
     # Refused, and warned about once, not once per forgery.
     log = cluster.nodes[leader].log_text()
     assert log.count("refused an unauthenticated peer connection") == 1, log[-3000:]
+
+
+@pytest.mark.timeout(60)
+def test_a_handshake_that_stalls_is_closed_within_seconds(keyed_cluster):
+    leader = keyed_cluster.wait_leader()
+    host, port = parse_address(keyed_cluster.address(leader))
+    with socket.create_connection((host, port), timeout=10) as connection:
+        connection.sendall(PEER_AUTH_MAGIC + b"\x02\x00")   # a hello cut short, then silence
+        started = time.monotonic()
+        assert connection.recv(1) == b""
+        waited = time.monotonic() - started
+    assert 2.0 < waited < 6.0, waited
 
 
 @pytest.mark.timeout(60)
