@@ -56,7 +56,9 @@ nothing, because reads are re-sent freely. `plan_statement` turns that into what
 send: QUERY_SQL or EXEC_SQL, an implicit BEGIN first (PEP 249's non-autocommit mode
 opens a transaction before INSERT / UPDATE / DELETE / REPLACE, as Python's sqlite3
 does), and the request's kind. SAVEPOINT / RELEASE are not tracked as transaction
-boundaries: open transactions with BEGIN.
+boundaries: open transactions with BEGIN. `parameter_slots` / `parameter_positions`
+use the same scan (`_literal_end` knows the quoting) to number a statement's
+parameters as SQLite does, for raftlite.client.compat's binding of named ones.
 """
 
 import asyncio
