@@ -387,3 +387,28 @@ def test_executescript_commits_first_and_adds_no_begin_under_legacy_control(node
     assert connection.execute("SELECT count(*) FROM t").fetchone() == (3,)
     connection.close()
     pep249.close()
+
+
+def test_the_asyncio_run_transaction_is_the_same_loop(tmp_path):
+    node = _bank(tmp_path, _failing_first("UPDATE account SET balance = ? WHERE id = 1", [[CLOSE]]))
+
+    async def transfer(connection):
+        cursor = await connection.execute("SELECT balance FROM account WHERE id = 1")
+        (balance,) = await cursor.fetchone()
+        await connection.execute("UPDATE account SET balance = ? WHERE id = 1", (balance - 10,))
+        return balance - 10
+
+    async def main():
+        connection = await aio.connect(node.address, database="app", timeout=3)
+        try:
+            applied = await aio.run_transaction(connection, transfer)
+            cursor = await connection.execute("SELECT balance FROM account")
+            return applied, await cursor.fetchone()
+        finally:
+            await connection.close()
+
+    try:
+        assert asyncio.run(main()) == (90, (90,))
+        assert _sent(node).count("BEGIN") == 2 and _sent(node).count("COMMIT") == 1
+    finally:
+        node.stop()
