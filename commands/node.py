@@ -1,14 +1,17 @@
 """`raftlite node`: run one node (real runtime) in the foreground.
 
     raftlite node --id N --address HOST:PORT --data-dir DIR [--join ADDR,...]
+                  [--advertise HOST:PORT] [--join-timeout S]
                   [--dial-via NODE=HOST:PORT,...] [--cluster-key-file FILE]
 
 It runs until SIGTERM or SIGINT, which stop it gracefully (a leader first hands
 leadership over). Its log goes to stderr, one line per event: `time level logger:
 message`, or with `--log-format json` one JSON object (time, level, logger, node,
 message). Exit status: 0 after a graceful stop, 1 when the node halted (e.g. corrupt
-storage: the message names the file), 2 for a user mistake (bad flag, address in use,
-directory already used by a running node).
+storage: the message names the file; a join that gave up: the message says why), 2 for
+a user mistake (bad flag, address in use, directory already used by a running node,
+directory of another node id or cluster, another live node with this id, a join that
+reaches the node itself).
 """
 
 import argparse
@@ -24,7 +27,8 @@ from ..argument_types import positive_float, positive_int
 from ..core.raft_types import Role
 from ..io.admin import parse_address
 from ..io.event_loop import EVENT_LOOP_CHOICES, loop_factory
-from ..io.node import Node, data_directory_initialized
+from ..io.identity import IdentityMismatch, check_node_addresses
+from ..io.node import JOIN_TIMEOUT_DEFAULT_S, Node, data_directory_initialized
 from ..io.peer_auth import ClusterKeys, create_cluster_key_file, key_file_too_open, load_cluster_key_file
 from ..io.runtime import DataDirectoryInUse
 from ..io.transport import TlsSettings
@@ -36,9 +40,16 @@ __all__ = ["parse_dial_via", "register"]
 def register(commands) -> None:
     node = commands.add_parser("node", help="run one raftlite node (real runtime) in the foreground")
     node.add_argument("--id", type=positive_int, required=True, help="this node's id (unique in the cluster)")
-    node.add_argument("--address", required=True, help="HOST:PORT to listen on (clients and peers)")
+    node.add_argument("--address", required=True, help="HOST:PORT to listen on (clients and peers); a concrete "
+                      "address, unless --advertise is given")
+    node.add_argument("--advertise", metavar="HOST:PORT", default=None,
+                      help="the address other nodes and clients dial, recorded as this member's address "
+                           "(default --address; needed when --address is a wildcard such as 0.0.0.0:9001)")
     node.add_argument("--data-dir", required=True, help="directory for raft state and SQLite files")
     node.add_argument("--join", default="", help="comma list of ADDRs of cluster members; omit to bootstrap")
+    node.add_argument("--join-timeout", type=positive_float, default=JOIN_TIMEOUT_DEFAULT_S, metavar="S",
+                      help=f"give up joining after S seconds (exit 1, with the reason; default "
+                           f"{JOIN_TIMEOUT_DEFAULT_S:g})")
     node.add_argument("--role", choices=("voter", "standby", "spare"), default="voter",
                       help="role to join with (default voter)")
     node.add_argument("--election-timeout", type=positive_float, default=1000.0, metavar="MS",
@@ -76,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         parse_address(args.address)
         for address in join:
             parse_address(address)
+        check_node_addresses(args.address, args.advertise, join)
         dial_via = parse_dial_via(args.dial_via)
         config = Config(election_timeout_ms=args.election_timeout, heartbeat_interval_ms=args.heartbeat_interval).validate()
         tls = _tls_settings(args)
@@ -85,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         keys = _cluster_keys(args.cluster_key_file, bootstrapping=not join and not data_directory_initialized(args.data_dir))
     except (ValueError, ConfigError) as error:
         raise CommandError(str(error)) from None
-    node = Node(node_id=args.id, address=args.address, data_dir=args.data_dir, join=join, config=config,
+    node = Node(node_id=args.id, address=args.address, advertise=args.advertise, join_timeout_s=args.join_timeout,
+                data_dir=args.data_dir, join=join, config=config,
                 disk_backend=args.disk_backend, role=Role[args.role.upper()], tls=tls, dial_via=dial_via,
                 cluster_key=keys.keys if keys is not None else None)
     with asyncio.Runner(loop_factory=factory) as runner:
@@ -155,7 +168,7 @@ async def _serve(node: Node) -> int:
     try:
         os.makedirs(node.data_dir, exist_ok=True)
         await node.start()
-    except DataDirectoryInUse as error:
+    except (DataDirectoryInUse, IdentityMismatch) as error:
         raise CommandError(str(error)) from None
     except OSError as error:
         raise CommandError(f"cannot start node {node.node_id} on {node.address}: {error.strerror or error}") from None
@@ -172,7 +185,7 @@ async def _serve(node: Node) -> int:
         requested.cancel()
         stopped.cancel()
         await node.stop(hand_over=False)
-        return 1
+        return 2 if isinstance(node.join_error, IdentityMismatch) else 1
     join_failed.cancel()
     if requested.done():
         logging.getLogger("raftlite.node").info("node %s: stopping (signal)", node.node_id)

@@ -43,8 +43,9 @@ from ..actors.raft_node import (
 from ..core.peer_codec import RAFT_CODEC, CodecError
 
 __all__ = [
-    "ADMIN_CODEC", "ADMIN_MAGIC", "AdminClient", "AdminError", "AdminFailure", "ClientGateway",
-    "admin_request", "node_status", "parse_address", "serve_admin_connection",
+    "ADMIN_CODEC", "ADMIN_MAGIC", "AdminClient", "AdminError", "AdminFailure", "AdminNoAnswer", "AdminUnreachable",
+    "ClientGateway", "DescribeIdentity", "IdentityDescription", "admin_request", "node_status", "parse_address",
+    "serve_admin_connection",
 ]
 
 log = logging.getLogger("raftlite.io.admin")
@@ -61,11 +62,26 @@ class AdminFailure:
     message: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DescribeIdentity:
+    """Which node answers, of which cluster (raftlite.io.identity): a joining node asks
+    it before its ADD, a starting node asks it of the address its id is known by."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IdentityDescription:
+    node_id: int
+    cluster_id: str | None   # None: not known yet (joining) or never recorded (adopted)
+    instance: str            # random per process: a node that reached itself sees its own
+
+
 # Tags from 128 on (raftlite.core.peer_codec keeps 1..127 for raft). One line per class.
 ADMIN_CODEC = RAFT_CODEC.extended([
     (128, StatusRequest),
     (129, StatusResponse),
     (130, AdminFailure),
+    (131, DescribeIdentity),
+    (132, IdentityDescription),
     (140, Propose),
     (141, Read),
     (142, ChangeMembership),
@@ -95,6 +111,14 @@ ADMIN_CODEC = RAFT_CODEC.extended([
 
 class AdminError(Exception):
     """The admin connection failed (refused, closed, timed out, a bad frame)."""
+
+
+class AdminUnreachable(AdminError):
+    """No connection could be made (refused, no route, a name that does not resolve)."""
+
+
+class AdminNoAnswer(AdminError):
+    """Connected and asked, but no answer came within the timeout."""
 
 
 def parse_address(address: str) -> tuple[str, int]:
@@ -214,20 +238,23 @@ class AdminClient:
                     server_hostname=(self.server_hostname or self.host) if self.ssl_context else None,
                 )
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as error:
-            raise AdminError(f"cannot connect to {self.address}: {error or type(error).__name__}") from None
+            raise AdminUnreachable(f"cannot connect to {self.address}: {error or type(error).__name__}") from None
         self.writer.write(ADMIN_MAGIC)
 
     async def request(self, message: Any, *, timeout_seconds: float | None = None) -> Any:
         """Send `message`, return the node's response (AdminError on any failure)."""
         async with self.lock:
             await self.connect()
+            limit_seconds = timeout_seconds if timeout_seconds is not None else self.timeout_seconds
             try:
                 self.writer.write(frame(ADMIN_CODEC.encode(message)))
-                async with asyncio.timeout(timeout_seconds if timeout_seconds is not None else self.timeout_seconds):
+                async with asyncio.timeout(limit_seconds):
                     payload = await read_frame(self.reader, self.message_bytes_max)
                 return ADMIN_CODEC.decode(payload)
             except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, CodecError, AdminError, ssl.SSLError) as error:
                 await self._drop()
+                if isinstance(error, asyncio.TimeoutError):
+                    raise AdminNoAnswer(f"no answer from {self.address} within {limit_seconds:g} s") from None
                 raise AdminError(f"request to {self.address} failed: {type(error).__name__}: {error}") from None
             except BaseException:
                 # Cancelled mid-request: the session's state is unknown; close, not await.

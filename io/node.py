@@ -19,7 +19,28 @@ Start-up follows dqlite's rules (docs/architecture.md §5):
   again under its old id, is refused and never votes (it might vote away entries its
   earlier self vouched for); it rejoins under a new id (docs/architecture.md §5);
 - an initialized node just starts: its raft state says who it is; it never
-  bootstraps again and never joins again.
+  bootstraps again and never joins again (a `join` given to it is ignored, and logged).
+
+Identity (raftlite.io.identity): the data directory records its node id, its cluster id
+(a random UUID drawn at bootstrap; a joining node learns it from the node it joins
+through, with `DescribeIdentity`, and records it before its ADD) and its member address.
+Starting it under another id, or joining it to another cluster, raises IdentityMismatch
+before anything runs. Two live nodes with one id: a node started at another address than
+the recorded one first asks the recorded address (where the configuration, and so every
+peer, reaches this id); if a live node of the same cluster answers there with the same
+id, it refuses (IdentityMismatch). Members' addresses never change in the configuration,
+so that is the one address a twin can be found at. A directory written before identity
+files is adopted: the file is written at its first start, from the flags.
+
+Addresses: `address` is where the node listens; `advertise` (default: `address`) is the
+member address others dial, which goes into the configuration. It must be concrete: no
+wildcard host, no port 0 (the configuration would name an address nobody can dial).
+
+A join ends: until its ADD is taken it gives up after `join_timeout_s` (JoinFailed,
+naming each address's last reason: unreachable, not a raftlite node, no answer, no
+leader, refused), logging each distinct reason once; after the ADD, the promotion to
+its role has JOIN_PROMOTION_TIMEOUT_S. A `join` address that is the node's own, or that
+answers as this very process, is refused at once (IdentityMismatch).
 
 Peer addresses travel in the raft configuration, so a node learns a new member's
 address from the CONFIG entry that added it; a watcher keeps the transport's peer table
@@ -33,9 +54,11 @@ of after an election timeout; then everything is closed.
 import asyncio
 import logging
 import os
-from typing import Any, Mapping, Sequence
+import uuid
+from typing import Any, Callable, Mapping, Sequence
 
 from ..actors.config import Config
+from ..actors.contract import Client
 from ..actors.database import LEADERSHIP_LOST, DatabaseNode, SessionClosed, SqlError
 from ..actors.raft_node import (
     AllowVoting, ChangeMembership, ClientError, ClusterDescription, DescribeCluster, ProposeResult, TransferLeadership,
@@ -43,20 +66,29 @@ from ..actors.raft_node import (
 from ..core.raft import State
 from ..core.raft_log_format import METADATA_FILES, segment_first_index, snapshot_index_of
 from ..core.raft_types import Configuration, Role
-from .admin import AdminClient, AdminError, AdminFailure
+from .admin import (
+    AdminClient, AdminError, AdminFailure, AdminNoAnswer, AdminUnreachable, DescribeIdentity, IdentityDescription,
+)
 from .disk import RESERVED_PREFIX
+from .identity import (
+    IdentityMismatch, NodeIdentity, check_identity, check_node_addresses, new_cluster_id, read_identity,
+    write_identity,
+)
 from .peer_auth import ClusterKeys
 from .runtime import NodeRuntime, RuntimeState
 from .transport import TlsSettings
 from .wire_server import NodeMetadata, WireServer
 
-__all__ = ["JoinFailed", "Node", "data_directory_initialized"]
+__all__ = ["IdentityMismatch", "JoinFailed", "Node", "data_directory_initialized"]
 
 log = logging.getLogger("raftlite.io.node")
 
 PEER_WATCH_INTERVAL_S = 0.1
 JOIN_RETRY_S = 0.5
 JOIN_REQUEST_TIMEOUT_S = 10.0
+JOIN_TIMEOUT_DEFAULT_S = 60.0
+# How long a node started at a new address waits for its recorded address to answer.
+TWIN_PROBE_TIMEOUT_S = 2.0
 # A promotion waits for the node to catch up; generous, a big database takes a while.
 JOIN_PROMOTION_TIMEOUT_S = 120.0
 TRANSFER_WAIT_S = 5.0
@@ -106,10 +138,22 @@ class Node:
         disk_backend: str | None = None,
         role: Role = Role.VOTER,
         dial_via: Mapping[int, str] | None = None,
+        advertise: str | None = None,
+        join_timeout_s: float = JOIN_TIMEOUT_DEFAULT_S,
         cluster_key: bytes | Sequence[bytes] | None = None,
     ) -> None:
         if node_id <= 0:
             raise ValueError(f"node id must be a positive number, got {node_id}")
+        if not join_timeout_s > 0:
+            raise ValueError(f"join timeout must be a positive number of seconds, got {join_timeout_s}")
+        check_node_addresses(address, advertise, join)
+        # The member address: in the configuration, in ADD, in the identity file.
+        self.advertised_address = advertise or address
+        self.join_timeout_s = join_timeout_s
+        # Random per process: a join that reaches this very process is told apart.
+        self.instance = uuid.uuid4().hex
+        self.cluster_id: str | None = None
+        self._join_added = False
         # The cluster key (or current key first, then the previous one during a rotation):
         # peers prove it to each other (raftlite.io.peer_auth). A certificate the cluster
         # CA signed also goes to clients, so with TLS it cannot stand for a peer alone.
@@ -141,15 +185,37 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Start serving; IdentityMismatch (before anything runs) when the data directory
+        is another node's, or a live node with this id answers at its recorded address."""
+        recorded = read_identity(self.data_dir)
         initialized = data_directory_initialized(self.data_dir)
+        if recorded is not None:
+            check_identity(recorded, node_id=self.node_id, data_dir=self.data_dir)
+            self.cluster_id = recorded.cluster_id
+            if recorded.address != self.advertised_address:
+                await self._refuse_if_running_elsewhere(recorded)
         joining = bool(self.join) and (not initialized or self._read_join_marker() is not None)
+        if self.join and not joining:
+            log.info("node %s: --join ignored: data directory %s is already initialized (its raft state says "
+                     "which cluster it is in)", self.node_id, self.data_dir)
         if joining and self._read_join_marker() is None:
             self._write_join_marker(JOIN_MARKER_FRESH)
         bootstrap = None
         if not initialized and not self.join:
-            bootstrap = Configuration.of({self.node_id: Role.VOTER}, {self.node_id: self.address})
-            log.info("node %s: bootstrapping a new cluster at %s", self.node_id, self.address)
-        self.actor = DatabaseNode(bootstrap=bootstrap)
+            bootstrap = Configuration.of({self.node_id: Role.VOTER}, {self.node_id: self.advertised_address})
+            if recorded is None:
+                # Recorded before any raft state exists: a crash in between bootstraps
+                # again under the same cluster id.
+                self.cluster_id = new_cluster_id()
+                write_identity(self.data_dir, self._identity_record())
+            log.info("node %s: bootstrapping a new cluster %s at %s", self.node_id, self.cluster_id,
+                     self.advertised_address)
+        elif initialized and recorded is None:
+            write_identity(self.data_dir, self._identity_record())
+            log.info("node %s: data directory %s has no identity file (an earlier raftlite wrote it): adopted as "
+                     "node %s at %s, cluster id unknown", self.node_id, self.data_dir, self.node_id,
+                     self.advertised_address)
+        self.actor = _IdentifiedDatabaseNode(bootstrap=bootstrap, identity=self._describe_identity)
         # Until its own join completed, a joining node neither votes nor campaigns.
         self.actor.start_voting_blocked = joining
         self.wire = WireServer(
@@ -229,46 +295,94 @@ class Node:
         The join marker remembers, across restarts, whether an ADD may have taken
         effect: only then is "already a member" this node's own earlier ADD. Otherwise
         the id belongs to a member whose data this node does not have (a wiped node
-        restarted under its old id): it must never vote, and stays out."""
+        restarted under its old id): it must never vote, and stays out.
+
+        Until the ADD is taken, the join gives up after `join_timeout_s`; each address's
+        reason for not getting through is logged when it first appears (not every try)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + JOIN_PROMOTION_TIMEOUT_S
-        added = False
+        deadline = loop.time() + self.join_timeout_s
+        last_reasons: dict[str, str] = {}
+        logged: set[tuple[str, str]] = set()
+        promotion_bounded = False
         while loop.time() < deadline:
             for address in self.join:
                 try:
-                    leader = await _leader_client(address, self._client_ssl())
-                    if leader is None:
-                        continue
-                    try:
-                        description = _expect(await leader.request(DescribeCluster()), ClusterDescription)
-                        for member, _, _ in description.members:
-                            member_address = _member_address(description, member, leader.address)
-                            if member != self.node_id and member_address:
-                                self.learned_peers[member] = member_address
-                        if not added:
-                            await self._add(leader)
-                            added = True
-                            log.info("node %s: added to the cluster as a spare", self.node_id)
-                        if self.role != Role.SPARE:
-                            await _assign_tolerating_done(leader, self.node_id, Role(self.role))
-                    finally:
-                        await leader.close()
-                    await self._allow_voting()
-                    log.info("node %s: joined the cluster as a %s", self.node_id, self.role.name.lower())
-                    self.joined.set()
+                    await self._join_through(address, deadline)
+                except (JoinFailed, IdentityMismatch) as error:
+                    self._join_failed(error)
                     return
-                except JoinFailed as error:
-                    self.join_error = error
-                    self.join_failed.set()
-                    log.error("node %s: %s", self.node_id, error)
-                    return
-                except (AdminError, _Refused, OSError, asyncio.TimeoutError) as error:
-                    log.info("node %s: join through %s not done yet: %s", self.node_id, address, error)
-            await asyncio.sleep(JOIN_RETRY_S)
-        self.join_error = JoinFailed(f"no leader took node {self.node_id} in within {JOIN_PROMOTION_TIMEOUT_S:.0f} s "
-                                     f"(tried {', '.join(self.join)})")
+                except (_NotYet, OSError) as reason:   # OSError: the identity or marker file
+                    last_reasons[address] = str(reason)
+                    if (address, str(reason)) not in logged:
+                        logged.add((address, str(reason)))
+                        log.warning("node %s: cannot join through %s yet: %s", self.node_id, address, reason)
+                    if self._join_added and not promotion_bounded:   # the promotion has its own bound
+                        promotion_bounded = True
+                        deadline = max(deadline, loop.time() + JOIN_PROMOTION_TIMEOUT_S)
+                    continue
+                log.info("node %s: joined the cluster as a %s", self.node_id, self.role.name.lower())
+                self.joined.set()
+                return
+            await asyncio.sleep(max(0.0, min(JOIN_RETRY_S, deadline - loop.time())))
+        what, waited_s = (("the promotion", JOIN_PROMOTION_TIMEOUT_S) if self._join_added
+                          else ("joining", self.join_timeout_s))
+        self._join_failed(JoinFailed(f"gave up {what} after {waited_s:g} s: " + "; ".join(
+            f"{address}: {reason}" for address, reason in last_reasons.items())))
+
+    def _join_failed(self, error: BaseException) -> None:
+        self.join_error = error
         self.join_failed.set()
-        log.error("node %s: %s", self.node_id, self.join_error)
+        log.error("node %s: %s", self.node_id, error)
+
+    async def _join_through(self, address: str, deadline: float) -> None:
+        """One try through `address`: find the leader, check the cluster, ADD, ASSIGN,
+        allow voting. _NotYet when it did not get through (the reason)."""
+        loop = asyncio.get_running_loop()
+        timeout_s = JOIN_REQUEST_TIMEOUT_S if self._join_added else \
+            max(0.1, min(JOIN_REQUEST_TIMEOUT_S, deadline - loop.time()))
+        ssl_context = self._client_ssl()
+        contacted = AdminClient(address, ssl_context=ssl_context, timeout_seconds=timeout_s)
+        leader = contacted
+        try:
+            identity = await _ask(contacted, DescribeIdentity(), IdentityDescription)
+            if identity.instance == self.instance:
+                raise IdentityMismatch(f"--join {address} reaches this node itself: a node cannot join itself; "
+                                       "give the address of a member of the cluster it should join")
+            description = await _ask(contacted, DescribeCluster(), ClusterDescription)
+            if description.leader is None:
+                raise _NotYet(f"no leader: node {description.node_id} there knows none (it is not in a cluster "
+                              "with a quorum, or one is being elected)")
+            if description.leader != description.node_id:
+                leader_address = _member_address(description, description.leader, address)
+                if leader_address is None:
+                    raise _NotYet(f"no leader: node {description.node_id} there names node {description.leader}, "
+                                  "whose address it does not know")
+                leader = AdminClient(leader_address, ssl_context=ssl_context, timeout_seconds=timeout_s)
+                identity = await _ask(leader, DescribeIdentity(), IdentityDescription)
+                description = await _ask(leader, DescribeCluster(), ClusterDescription)
+                if description.leader != description.node_id:
+                    raise _NotYet(f"no leader: node {description.node_id} at {leader_address} no longer leads")
+            self._record_cluster(identity.cluster_id)
+            for member, _, _ in description.members:
+                member_address = _member_address(description, member, leader.address)
+                if member != self.node_id and member_address:
+                    self.learned_peers[member] = member_address
+            try:
+                if not self._join_added:
+                    await self._add(leader)
+                    self._join_added = True
+                    log.info("node %s: added to the cluster as a spare", self.node_id)
+                if self.role != Role.SPARE:
+                    await _assign_tolerating_done(leader, self.node_id, Role(self.role))
+            except _Refused as error:
+                raise _NotYet(f"refused: {error}") from None
+            except AdminError as error:
+                raise _NotYet(f"the leader stopped answering: {error}") from None
+        finally:
+            await contacted.close()
+            if leader is not contacted:
+                await leader.close()
+        await self._allow_voting()
 
     def _client_ssl(self):
         """The context this node dials with (its own certificate, the cluster CA)."""
@@ -280,7 +394,8 @@ class Node:
         leader (sent, whatever the outcome, unless the leader refused it before
         proposing it; "leadership lost" means it was proposed and may still commit)."""
         may_have_added = self._read_join_marker() == JOIN_MARKER_ADD_MAY_HAVE_HAPPENED
-        add = ChangeMembership(node=self.node_id, role=Role.SPARE, address=self.address, must_be_new=True)
+        add = ChangeMembership(node=self.node_id, role=Role.SPARE, address=self.advertised_address,
+                               must_be_new=True)
         try:
             _expect(await leader.request(add), ProposeResult)
         except _Refused as error:
@@ -309,6 +424,43 @@ class Node:
         finally:
             self.runtime.close_client(client)
         os.unlink(self._join_marker_path())
+
+    def _identity_record(self) -> NodeIdentity:
+        return NodeIdentity(node_id=self.node_id, cluster_id=self.cluster_id, address=self.advertised_address)
+
+    def _describe_identity(self) -> IdentityDescription:
+        return IdentityDescription(node_id=self.node_id, cluster_id=self.cluster_id, instance=self.instance)
+
+    def _record_cluster(self, cluster_id: str | None) -> None:
+        """A joining node's cluster: recorded at first contact; checked on every later
+        one (IdentityMismatch when the contacted cluster is another one)."""
+        recorded = read_identity(self.data_dir)
+        if recorded is not None:
+            check_identity(recorded, node_id=self.node_id, data_dir=self.data_dir, cluster_id=cluster_id)
+            if recorded.cluster_id is not None:
+                return
+        self.cluster_id = cluster_id
+        write_identity(self.data_dir, self._identity_record())
+
+    async def _refuse_if_running_elsewhere(self, recorded: NodeIdentity) -> None:
+        """IdentityMismatch if a live node of this cluster answers with this node's id at
+        the recorded address (where every peer reaches this id): two nodes with one id
+        would vote twice. No answer there: this node starts (with a warning)."""
+        try:
+            async with AdminClient(recorded.address, ssl_context=self._client_ssl(),
+                                   timeout_seconds=TWIN_PROBE_TIMEOUT_S) as other:
+                answer = await other.request(DescribeIdentity())
+        except (AdminError, ValueError):
+            answer = None
+        if isinstance(answer, IdentityDescription) and answer.node_id == self.node_id \
+                and answer.cluster_id == recorded.cluster_id and answer.instance != self.instance:
+            raise IdentityMismatch(
+                f"node {self.node_id} of this cluster is already running at {recorded.address}, the address the "
+                f"cluster knows it by: two live nodes with one id would vote twice; stop that one first (or give "
+                f"this node a new id and an empty data directory)")
+        log.warning("node %s: started at %s, but the cluster knows this node at %s (recorded in %s): peers keep "
+                    "dialling %s", self.node_id, self.advertised_address, recorded.address, self.data_dir,
+                    recorded.address)
 
     def _join_marker_path(self) -> str:
         return os.path.join(self.data_dir, JOIN_MARKER_FILE)
@@ -356,6 +508,42 @@ class Node:
 
 
 
+class _IdentifiedDatabaseNode(DatabaseNode):
+    """The database actor of a real node, which also answers `DescribeIdentity` from any
+    client: the identity is the io layer's (raftlite.io.identity); raft never sees it."""
+
+    def __init__(self, *, identity: Callable[[], IdentityDescription], **options: Any) -> None:
+        super().__init__(**options)
+        self._identity = identity
+
+    def on_message(self, src: Any, message: Any) -> None:
+        if isinstance(message, DescribeIdentity) and isinstance(src, Client) and getattr(self, "ctx", None) is not None:
+            self.ctx.reply(src, self._identity())
+            return
+        super().on_message(src, message)
+
+
+class _NotYet(Exception):
+    """One join try did not get through; the message is the reason (logged once)."""
+
+
+async def _ask(client: AdminClient, request: Any, expected: type) -> Any:
+    """`request`'s answer from `client`, or _NotYet saying why it could not be had
+    (unreachable, no answer, not a raftlite node, refused)."""
+    try:
+        return _expect(await client.request(request), expected)
+    except AdminUnreachable as error:
+        raise _NotYet(f"unreachable ({error})") from None
+    except AdminNoAnswer:
+        # Not the timeout in the reason: it shrinks near the deadline, and each distinct
+        # reason is logged.
+        raise _NotYet(f"no answer from {client.address} (not a raftlite node, or overloaded)") from None
+    except AdminError as error:
+        raise _NotYet(f"not a raftlite node: it did not answer in raftlite's admin protocol ({error})") from None
+    except _Refused as error:
+        raise _NotYet(f"refused: {error}") from None
+
+
 class _Refused(Exception):
     """The node answered a join request with a refusal (not leader, already a member,
     ...); the admin connection stays usable. `outcome_unknown`: the leader took the
@@ -387,23 +575,6 @@ def _member_address(description: ClusterDescription, node: int, described_by: st
         if member == node and address:
             return address
     return described_by if node == description.node_id else None
-
-
-async def _leader_client(address: str, ssl_context) -> AdminClient | None:
-    """An admin client of the leader, found through `address`; None if none is known."""
-    contacted = AdminClient(address, ssl_context=ssl_context, timeout_seconds=JOIN_REQUEST_TIMEOUT_S)
-    try:
-        description = _expect(await contacted.request(DescribeCluster()), ClusterDescription)
-    except BaseException:
-        await contacted.close()
-        raise
-    if description.leader == description.node_id:
-        return contacted
-    await contacted.close()
-    leader_address = None if description.leader is None else _member_address(description, description.leader, address)
-    if leader_address is None:
-        return None
-    return AdminClient(leader_address, ssl_context=ssl_context, timeout_seconds=JOIN_REQUEST_TIMEOUT_S)
 
 
 async def _assign_tolerating_done(leader: AdminClient, node: int, role: Role) -> None:
