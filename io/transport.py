@@ -644,6 +644,8 @@ class Transport:
             for stale in [h for h, at in self.auth_warned_at.items() if now - at >= AUTH_WARNING_INTERVAL_S]:
                 del self.auth_warned_at[stale]
                 self.auth_failures_unlogged.pop(stale, None)
+            if len(self.auth_warned_at) >= _AUTH_WARNING_HOSTS_MAX:
+                return   # that many hosts failing within the interval: counted, not logged
         unlogged = self.auth_failures_unlogged.pop(host, 0)
         self.auth_warned_at[host] = now
         more = f" ({unlogged} more from {host} since the last warning)" if unlogged else ""

@@ -193,6 +193,20 @@ def test_transports_deliver_only_from_authenticated_peers_under_their_proven_id(
     asyncio.run(scenario())
 
 
+def test_authentication_failures_are_counted_and_warned_about_once_a_minute_per_host(caplog):
+    transport = Transport(node_id=1, address="127.0.0.1:0", config=Config(), on_peer_message=lambda *_: None)
+    with caplog.at_level("WARNING", logger="raftlite.io.transport"):
+        for _ in range(500):
+            transport._auth_failed("10.0.0.1", "refused a peer connection")
+        transport._auth_failed("10.0.0.2", "refused a peer connection")
+        transport.auth_warned_at["10.0.0.1"] -= 61   # a minute later
+        transport._auth_failed("10.0.0.1", "refused a peer connection")
+    warnings = [record.getMessage() for record in caplog.records]
+    assert transport.stats["peer_auth_failures"] == 502
+    assert len(warnings) == 3, warnings
+    assert "[from 10.0.0.1] (499 more from 10.0.0.1 since the last warning)" in warnings[2]
+
+
 # -- real node processes ------------------------------------------------------------------------
 
 def forged_heartbeat_response(claimed_id: int, term: int = 1000) -> bytes:
