@@ -41,7 +41,7 @@ from typing import Any, Callable, Hashable, Mapping
 
 from ..core.errors import LeadershipLost, NotLeader, ProposalDropped, RaftError
 from ..core.invariant import present
-from ..core.raft import Raft, RaftSettings, Ready, State, UnsafeSwitches
+from ..core.raft import REMOVED_FROM_CLUSTER, Raft, RaftSettings, Ready, State, UnsafeSwitches
 from ..core.raft_log_format import COMMIT_HINT_FILE, StorageCorruption, encode_commit_hint, recover
 from ..core.raft_types import Configuration, Entry, EntryKind, Role, Snapshot
 from .contract import Client, Context, IoResult, NodeId, StatusRequest, StatusResponse
@@ -131,6 +131,7 @@ class RaftNode:
         self.settings_override = settings
         self.raft: Raft | None = None
         self.state_machine: StateMachine | None = None
+        self.halted = False   # stopped because it is no longer a member (see _halt_if_removed)
         # Observers for the simulator's checkers (None outside tests).
         self.on_apply: Callable[[NodeId, Entry], None] | None = None
         self.on_acknowledge: Callable[[NodeId, Entry], None] | None = None
@@ -215,16 +216,42 @@ class RaftNode:
         if raft is None:
             return
         raft.storage_failing = self.storage.failed
+        if self.halted:
+            return
         if isinstance(src, Client):
             self._handle_client(src, message)
         else:
             raft.step(src, message)
+            if self._halt_if_removed():
+                return
         self._process()
+        self._halt_if_removed()
+
+    def _halt_if_removed(self) -> bool:
+        """Stop the node (once) when it is no longer a member: the leader said so, or it
+        led the commit of its own removal and has applied it (so the client that asked
+        has its answer). Nothing it could do would be heard; the runtime reports why."""
+        raft = self.raft
+        if raft is None or self.halted:
+            return self.halted
+        reason = raft.removed
+        removal = raft.removed_self_at
+        if reason is None and removal is not None and self.applied_index >= removal:
+            reason = (f"{REMOVED_FROM_CLUSTER}: this node, as leader in term {raft.term}, committed its "
+                      f"own removal (entry {removal})")
+        if reason is None:
+            return False
+        self.halted = True
+        self.ctx.halt(reason)
+        return True
 
     def on_timer(self, timer: Hashable) -> None:
+        if self.halted:
+            return
         if timer == self.APPLY:
             self._complete_batches()
             self._process()
+            self._halt_if_removed()
             return
         if timer == self.TICK:
             raft = self._core
@@ -236,11 +263,14 @@ class RaftNode:
                 self.storage.retry()
             self._process()
             self._write_commit_hint()   # once a tick at most: it is only a hint
+            self._halt_if_removed()
             return
         if self._machine.on_timer(timer):
             self._process()
 
     def on_io_done(self, token: Hashable, result: IoResult) -> None:
+        if self.halted:
+            return
         if token == self.COMMIT_HINT_WRITTEN:
             self.commit_hint_in_flight = False   # a failed hint write is simply retried later
             return
@@ -251,6 +281,7 @@ class RaftNode:
         self._submit_persist()
         self._complete_batches()
         self._process()
+        self._halt_if_removed()
 
     def _groups_completed(self, groups) -> None:
         for group in groups:
@@ -323,9 +354,22 @@ class RaftNode:
             case Read():
                 self._start_read(client)
             case ChangeMembership(node=node, role=role, address=address, must_be_new=must_be_new):
-                if must_be_new and raft.configuration.role(node) is not None:
-                    raise ProposalDropped(f"node {node} is already a member")
+                configuration = raft.configuration
+                current = configuration.role(node)
+                if must_be_new and current is not None:
+                    where = configuration.address(node)
+                    raise ProposalDropped(f"node {node} is already a member ({Role(current).name.lower()}"
+                                          + (f" at {where})" if where else ")"))
+                pending = raft.pending_promotion
+                if (pending is not None and pending[0] == node and role == current and address is None
+                        and raft.cancel_promotion(node)):
+                    # Assigning the node the role it has: the explicit cancel of its promotion.
+                    self._answer_promotion_ended()
+                    self.ctx.reply(client, ProposeResult(
+                        index=0, term=raft.term, result=f"promotion of node {node} to voter cancelled"))
+                    return True
                 change_index = raft.change_membership(node, role, address)
+                self._answer_promotion_ended()   # a waiting promotion this change took the place of
                 if raft.pending_promotion is not None:
                     # Answered when the node finally becomes a voter (or gives up).
                     self.promotion_client = (client, node)
@@ -512,12 +556,31 @@ class RaftNode:
                 self.ctx.reply(client, ProposeResult(index=entry.index, term=entry.term, result="membership changed"))
 
     def _check_promotion(self) -> None:
+        self._answer_promotion_ended()
         if self.promotion_client is not None and self._core.pending_promotion is None:
             client, node = self.promotion_client
-            if self._core.configuration.role(node) != Role.VOTER:
-                # The core gave up (or leadership moved): the node never caught up in time.
+            if self._core.configuration.role(node) is None:
+                # The node left the cluster while its promotion waited.
                 self.promotion_client = None
-                self.ctx.reply(client, ClientError(kind="dropped", message=f"node {node} did not catch up in time"))
+                self.ctx.reply(client, ClientError(
+                    kind="dropped", message=f"node {node} is no longer a member: it was not promoted"))
+
+    def _answer_promotion_ended(self) -> None:
+        """Tell the client waiting for a promotion that the core gave it up, and why."""
+        raft = self._core
+        ended, raft.promotion_ended = raft.promotion_ended, None
+        if ended is None or self.promotion_client is None or self.promotion_client[1] != ended[0]:
+            return
+        node, match, last, why = ended
+        client, _ = self.promotion_client
+        self.promotion_client = None
+        lag = f"its match index {match}, the leader's last index {last}"
+        if why == "timeout":
+            timeout_ms = raft.settings.promotion_timeout_ticks * self.ctx.config.heartbeat_interval_ms
+            message = f"node {node} did not catch up within {timeout_ms:g} ms: {lag}"
+        else:
+            message = f"promotion of node {node} to voter {why} ({lag})"
+        self.ctx.reply(client, ClientError(kind="dropped", message=message))
 
     def _fail_proposals_up_to(self, index: int) -> None:
         for proposal_index in [i for i in self.proposals if i <= index]:

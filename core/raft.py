@@ -38,7 +38,10 @@ Safety rules enforced here (Raft paper §5, §6, the Raft thesis §3.10, §4, §
   a leader that has not heard from a quorum within an election timeout steps down;
 - membership changes one server at a time, taking effect when appended and reverted
   when truncated; proposed only once the leader committed an entry of its term and no
-  other change is pending; promotion to voter only after the node has caught up;
+  other change is pending; promotion to voter only after the node has caught up (a
+  promotion waiting for that blocks no other change: the change takes its place); a
+  node a committed configuration dropped is told so (`Removed`), and its messages,
+  whatever their term, change nothing on the leader;
 - ReadIndex: a read is released only after a quorum answered a heartbeat sent after the
   read arrived, and only once the leader has committed an entry of its term.
 
@@ -68,7 +71,7 @@ from .errors import NotLeader, ProposalDropped
 from .invariant import invariant, present
 from .raft_membership import Membership
 from .raft_messages import (
-    AppendRequest, AppendResponse, HeartbeatRequest, HeartbeatResponse, SnapshotChunk, SnapshotResponse,
+    AppendRequest, AppendResponse, HeartbeatRequest, HeartbeatResponse, Removed, SnapshotChunk, SnapshotResponse,
     TimeoutNow, VoteRequest, VoteResponse,
 )
 from .raft_progress import Progress, ProgressState, ProgressTracker
@@ -76,7 +79,13 @@ from .raft_quorum import VoteResult, committed_index, has_quorum, vote_result
 from .raft_read_only import ReadOnly, ReadState
 from .raft_types import Configuration, Entry, EntryKind, HardState, Role, Snapshot, SnapshotMeta
 
-__all__ = ["Progress", "Raft", "RaftSettings", "Ready", "ReadState", "SAFE", "State", "UnsafeSwitches"]
+__all__ = [
+    "Progress", "Raft", "RaftSettings", "Ready", "ReadState", "REMOVED_FROM_CLUSTER", "SAFE", "State", "UnsafeSwitches",
+]
+
+# How `Raft.removed` begins: the runtime tells a node stopped because it was removed
+# from one stopped for a fault by it.
+REMOVED_FROM_CLUSTER = "removed from the cluster"
 
 
 class State(str, Enum):
@@ -219,6 +228,15 @@ class Raft:
         # Set by the runtime while durable storage is failing (EIO, ENOSPC): a node that
         # cannot make a term or a vote durable neither campaigns nor grants votes.
         self.storage_failing = False
+        # Set when the leader answered that this node is no longer a member (a `Removed`
+        # message): why, for the runtime to log before it stops the node.
+        self.removed: str | None = None
+        # The index of a committed configuration, proposed by this node as leader, that
+        # removed this node itself: the runtime stops it once that entry is applied.
+        self.removed_self_at: int | None = None
+        # A pending promotion to voter that ended without it, for the runtime to tell
+        # the waiting client why: (node, its match index, the leader's last index, why).
+        self.promotion_ended: tuple[int, int, int, str] | None = None
         self.leader: int | None = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -409,8 +427,11 @@ class Raft:
                 return
             if self.transfer_target is not None:
                 self.transfer_target = None  # the transfer did not finish in time
+        promotion = self.membership.pending_promotion
         if self.membership.promotion_tick(self.settings.promotion_timeout_ticks):
             self._maybe_promote()
+        elif promotion is not None:
+            self._promotion_ended(promotion[0], "timeout")
         if self.heartbeat_elapsed >= self.settings.heartbeat_ticks:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -520,6 +541,14 @@ class Raft:
     # Messages
 
     def step(self, src: int, message: Any) -> None:
+        if type(message) is Removed:
+            self._handle_removed(src, message)
+            return
+        if self.state == State.LEADER and self._sender_was_removed(src, message):
+            # Answered whatever its term: a removed node's campaign must neither depose
+            # this leader nor go on for ever (etcd answers it with ErrRemoved).
+            self._send(src, Removed(term=self.term, configuration_index=self.configuration_index))
+            return
         term = message.term
         if term > self.term:
             if isinstance(message, VoteRequest):
@@ -572,6 +601,27 @@ class Raft:
             case SnapshotResponse():
                 if self.state == State.LEADER:
                     self._handle_snapshot_response(src, message)
+
+    def _sender_was_removed(self, src: int, message: Any) -> bool:
+        """`src` was a member and a committed configuration removed it. Only a voter
+        campaigns, and a node becomes a voter only after its joining change committed;
+        only a replica this leader sent to in this term answers in this term. Either
+        message from a node missing from this leader's committed configuration means
+        that node was removed since (a node added back is in the configuration again)."""
+        if self.configuration.role(src) is not None or self.configuration_index > self.commit:
+            return False
+        if type(message) is VoteRequest:
+            return True
+        return message.term == self.term and type(message) in (AppendResponse, HeartbeatResponse, SnapshotResponse)
+
+    def _handle_removed(self, src: int, message: Removed) -> None:
+        for index, configuration in self.membership.history:
+            if index > message.configuration_index and configuration.role(self.id) is not None:
+                return   # stale: this node's log already holds a later configuration naming it
+        if self.removed is None:
+            self.removed = (
+                f"{REMOVED_FROM_CLUSTER}: node {src}, the leader in term {message.term}, answered that node "
+                f"{self.id} is not in its committed configuration (entry {message.configuration_index})")
 
     def _follow(self, leader: int) -> None:
         if self.state != State.FOLLOWER:
@@ -813,16 +863,37 @@ class Raft:
         if self.settings.unsafe.commit_without_current_term:
             own_term = True   # a deliberate bug for tests: Figure 8's unsafe commit
         if candidate > self.commit and own_term:
-            self.commit = candidate
-            self._on_leader_commit()
+            previous_commit, self.commit = self.commit, candidate
+            self._on_leader_commit(previous_commit)
 
-    def _on_leader_commit(self) -> None:
+    def _on_leader_commit(self, previous_commit: int) -> None:
         if self.read_only.waiting_for_commit and self._committed_own_term():
             for context in self.read_only.take_waiting_for_commit():
                 self._queue_read(context)
+        self._tell_removed_nodes(previous_commit)
         # A leader that is no longer a voter in a committed configuration steps down.
         if self.configuration_index <= self.commit and not self.is_voter:
             self._become_follower(self.term, None)
+
+    def _tell_removed_nodes(self, previous_commit: int) -> None:
+        """The nodes a configuration committed just now drops learn it at once: the
+        leader sends them nothing more, and one that already holds its removal would
+        otherwise wait, silent, for ever. A leader that removed itself stops once it has
+        applied its removal (`removed_self_at`), so that the client is answered first."""
+        history = self.membership.history
+        for position in range(len(history) - 1, 0, -1):
+            index, configuration = history[position]
+            if index <= previous_commit:
+                break
+            if index > self.commit:
+                continue
+            for node in history[position - 1][1].nodes:
+                if configuration.role(node) is not None or self.configuration.role(node) is not None:
+                    continue   # still a member, or added back since
+                if node == self.id:
+                    self.removed_self_at = index
+                else:
+                    self._send(node, Removed(term=self.term, configuration_index=index))
 
     def _committed_own_term(self) -> bool:
         return self.term_at(self.commit) == self.term
@@ -854,11 +925,38 @@ class Raft:
         self._require_leader()
         if not self._committed_own_term():
             raise ProposalDropped("the leader has not yet committed an entry of its term")
-        if (self.membership.change_pending(self.commit)
+        if (self.configuration_index > self.commit
                 and not self.settings.unsafe.concurrent_membership_changes):   # (a deliberate bug for tests)
-            raise ProposalDropped("a membership change is already in progress")
-        configuration = self.membership.plan_change(node, role, address, caught_up=self._caught_up(node))
+            raise ProposalDropped(
+                f"a membership change is already in progress (the configuration at index "
+                f"{self.configuration_index} is not committed yet)")
+        waiting = self.membership.pending_promotion
+        self.membership.cancel_promotion()
+        try:
+            configuration = self.membership.plan_change(node, role, address, caught_up=self._caught_up(node))
+        except ProposalDropped:
+            self.membership.pending_promotion = waiting   # a refused request leaves it waiting
+            raise
+        if waiting is not None:
+            # A promotion that cannot complete must not block every other change: the
+            # new request takes its place, and its client is told why.
+            self._promotion_ended(waiting[0], f"superseded by a membership change of node {node}")
         return None if configuration is None else self._propose_configuration(configuration)
+
+    def cancel_promotion(self, node: int) -> bool:
+        """Give up the pending promotion of `node` to voter (asked by a client). False
+        when none is pending for it."""
+        self._require_leader()
+        pending = self.membership.pending_promotion
+        if pending is None or pending[0] != node:
+            return False
+        self.membership.cancel_promotion()
+        self._promotion_ended(node, "cancelled")
+        return True
+
+    def _promotion_ended(self, node: int, why: str) -> None:
+        progress = self.progress.get(node)
+        self.promotion_ended = (node, 0 if progress is None else progress.match, self.last_index, why)
 
     def _caught_up(self, node: int) -> bool:
         return self.tracker.caught_up(node, self.last_index, self.settings.promotion_lag_entries_max)

@@ -11,7 +11,8 @@ one per CONFIG entry after it. The latest is the configuration in force.
 Changes go one server at a time: a change may be proposed only once the previous one
 committed. A node becomes a voter only once it has caught up with the leader's log (a
 voter far behind would stall commits): until then the promotion is pending, retried
-as the node catches up and given up after a timeout. A spare asked to vote first
+as the node catches up and given up after a timeout, or when a client cancels it or
+asks for another change (which takes its place rather than waiting behind it). A spare asked to vote first
 becomes a standby, so that it receives the log.
 
 The leader's Raft state machine (core/raft.py) asks what to propose and proposes it;
@@ -58,10 +59,6 @@ class Membership:
                 return entry_index, configuration
         return self.history[0]
 
-    def change_pending(self, commit: int) -> bool:
-        """A change is under way: its entry is not committed, or a promotion waits."""
-        return self.current_index > commit or self.pending_promotion is not None
-
     # -- following the log ---------------------------------------------------------------
 
     def appended(self, entry: Entry) -> None:
@@ -90,10 +87,17 @@ class Membership:
         standby (the configuration returned)."""
         configuration = self.current
         current = configuration.role(node)
-        if current == role and (address is None or address == configuration.address(node)):
-            raise ProposalDropped(f"node {node} already has that role")
+        # Checked before "already has that role": removing a non-member is that too.
         if role is None and current is None:
             raise ProposalDropped(f"node {node} is not a member")
+        if current == role and (address is None or address == configuration.address(node)):
+            raise ProposalDropped(f"node {node} already has that role")
+        if address is not None:
+            # Two members at one address would each take the other's messages.
+            holder = _member_at(configuration, address, other_than=node)
+            if holder is not None:
+                raise ProposalDropped(
+                    f"address {address} is already node {holder}'s ({_role_name(configuration.role(holder))})")
         if role == Role.VOTER and current != Role.VOTER and not caught_up:
             if current is None:
                 raise ProposalDropped(f"node {node} must join as a standby or spare before it can vote")
@@ -102,6 +106,15 @@ class Membership:
                 return configuration.with_role(node, Role.STANDBY, address)
             return None
         return configuration.with_role(node, role, address)
+
+    def cancel_promotion(self) -> int | None:
+        """Give up the pending promotion (a client cancelled it, or another change takes
+        its place); returns its node, or None when none was pending."""
+        if self.pending_promotion is None:
+            return None
+        node, _ = self.pending_promotion
+        self.pending_promotion = None
+        return node
 
     def promotion_tick(self, timeout_ticks: int) -> bool:
         """One more tick waited for the pending promotion. True while it still waits;
@@ -129,3 +142,15 @@ class Membership:
             self.pending_promotion = None
             return self.current.with_role(node, Role.VOTER)
         return None
+
+
+def _member_at(configuration: Configuration, address: str, *, other_than: int) -> int | None:
+    """The member other than `other_than` recorded at `address`, if any."""
+    for member, member_address in configuration.addresses:
+        if member != other_than and member_address == address and configuration.role(member) is not None:
+            return member
+    return None
+
+
+def _role_name(role: Role | None) -> str:
+    return "not a member" if role is None else Role(role).name.lower()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from .raft_types import Entry, SnapshotMeta
 
 __all__ = [
-    "AppendRequest", "AppendResponse", "HeartbeatRequest", "HeartbeatResponse", "RaftMessage",
+    "AppendRequest", "AppendResponse", "HeartbeatRequest", "HeartbeatResponse", "RaftMessage", "Removed",
     "SnapshotChunk", "SnapshotResponse", "TimeoutNow", "VoteRequest", "VoteResponse",
 ]
 
@@ -116,7 +116,21 @@ class TimeoutNow:
         return 16
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Removed:
+    """The leader's answer to a node its committed configuration does not hold (etcd's
+    ErrRemoved): "you were removed". `configuration_index` is the index of that
+    configuration's entry: a receiver whose own log holds a later configuration naming
+    it (it was added back) knows the answer is stale."""
+
+    term: int
+    configuration_index: int
+
+    def wire_bytes(self) -> int:
+        return 24
+
+
 RaftMessage = (
     VoteRequest | VoteResponse | AppendRequest | AppendResponse | HeartbeatRequest | HeartbeatResponse
-    | SnapshotChunk | SnapshotResponse | TimeoutNow
+    | SnapshotChunk | SnapshotResponse | TimeoutNow | Removed
 )

@@ -5,7 +5,9 @@ act through the cluster's own requests, and the isolation of the current leader
     membership  one of, whichever the current configuration allows (drawn at random):
                 - remove a voter, add it back after `step-ms` as a standby or spare, and
                   promote it to voter after another `step-ms` (a removed-then-re-added
-                  node must rejoin with its old log and catch up);
+                  node must rejoin with its old log and catch up: one that stopped on
+                  learning it was removed is restarted, as an operator would, once the
+                  request to add it back is sent);
                 - add a node that is not a member (the run's extra, non-founding node,
                   or a removed one) as a standby or spare, promote it after `step-ms`;
                 - promote a standby or spare to voter.
@@ -33,6 +35,7 @@ configuration, so that growing the cluster has a node to add.
 from typing import Any, Callable
 
 from ..actors.raft_node import ChangeMembership, TransferLeadership
+from ..core.raft import REMOVED_FROM_CLUSTER
 from ..core.raft_messages import TimeoutNow
 from ..core.raft_types import Role
 from .network import isolate
@@ -147,6 +150,19 @@ def _ask_leaders(sim: Simulation, request: Any) -> bool:
     return True
 
 
+def _add_back(sim: Simulation, node: int, role: Role | None) -> bool:
+    """Ask for `node` to be added (back) with `role`. A node that stopped because the
+    leader told it it was removed starts again with its old log, as an operator starts
+    it again to rejoin (after the request: the client's request reaches the leader long
+    before the restarted node could campaign and hear "removed" once more)."""
+    if not _ask_leaders(sim, ChangeMembership(node=node, role=role)):
+        return False
+    stopped = sim.nodes[node]
+    if stopped.state == NodeState.HALTED and (stopped.halt_reason or "").startswith(REMOVED_FROM_CLUSTER):
+        sim.restart(node)
+    return True
+
+
 def apply_cluster_fault(sim: Simulation, kind: str, params: dict[str, Any],
                         later: Callable[..., None], heal_at_ms: float) -> bool:
     """Send the fault's requests (and schedule its follow-ups with `later(delay, f, *args)`,
@@ -171,13 +187,13 @@ def apply_cluster_fault(sim: Simulation, kind: str, params: dict[str, Any],
     if action == "promote":
         return _ask_leaders(sim, promote)
     if action == "add":
-        if not _ask_leaders(sim, ChangeMembership(node=node, role=role)):
+        if not _add_back(sim, node, role):
             return False
         later(step_ms, _ask_leaders, sim, promote)
         return True
     if not _ask_leaders(sim, ChangeMembership(node=node, role=None)):
         return False
-    later(step_ms, _ask_leaders, sim, ChangeMembership(node=node, role=role))
+    later(step_ms, _add_back, sim, node, role)
     later(2 * step_ms, _ask_leaders, sim, promote)
     return True
 
