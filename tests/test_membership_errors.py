@@ -25,7 +25,8 @@ pytestmark = pytest.mark.timeout(120)
 ADDRESSES = {1: "10.0.0.1:9001", 2: "10.0.0.2:9001", 3: "10.0.0.3:9001"}
 
 
-def cluster(size=3, settings=RaftSettings(), addresses=None):
+def cluster(size=3, settings=None, addresses=None):
+    settings = settings or RaftSettings()
     configuration = Configuration.of({node: Role.VOTER for node in range(1, size + 1)}, addresses)
     nodes = {}
     for node in range(1, size + 1):
@@ -81,7 +82,7 @@ def test_adding_a_node_at_a_members_address_names_that_member():
 # -- a removed node learns it ---------------------------------------------------------------
 
 
-def removed_node_3(settings=RaftSettings()):
+def removed_node_3(settings=None):
     """A 3-voter cluster that removed node 3 while node 3 was cut off: node 3 never got
     the removal and still believes it is a voter."""
     nodes = cluster(settings=settings)
@@ -108,7 +109,7 @@ def test_a_removed_node_campaigning_after_a_partition_is_told_it_was_removed():
 def test_a_removed_nodes_higher_term_deposes_no_leader():
     # Without pre-vote a cut-off node raises its term at every timeout; its vote
     # request must not make the leader step down, only tell it it was removed.
-    nodes, leader = removed_node_3(RaftSettings(pre_vote=False))
+    _, leader = removed_node_3(RaftSettings(pre_vote=False))
     term = leader.term
     leader.step(3, VoteRequest(term=term + 7, last_log_index=1, last_log_term=1))
     assert leader.state == State.LEADER and leader.term == term
@@ -165,8 +166,9 @@ def test_a_leader_that_removes_itself_knows_it_once_committed():
 # -- a promotion that cannot complete ------------------------------------------------------
 
 
-def cluster_with_lagging_standby(settings=RaftSettings()):
+def cluster_with_lagging_standby(settings=None):
     """Node 4 is a standby cut off from the leader: promoting it waits for ever."""
+    settings = settings or RaftSettings()
     nodes = cluster(settings=settings)
     nodes[4] = Raft(4, settings=settings, rng=random.Random(104), configuration=Configuration())
     leader = elected(nodes)
@@ -178,7 +180,7 @@ def cluster_with_lagging_standby(settings=RaftSettings()):
 
 
 def test_another_change_takes_the_place_of_a_waiting_promotion():
-    nodes, leader = cluster_with_lagging_standby()
+    _, leader = cluster_with_lagging_standby()
     index = leader.change_membership(5, Role.SPARE)
     assert index is not None and leader.pending_promotion is None
     node, match, last, why = leader.promotion_ended
@@ -187,19 +189,19 @@ def test_another_change_takes_the_place_of_a_waiting_promotion():
 
 
 def test_a_refused_change_leaves_the_promotion_waiting():
-    nodes, leader = cluster_with_lagging_standby()
+    _, leader = cluster_with_lagging_standby()
     with pytest.raises(ProposalDropped, match="node 9 is not a member"):
         leader.change_membership(9, None)
     assert leader.pending_promotion is not None and leader.promotion_ended is None
 
 
 def test_a_promotion_can_be_cancelled_and_its_timeout_says_how_far_behind_it_is():
-    nodes, leader = cluster_with_lagging_standby()
+    _, leader = cluster_with_lagging_standby()
     assert leader.cancel_promotion(4)
     assert leader.pending_promotion is None and leader.promotion_ended[3] == "cancelled"
     assert not leader.cancel_promotion(4)     # nothing left to cancel
 
-    nodes, leader = cluster_with_lagging_standby(RaftSettings(promotion_timeout_ticks=5))
+    _, leader = cluster_with_lagging_standby(RaftSettings(promotion_timeout_ticks=5))
     for _ in range(5):
         leader.tick()
     assert leader.pending_promotion is None
