@@ -7,7 +7,8 @@
 It runs until SIGTERM or SIGINT, which stop it gracefully (a leader first hands
 leadership over). Its log goes to stderr, one line per event: `time level logger:
 message`, or with `--log-format json` one JSON object (time, level, logger, node,
-message). Exit status: 0 after a graceful stop, 1 when the node halted (e.g. corrupt
+message). Exit status: 0 after a graceful stop or once the cluster removed the node, 1
+when the node halted (e.g. corrupt
 storage: the message names the file; a join that gave up: the message says why), 2 for
 a user mistake (bad flag, address in use, directory already used by a running node,
 directory of another node id or cluster, another live node with this id, a join that
@@ -24,6 +25,7 @@ import sys
 
 from ..actors.config import Config, ConfigError
 from ..argument_types import positive_float, positive_int
+from ..core.raft import REMOVED_FROM_CLUSTER
 from ..core.raft_types import Role
 from ..io.admin import parse_address
 from ..io.event_loop import EVENT_LOOP_CHOICES, loop_factory
@@ -197,4 +199,6 @@ async def _serve(node: Node) -> int:
     reason = runtime.halt_reason or (repr(runtime.failure) if runtime.failure else "stopped")
     print(f"raftlite node {node.node_id}: {reason}", file=sys.stderr)
     await node.stop(hand_over=False)
-    return 1
+    # A node the cluster removed has ended its work: exit 0, so a supervisor that
+    # restarts failed services does not start it again.
+    return 0 if reason.startswith(REMOVED_FROM_CLUSTER) else 1

@@ -47,6 +47,7 @@ from ..actors.contract import (
     CancelTimer, Client, Context, Delete, Halt, IoResult, Read, Rename, Reply, Send, SetTimer, Sync, Truncate, Write,
 )
 from ..core.peer_codec import RAFT_CODEC, Codec
+from ..core.raft import REMOVED_FROM_CLUSTER
 from ..core.raft_log_format import segment_first_index
 from .admin import parse_address, serve_admin_connection
 from .disk import RESERVED_PREFIX, DiskExecutor, ZeroFilledFiles
@@ -318,7 +319,9 @@ class NodeRuntime:
                     self.disk.submit(command)
                 case Halt(reason=reason):
                     self.halt_reason = reason
-                    log.error("node %s: halted: %s", self.node_id, reason)
+                    # Removal is an orderly end (the cluster let this node go), not a fault.
+                    level = logging.WARNING if reason.startswith(REMOVED_FROM_CLUSTER) else logging.ERROR
+                    log.log(level, "node %s: halted: %s", self.node_id, reason)
                     self._begin_stop()
                     return
                 case _:

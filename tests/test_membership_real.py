@@ -50,8 +50,6 @@ def test_a_removed_node_stops_and_says_why(cluster):
     assert cluster.wait_leader() != victim
 
 
-@pytest.mark.xfail(strict=True, reason="commands/node.py exits 1 after every Halt (and io/runtime.py logs it at "
-                   "ERROR); a stop because the node was removed is not a failure and should exit 0")
 def test_a_removed_node_exits_0(cluster):
     _, _, status = remove_a_follower(cluster)
     assert status == 0
