@@ -31,6 +31,7 @@ Ports come from `free_ports`: the kernel's choice of free ports at the time of t
 """
 
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -160,6 +161,8 @@ class NodeProcess:
     dial_via: dict[int, str] = field(default_factory=dict)
     cluster_key_file: Path | None = None
     pid_file: Path | None = None
+    # The process's file descriptor limit (soft and hard), for tests of running out of them.
+    nofile_limit: int | None = None
     process: subprocess.Popen | None = None
     adopted_pid: int | None = None   # started by an earlier command (its PID file), not by us
     paused: bool = False
@@ -203,8 +206,10 @@ class NodeProcess:
         with open(self.log_path, "ab") as log:
             log.write(f"---- {time.strftime('%H:%M:%S')} start: {' '.join(command[3:])}\n".encode())
             log.flush()
+            limit = self.nofile_limit
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=None if limit is None else (
+                                                lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))))
         self.adopted_pid = None
         if self.pid_file is not None:
             self.pid_file.write_text(f"{self.process.pid}\n")

@@ -56,6 +56,18 @@ the cluster CA (mutual TLS), and a dialling node verifies the server's certifica
 by default, its host name against the address it dialled. `TlsSettings.from_files`
 builds both contexts from PEM files; admin and dqlite clients use `client_context`.
 
+Connection limits. Every connection holds a file descriptor, and a node that runs out of
+them cannot open a raft segment or an SQLite file. So dqlite client connections are
+bounded (`TransportSettings.client_sockets_max`, by default
+`client_sockets_default(RLIMIT_NOFILE)`: (soft limit - FD_RESERVE) // FDS_PER_CLIENT, at
+least 1; see the function), and so are admin connections (`admin_sockets_max`). A dqlite
+client past the limit is sent one FAILURE response (SQLITE_CANTOPEN, "too many client
+connections") and closed; an admin connection past its limit is closed. Refusals are
+counted (`stats["clients_refused"]`, `stats["admin_refused"]`) and logged at WARNING at
+most once per AUTH_WARNING_INTERVAL_S. Peer connections are never refused: one per peer.
+When accept() itself fails with EMFILE/ENFILE, asyncio's selector loop logs it, stops
+accepting for a second and resumes: the listener survives (tests/test_connection_limits.py).
+
 Malformed input from the network is never an exception to the node: a bad magic or
 frame closes that connection, an undecodable message is counted and dropped
 (docs/architecture.md §6).
@@ -65,6 +77,7 @@ import asyncio
 import logging
 import os
 import random
+import resource
 import ssl
 import struct
 import time
@@ -73,7 +86,9 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping
 
 from ..actors.config import Config
+from ..actors.database_requests import SQLITE_CANTOPEN
 from ..core.peer_codec import RAFT_CODEC, Codec, CodecError
+from ..core.wire import FailureResponse, encode_response
 from .admin import ADMIN_MAGIC, parse_address
 from .peer_auth import (
     ANSWER_BYTES, HELLO_FIXED_BYTES, PROOF_BYTES, ClusterKeys, PeerAuthError, dialler_finish, dialler_hello, hello_bytes,
@@ -82,7 +97,7 @@ from .peer_auth import (
 
 __all__ = [
     "DQLITE_PROTOCOL_VERSION", "DQLITE_PROTOCOL_VERSION_LEGACY", "PEER_AUTH_MAGIC", "PEER_MAGIC", "TlsSettings", "Transport",
-    "TransportSettings",
+    "TransportSettings", "client_sockets_default",
 ]
 
 log = logging.getLogger("raftlite.io.transport")
@@ -99,6 +114,33 @@ _DQLITE_WORDS = {
     DQLITE_PROTOCOL_VERSION.to_bytes(8, "little"): DQLITE_PROTOCOL_VERSION,
     DQLITE_PROTOCOL_VERSION_LEGACY.to_bytes(8, "little"): DQLITE_PROTOCOL_VERSION_LEGACY,
 }
+# Descriptors kept out of the client budget: the listener, peer links (two per peer),
+# up to the admin limit, raft segments and snapshot files being written, the node's own
+# SQLite connection per database, the logging handlers, with room to spare.
+FD_RESERVE = 96
+# What one dqlite client can cost: its socket, and its SQLite connection to a database
+# (the database file and its WAL).
+FDS_PER_CLIENT = 3
+# A refused client's request is read (and dropped) for at most this long before the
+# connection is closed: closing with unread bytes makes the kernel reset the connection,
+# and a reset can discard the FAILURE before the client reads it.
+_REFUSAL_LINGER_S = 0.5
+# ... by at most this many refused connections at a time (each holds a descriptor; a
+# flood beyond it is closed at once, and may see a reset instead of the FAILURE).
+_REFUSALS_LINGERING_MAX = 16
+READ_DISCARD_BYTES = 64 << 10
+
+
+def client_sockets_default(nofile_soft: int | None = None) -> int:
+    """The default dqlite client connection limit: (soft RLIMIT_NOFILE - FD_RESERVE) //
+    FDS_PER_CLIENT, at least 1 (an unlimited descriptor limit counts as 1 << 20)."""
+    if nofile_soft is None:
+        nofile_soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile_soft == resource.RLIM_INFINITY or nofile_soft < 0:
+        nofile_soft = 1 << 20
+    return max(1, (nofile_soft - FD_RESERVE) // FDS_PER_CLIENT)
+
+
 _NODE_ID = struct.Struct("<Q")
 _FRAME_HEADER = struct.Struct(">IB")
 _WHOLE, _FRAGMENT, _LAST = 1, 2, 3
@@ -118,11 +160,18 @@ class TransportSettings:
     reconnect_delay_ms: float = 50.0
     reconnect_delay_max_ms: float = 2000.0
     connect_timeout_ms: float = 2000.0
-    handshake_timeout_ms: float = 10_000.0
+    # For the first word (after TLS's own handshake, which has the same bound): a socket
+    # that says nothing holds a descriptor outside every connection limit, so not for long.
+    handshake_timeout_ms: float = 5000.0
     # The whole peer authentication (hello, answer, proof), dialler and server side.
     peer_auth_timeout_ms: float = 3000.0
     # A quiet link looks for its peer's end-of-file this often.
     idle_check_interval_ms: float = 500.0
+    # Open dqlite client connections; None: client_sockets_default() of this process's
+    # descriptor limit (see the module docstring).
+    client_sockets_max: int | None = None
+    # Open admin connections (raftlite status, members, join ...).
+    admin_sockets_max: int = 32
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -490,12 +539,22 @@ class Transport:
         self.retiring: set[asyncio.Task] = set()   # links being closed after set_peers
         self.connections: set[asyncio.Task] = set()
         self.writers: set[asyncio.StreamWriter] = set()
+        self.client_sockets_max = (
+            settings.client_sockets_max if settings.client_sockets_max is not None else client_sockets_default()
+        )
+        if self.client_sockets_max < 1 or settings.admin_sockets_max < 1:
+            raise ValueError("client_sockets_max and admin_sockets_max must be at least 1")
+        self.client_sockets = 0
+        self.admin_sockets = 0
+        self.refusals_lingering = 0
+        self.limit_warned_at: dict[str, float] = {}
+        self.limit_refusals_unlogged: dict[str, int] = {}
         self.closed = False
         self.stats = {
             key: 0 for key in (
                 "messages_sent", "fragments_sent", "messages_received", "dropped_queue_full", "dropped_too_large",
                 "dropped_unencodable", "dropped_unknown_peer", "dropped_cut", "undecodable", "connections_dialled",
-                "connections_accepted", "connections_refused", "peer_auth_failures",
+                "connections_accepted", "connections_refused", "peer_auth_failures", "clients_refused", "admin_refused",
             )
         }
 
@@ -569,9 +628,24 @@ class Transport:
             if word == PEER_AUTH_MAGIC or word == PEER_MAGIC:
                 await self._serve_peer(reader, writer, authenticated=word == PEER_AUTH_MAGIC)
             elif word == ADMIN_MAGIC and self.on_admin_connection is not None:
-                await self.on_admin_connection(reader, writer)
+                if self.admin_sockets >= self.settings.admin_sockets_max:
+                    self._refused_at_limit("admin", "admin_refused", self.settings.admin_sockets_max)
+                    return
+                self.admin_sockets += 1
+                try:
+                    await self.on_admin_connection(reader, writer)
+                finally:
+                    self.admin_sockets -= 1
             elif word in _DQLITE_WORDS and self.client_protocol_handler is not None:
-                await self.client_protocol_handler(reader, writer, _DQLITE_WORDS[word])
+                if self.client_sockets >= self.client_sockets_max:
+                    self._refused_at_limit("client", "clients_refused", self.client_sockets_max)
+                    await self._refuse_client(reader, writer)
+                    return
+                self.client_sockets += 1
+                try:
+                    await self.client_protocol_handler(reader, writer, _DQLITE_WORDS[word])
+                finally:
+                    self.client_sockets -= 1
             else:
                 self.stats["connections_refused"] += 1
                 log.info("node %s: closing a connection that began with %r", self.node_id, word)
@@ -650,6 +724,41 @@ class Transport:
         self.auth_warned_at[host] = now
         more = f" ({unlogged} more from {host} since the last warning)" if unlogged else ""
         log.warning("node %s: %s [from %s]%s", self.node_id, what, host, more)
+
+    def _refused_at_limit(self, kind: str, stat: str, limit: int) -> None:
+        """Count a connection refused at its limit; warn at most once per interval per kind."""
+        self.stats[stat] += 1
+        now = time.monotonic()
+        last = self.limit_warned_at.get(kind)
+        if last is not None and now - last < AUTH_WARNING_INTERVAL_S:
+            self.limit_refusals_unlogged[kind] = self.limit_refusals_unlogged.get(kind, 0) + 1
+            return
+        self.limit_warned_at[kind] = now
+        unlogged = self.limit_refusals_unlogged.pop(kind, 0)
+        more = f" ({unlogged} more since the last warning)" if unlogged else ""
+        setting = "client_sockets_max" if kind == "client" else "admin_sockets_max"
+        log.warning("node %s: refused a %s connection: all %d (%s) are open%s", self.node_id, kind, limit, setting, more)
+
+    async def _refuse_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One FAILURE, sent before the client's first request is answered (dqlite
+        clients read a response after each request, and take this one as its answer)."""
+        writer.write(encode_response(FailureResponse(
+            code=SQLITE_CANTOPEN,
+            message=f"too many client connections on this node: all {self.client_sockets_max} are open; retry later",
+        )))
+        await writer.drain()
+        if self.refusals_lingering >= _REFUSALS_LINGERING_MAX or not writer.can_write_eof():
+            return
+        writer.write_eof()
+        self.refusals_lingering += 1
+        try:
+            async with asyncio.timeout(_REFUSAL_LINGER_S):
+                while await reader.read(READ_DISCARD_BYTES):
+                    pass
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self.refusals_lingering -= 1
 
     def _deliver(self, peer: int, payload: bytes | bytearray | memoryview) -> None:
         try:

@@ -23,7 +23,7 @@ if _TESTS not in sys.path:
 
 # Modules whose tests start node processes, dqlite, the demo or the benchmark.
 REAL_CLUSTER_MODULES = frozenset({
-    "test_bench", "test_cli", "test_client_cluster", "test_client_failover", "test_database_sessions_real", "test_dbapi_real", "test_demo",
+    "test_bench", "test_cli", "test_client_cluster", "test_client_failover", "test_connection_limits", "test_database_sessions_real", "test_dbapi_real", "test_demo",
     "test_example_http_kv", "test_go_dqlite_shell", "test_jepsen_real", "test_membership_real", "test_peer_auth", "test_quorum_loss",
     "test_node_identity", "test_real_cluster", "test_tls_cluster", "test_wire_against_dqlite", "test_wire_fuzz",
     "test_wire_server",
