@@ -64,9 +64,16 @@ least 1; see the function), and so are admin connections (`admin_sockets_max`). 
 client past the limit is sent one FAILURE response (SQLITE_CANTOPEN, "too many client
 connections") and closed; an admin connection past its limit is closed. Refusals are
 counted (`stats["clients_refused"]`, `stats["admin_refused"]`) and logged at WARNING at
-most once per AUTH_WARNING_INTERVAL_S. Peer connections are never refused: one per peer.
-When accept() itself fails with EMFILE/ENFILE, asyncio's selector loop logs it, stops
-accepting for a second and resumes: the listener survives (tests/test_connection_limits.py).
+most once per AUTH_WARNING_INTERVAL_S. Sockets that have not yet sent their first word
+are bounded too (`pending_sockets_max`; past it a new one is closed at once, counted in
+`stats["pending_refused"]`): a flood of silent sockets holds at most that many
+descriptors, for at most `handshake_timeout_ms` each. A peer caught in such a flood is
+closed too and redials with its backoff. Identified peer connections are never refused.
+When accept() itself fails with EMFILE/ENFILE anyway (descriptors taken elsewhere),
+the listener survives: under uvloop, libuv closes its spare descriptor, accepts and
+closes the waiting connections, and takes the spare back (nothing is logged); asyncio's
+own selector loop logs the error and pauses accepting for a second
+(tests/test_connection_limits.py floods a node past its descriptor limit).
 
 Malformed input from the network is never an exception to the node: a bad magic or
 frame closes that connection, an undecodable message is counted and dropped
@@ -115,9 +122,10 @@ _DQLITE_WORDS = {
     DQLITE_PROTOCOL_VERSION_LEGACY.to_bytes(8, "little"): DQLITE_PROTOCOL_VERSION_LEGACY,
 }
 # Descriptors kept out of the client budget: the listener, peer links (two per peer),
-# up to the admin limit, raft segments and snapshot files being written, the node's own
-# SQLite connection per database, the logging handlers, with room to spare.
-FD_RESERVE = 96
+# up to the admin and pending limits (32 each), raft segments and snapshot files being
+# written, the node's own SQLite connection per database, the logging handlers, with
+# room to spare.
+FD_RESERVE = 128
 # What one dqlite client can cost: its socket, and its SQLite connection to a database
 # (the database file and its WAL).
 FDS_PER_CLIENT = 3
@@ -172,6 +180,8 @@ class TransportSettings:
     client_sockets_max: int | None = None
     # Open admin connections (raftlite status, members, join ...).
     admin_sockets_max: int = 32
+    # Open sockets that have not sent their first word yet (of any kind).
+    pending_sockets_max: int = 32
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -542,10 +552,11 @@ class Transport:
         self.client_sockets_max = (
             settings.client_sockets_max if settings.client_sockets_max is not None else client_sockets_default()
         )
-        if self.client_sockets_max < 1 or settings.admin_sockets_max < 1:
-            raise ValueError("client_sockets_max and admin_sockets_max must be at least 1")
+        if min(self.client_sockets_max, settings.admin_sockets_max, settings.pending_sockets_max) < 1:
+            raise ValueError("client_sockets_max, admin_sockets_max and pending_sockets_max must be at least 1")
         self.client_sockets = 0
         self.admin_sockets = 0
+        self.pending_sockets = 0
         self.refusals_lingering = 0
         self.limit_warned_at: dict[str, float] = {}
         self.limit_refusals_unlogged: dict[str, int] = {}
@@ -555,6 +566,7 @@ class Transport:
                 "messages_sent", "fragments_sent", "messages_received", "dropped_queue_full", "dropped_too_large",
                 "dropped_unencodable", "dropped_unknown_peer", "dropped_cut", "undecodable", "connections_dialled",
                 "connections_accepted", "connections_refused", "peer_auth_failures", "clients_refused", "admin_refused",
+                "pending_refused",
             )
         }
 
@@ -623,8 +635,15 @@ class Transport:
         self.writers.add(writer)
         self.stats["connections_accepted"] += 1
         try:
-            async with asyncio.timeout(self.settings.handshake_timeout_ms / 1000):
-                word = await reader.readexactly(8)
+            if self.pending_sockets >= self.settings.pending_sockets_max:
+                self._refused_at_limit("pending", "pending_refused", self.settings.pending_sockets_max)
+                return
+            self.pending_sockets += 1
+            try:
+                async with asyncio.timeout(self.settings.handshake_timeout_ms / 1000):
+                    word = await reader.readexactly(8)
+            finally:
+                self.pending_sockets -= 1
             if word == PEER_AUTH_MAGIC or word == PEER_MAGIC:
                 await self._serve_peer(reader, writer, authenticated=word == PEER_AUTH_MAGIC)
             elif word == ADMIN_MAGIC and self.on_admin_connection is not None:
@@ -736,8 +755,8 @@ class Transport:
         self.limit_warned_at[kind] = now
         unlogged = self.limit_refusals_unlogged.pop(kind, 0)
         more = f" ({unlogged} more since the last warning)" if unlogged else ""
-        setting = "client_sockets_max" if kind == "client" else "admin_sockets_max"
-        log.warning("node %s: refused a %s connection: all %d (%s) are open%s", self.node_id, kind, limit, setting, more)
+        log.warning("node %s: refused a %s connection: all %d (%s_sockets_max) are open%s",
+                    self.node_id, kind, limit, kind, more)
 
     async def _refuse_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One FAILURE, sent before the client's first request is answered (dqlite
