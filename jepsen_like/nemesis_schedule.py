@@ -36,7 +36,7 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 from ..actors.raft_node import ChangeMembership, TransferLeadership
-from ..core.raft import State
+from ..core.raft import REMOVED_FROM_CLUSTER, State
 from ..core.raft_types import Role
 from ..sim.disk import CRASH_MODES
 from ..sim.nemesis import NEMESIS_KINDS, Nemesis, NemesisError, NemesisInterval, parse_kind_list
@@ -206,8 +206,10 @@ class NemesisSchedule(Nemesis):
         configuration = self.sim.nodes[leader].actor.raft.configuration
         voters = configuration.voters
         standbys = [n for n, role in configuration.members if role == Role.STANDBY]
+        # A node the leader told it was removed has halted; adding it back restarts it,
+        # as an operator starts it again to rejoin.
         outsiders = [n for n in self.sim.node_ids if configuration.role(n) is None
-                     and self.sim.nodes[n].state == NodeState.UP]
+                     and (self.sim.nodes[n].state == NodeState.UP or _halted_as_removed(self.sim.nodes[n]))]
         if standbys:
             node, role, verb = self.rng.choice(standbys), Role.VOTER, "promote"
         else:
@@ -220,6 +222,8 @@ class NemesisSchedule(Nemesis):
             else:
                 return "membership: nothing to change"
         self.sim.submit(leader, ChangeMembership(node=node, role=role))
+        if verb == "add" and _halted_as_removed(self.sim.nodes[node]):
+            self.sim.restart(node)
         what = "voter" if role == Role.VOTER else ("standby" if role == Role.STANDBY else "nothing")
         return f"{verb} n{node} (becomes {what}) via leader n{leader}"
 
@@ -245,3 +249,7 @@ def _describe_fault(record: tuple[float, int | None, str, dict]) -> str:
         return f"crash {where}".rstrip()
     details = " ".join(f"{key}={value}" for key, value in fields.items() if key != "unsynced")
     return f"{kind} {where}{details}".strip()
+
+
+def _halted_as_removed(node) -> bool:
+    return node.state == NodeState.HALTED and (node.halt_reason or "").startswith(REMOVED_FROM_CLUSTER)

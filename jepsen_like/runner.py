@@ -15,7 +15,9 @@ lets every replica catch up. Then the run is judged:
 - the raft safety checkers, which run after every simulated step (a broken invariant
   stops the run at once and is reported with the seed);
 - no node halted, except one the disk nemesis corrupted at rest (refusing to start on
-  corrupt storage is the designed answer, docs/architecture.md §3);
+  corrupt storage is the designed answer, docs/architecture.md §3) and one the cluster
+  removed (told so by the leader, it stops; the membership nemesis restarts it when it
+  adds it back);
 - convergence: every up member applied the same index and holds the same database
   pages (compared after a checkpoint of a copy of its files).
 
@@ -39,7 +41,7 @@ from typing import Any, Callable, Sequence
 
 from ..actors.database import DatabaseNode
 from ..actors.raft_node import settings_from_config
-from ..core.raft import SAFE, UnsafeSwitches
+from ..core.raft import REMOVED_FROM_CLUSTER, SAFE, UnsafeSwitches
 from ..core.raft_types import Configuration, Role
 from .history import HistoryError, write_edn_history
 from .nemesis_schedule import MEMBERSHIP_SPARE_NODES, FaultTrace, NemesisSchedule
@@ -188,7 +190,8 @@ def _convergence_problems(sim, checker, limit_ms: float) -> list[str]:
     corrupted = _corrupted_nodes(sim)
     for node_id in sim.node_ids:
         node = sim.nodes[node_id]
-        if node.state == NodeState.HALTED and node_id not in corrupted:
+        removed = (node.halt_reason or "").startswith(REMOVED_FROM_CLUSTER)   # an orderly end, not a fault
+        if node.state == NodeState.HALTED and node_id not in corrupted and not removed:
             problems.append(f"node {node_id} halted: {node.halt_reason}")
 
     def members_applied() -> dict[int, int] | None:
