@@ -3,6 +3,7 @@
     raftlite node --id N --address HOST:PORT --data-dir DIR [--join ADDR,...]
                   [--advertise HOST:PORT] [--join-timeout S]
                   [--dial-via NODE=HOST:PORT,...] [--cluster-key-file FILE]
+                  [--client-idle-timeout S]
 
 It runs until SIGTERM or SIGINT, which stop it gracefully (a leader first hands
 leadership over). Its log goes to stderr, one line per event: `time level logger:
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -34,6 +36,7 @@ from ..io.node import JOIN_TIMEOUT_DEFAULT_S, Node, data_directory_initialized
 from ..io.peer_auth import ClusterKeys, create_cluster_key_file, key_file_too_open, load_cluster_key_file
 from ..io.runtime import DataDirectoryInUse
 from ..io.transport import TlsSettings
+from ..io.wire_server import CLIENT_IDLE_TIMEOUT_DEFAULT_S
 from . import CommandError
 
 __all__ = ["parse_dial_via", "register"]
@@ -76,7 +79,23 @@ def register(commands) -> None:
                       help="the cluster key peers must prove (one hex key per line, current first, then the "
                            "previous one during a rotation); a bootstrapping node creates FILE when it does not "
                            "exist, every other node must be given a copy; without it peers are not authenticated")
+    node.add_argument("--client-idle-timeout", type=_idle_timeout_seconds, default=CLIENT_IDLE_TIMEOUT_DEFAULT_S,
+                      metavar="S", help=f"close a dqlite client connection idle for S seconds (no request being "
+                                        f"answered, nothing received; its open transaction is rolled back), so idle "
+                                        f"sockets cannot hold the connection limit; 0: never (default "
+                                        f"{CLIENT_IDLE_TIMEOUT_DEFAULT_S:g})")
     node.set_defaults(func=run)
+
+
+def _idle_timeout_seconds(text: str) -> float:
+    """--client-idle-timeout's value: 0 (never) or a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (0: never), got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected 0 (never) or a positive number of seconds, got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     node = Node(node_id=args.id, address=args.address, advertise=args.advertise, join_timeout_s=args.join_timeout,
                 data_dir=args.data_dir, join=join, config=config,
                 disk_backend=args.disk_backend, role=Role[args.role.upper()], tls=tls, dial_via=dial_via,
-                cluster_key=keys.keys if keys is not None else None)
+                cluster_key=keys.keys if keys is not None else None, client_idle_timeout_s=args.client_idle_timeout)
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(_serve(node))
 

@@ -77,7 +77,7 @@ from .identity import (
 from .peer_auth import ClusterKeys
 from .runtime import NodeRuntime, RuntimeState
 from .transport import TlsSettings
-from .wire_server import NodeMetadata, WireServer
+from .wire_server import CLIENT_IDLE_TIMEOUT_DEFAULT_S, NodeMetadata, WireServer
 
 __all__ = ["IdentityMismatch", "JoinFailed", "Node", "data_directory_initialized"]
 
@@ -141,11 +141,17 @@ class Node:
         advertise: str | None = None,
         join_timeout_s: float = JOIN_TIMEOUT_DEFAULT_S,
         cluster_key: bytes | Sequence[bytes] | None = None,
+        client_idle_timeout_s: float = CLIENT_IDLE_TIMEOUT_DEFAULT_S,
     ) -> None:
         if node_id <= 0:
             raise ValueError(f"node id must be a positive number, got {node_id}")
         if not join_timeout_s > 0:
             raise ValueError(f"join timeout must be a positive number of seconds, got {join_timeout_s}")
+        if not client_idle_timeout_s >= 0:
+            raise ValueError(f"client idle timeout must be 0 (never) or a positive number of seconds, "
+                             f"got {client_idle_timeout_s}")
+        # A dqlite client connection idle this long is closed (0: never); io/wire_server.py.
+        self.client_idle_timeout_s = client_idle_timeout_s
         check_node_addresses(address, advertise, join)
         # The member address: in the configuration, in ADD, in the identity file.
         self.advertised_address = advertise or address
@@ -221,6 +227,7 @@ class Node:
         self.wire = WireServer(
             None, message_bytes_max=self.config.message_bytes_max,
             heartbeat_timeout_ms=int(self.config.election_timeout_ms), metadata=self.metadata,
+            idle_timeout_s=self.client_idle_timeout_s,
         )
         if self.cluster_keys is None:
             log.warning("node %s: no cluster key: any process that reaches %s can speak to it as a peer "

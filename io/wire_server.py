@@ -20,7 +20,13 @@ module only moves bytes and messages around it, for one connection at a time:
   bytes; a result longer than one ROWS batch is sent by a task that waits for the
   transport between batches (`next_rows`); TRANSFER's timers are the event loop's;
 - when the client goes away (or the session closes the connection), the actor hears
-  `SessionClosed` through `runtime.close_client` (its open transaction is rolled back).
+  `SessionClosed` through `runtime.close_client` (its open transaction is rolled back);
+- a connection idle for `idle_timeout_s` (no request being answered, none waiting, no
+  byte received) is closed the same way, so idle sockets cannot hold the node's client
+  connection limit (io/transport.py). It is first sent one FAILURE (10250, the code
+  dqlite clients answer by reconnecting, as after a leader change), which the client
+  reads as the answer to its next request: that request certainly did not run. The
+  timer is armed whenever the session becomes idle and cancelled by any byte.
 
 A bug in the session found while answering a reply (inside the actor's handler) must
 not stop the node: it is kept, the connection closed, and `serve` raises it.
@@ -33,7 +39,7 @@ from typing import Any
 from ..actors.dqlite_session import (
     CloseConnection, DqliteSession, EndSession, NodeMetadata, SendBytes, StartTimer, SubmitRequest,
 )
-from ..core.wire import encode_handshake
+from ..core.wire import ErrorCode, FailureResponse, encode_handshake, encode_response
 
 __all__ = ["NodeMetadata", "WireServer"]
 
@@ -43,6 +49,9 @@ log = logging.getLogger("raftlite.io.wire_server")
 # (a well-behaved client sends at most an INTERRUPT); the rest waits undecoded in this
 # chunk or in the socket (TCP backpressure).
 READ_CHUNK_BYTES = 64 << 10
+# `raftlite node --client-idle-timeout`'s default: long enough for any pool's idle
+# connection, short enough that abandoned sockets give their slots back.
+CLIENT_IDLE_TIMEOUT_DEFAULT_S = 600.0
 
 
 class _ConnectionClosed(Exception):
@@ -60,12 +69,19 @@ class WireServer:
         heartbeat_timeout_ms: int,
         transfer_timeout_s: float = 10.0,
         metadata: NodeMetadata | None = None,
+        idle_timeout_s: float = 0.0,
     ) -> None:
+        if not idle_timeout_s >= 0:
+            raise ValueError(f"the client idle timeout must be 0 (never) or a positive number of seconds, "
+                             f"got {idle_timeout_s}")
         self.runtime = runtime
         self.message_bytes_max = message_bytes_max
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.transfer_timeout_s = transfer_timeout_s
         self.metadata = metadata or NodeMetadata()
+        # 0: never. See the module docstring.
+        self.idle_timeout_s = idle_timeout_s
+        self.stats = {"idle_closed": 0}
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol_version: int) -> None:
         connection = _Connection(self, reader, writer)
@@ -90,6 +106,7 @@ class _Connection:
     """
 
     def __init__(self, server: WireServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
         self.runtime = server.runtime
         self.reader = reader
         self.writer = writer
@@ -106,6 +123,7 @@ class _Connection:
         self.waiter: asyncio.Future | None = None            # `run` waiting for the session
         self.rows_task: asyncio.Task | None = None           # sending the batches after the first
         self.timers: dict[int, asyncio.TimerHandle] = {}
+        self.idle_timer: asyncio.TimerHandle | None = None   # armed while the session is idle
         self.failure: BaseException | None = None            # raised in `run` (from a callback or the task)
 
     def close(self) -> None:
@@ -126,6 +144,8 @@ class _Connection:
                         data = await self.reader.read(READ_CHUNK_BYTES)
                     except (ConnectionError, OSError):
                         data = b""
+                    if data:
+                        self._cancel_idle_timer()   # activity: `_apply` arms it afresh if still idle
                     if data and not session.busy:
                         await self._drain_if_backed_up()   # the request these bytes hold is next
                     self._apply(session.receive_bytes(data))
@@ -143,6 +163,7 @@ class _Connection:
             for handle in self.timers.values():
                 handle.cancel()
             self.timers.clear()
+            self._cancel_idle_timer()
 
     async def _drain_if_backed_up(self) -> None:
         if self.transport.get_write_buffer_size() or self.transport.is_closing():
@@ -170,6 +191,7 @@ class _Connection:
                     self.runtime.close_client(self.client)
         if self.session.sending_rows and self.rows_task is None and not self.closing:
             self.rows_task = self.loop.create_task(self._send_rows())
+        self._update_idle_timer()
 
     def _on_reply(self, reply: Any) -> None:
         """The runtime's reply callback, called inside the actor's handler: never raises."""
@@ -206,7 +228,46 @@ class _Connection:
             self.failure = error
         finally:
             self.rows_task = None
+            self._update_idle_timer()
             self._wake()
+
+    # -- the idle timeout ----------------------------------------------------------------
+
+    def _idle(self) -> bool:
+        """Waiting for the client: no request being answered or decoded, none to answer."""
+        session = self.session
+        return not self.closing and not session.closed and not session.busy and not session.ready \
+            and session.wants_bytes
+
+    def _update_idle_timer(self) -> None:
+        if not self.server.idle_timeout_s or self.failure is not None:
+            return
+        if not self._idle():
+            self._cancel_idle_timer()
+        elif self.idle_timer is None:
+            self.idle_timer = self.loop.call_later(self.server.idle_timeout_s, self._on_idle_timeout)
+
+    def _cancel_idle_timer(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
+    def _on_idle_timeout(self) -> None:
+        """Close an idle connection: one FAILURE first, then the transport. `run` reads
+        the end of the stream and ends; `serve` then tells the actor (`SessionClosed`:
+        an open transaction is rolled back)."""
+        self.idle_timer = None
+        if not self._idle() or self.transport.is_closing():
+            return
+        timeout_s = self.server.idle_timeout_s
+        self.server.stats["idle_closed"] += 1
+        log.info("closing the client connection from %s: idle for %g s (client idle timeout)",
+                 _peer_name(self.writer), timeout_s)
+        self.writer.write(encode_response(FailureResponse(
+            code=ErrorCode.NOT_LEADER,
+            message=f"connection closed by the node after {timeout_s:g} s idle (client idle timeout); reconnect",
+        )))
+        self.writer.close()   # after the FAILURE is flushed
 
     # -- waiting -------------------------------------------------------------------------
 
@@ -222,3 +283,8 @@ class _Connection:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "an unknown address"
