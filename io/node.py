@@ -87,8 +87,11 @@ PEER_WATCH_INTERVAL_S = 0.1
 JOIN_RETRY_S = 0.5
 JOIN_REQUEST_TIMEOUT_S = 10.0
 JOIN_TIMEOUT_DEFAULT_S = 60.0
-# How long a node started at a new address waits for its recorded address to answer.
+# How long a node started at a new address waits for its recorded address to answer, per
+# try; a busy node that accepts but answers late is asked again until the window closes
+# (a refused connection ends the probe at once: nothing listens there).
 TWIN_PROBE_TIMEOUT_S = 2.0
+TWIN_PROBE_WINDOW_S = 10.0
 # A promotion waits for the node to catch up; generous, a big database takes a while.
 JOIN_PROMOTION_TIMEOUT_S = 120.0
 TRANSFER_WAIT_S = 5.0
@@ -453,12 +456,19 @@ class Node:
         """IdentityMismatch if a live node of this cluster answers with this node's id at
         the recorded address (where every peer reaches this id): two nodes with one id
         would vote twice. No answer there: this node starts (with a warning)."""
-        try:
-            async with AdminClient(recorded.address, ssl_context=self._client_ssl(),
-                                   timeout_seconds=TWIN_PROBE_TIMEOUT_S) as other:
-                answer = await other.request(DescribeIdentity())
-        except (AdminError, ValueError):
-            answer = None
+        answer = None
+        deadline = asyncio.get_running_loop().time() + TWIN_PROBE_WINDOW_S
+        while True:
+            try:
+                async with AdminClient(recorded.address, ssl_context=self._client_ssl(),
+                                       timeout_seconds=TWIN_PROBE_TIMEOUT_S) as other:
+                    answer = await other.request(DescribeIdentity())
+                break
+            except AdminNoAnswer:
+                if asyncio.get_running_loop().time() >= deadline:
+                    break
+            except (AdminError, ValueError):
+                break
         if isinstance(answer, IdentityDescription) and answer.node_id == self.node_id \
                 and answer.cluster_id == recorded.cluster_id and answer.instance != self.instance:
             raise IdentityMismatch(

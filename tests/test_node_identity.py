@@ -39,8 +39,13 @@ def run_node(*arguments: str, timeout_s: float = EXIT_WITHIN_S) -> tuple[int, st
     """Run `raftlite node ARGUMENTS` to its exit: (exit status, stderr, seconds taken).
     subprocess.run kills the process if it outlives `timeout_s`."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "raftlite", "node", *arguments], stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout_s)
+    try:
+        done = subprocess.run([sys.executable, "-m", "raftlite", "node", *arguments], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as expired:   # killed by subprocess.run; say what it printed
+        stderr = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else expired.stderr
+        pytest.fail(f"raftlite node {' '.join(arguments)} still running after {timeout_s:g} s; its stderr:\n"
+                    f"{(stderr or '')[-4000:]}")
     return done.returncode, done.stderr, time.monotonic() - started
 
 

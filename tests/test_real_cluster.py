@@ -355,11 +355,13 @@ def test_a_full_disk_on_the_leader_moves_leadership_and_it_recovers_when_space_r
         try:
             writer.wait_acknowledged(200)
             filler = disk / "filler"
-            with open(filler, "wb") as fill:
+            # Unbuffered: each write reaches the file system at once, so ENOSPC comes from a
+            # write, and closing the file has nothing left to flush (a buffered file would
+            # raise ENOSPC a second time at close).
+            with open(filler, "wb", buffering=0) as fill:
                 with pytest.raises(OSError, match="No space left"):
                     while True:
                         fill.write(bytes(1 << 16))
-                        fill.flush()
             wait_for(lambda: (cluster.leader() or (1,))[0] != 1, 30, "a leader other than node 1", cluster)
             writer.wait_acknowledged(100, timeout_s=30)   # on the healthy nodes, while node 1 is full
             assert cluster.nodes[1].alive, cluster.logs()
