@@ -56,10 +56,14 @@ How each request is answered:
                              the target leads or `transfer_timeout_ms` has passed
     DESCRIBE, WEIGHT         this node's failure domain and weight (`NodeMetadata`)
 
-Bad input never reaches the actor: bytes that break the protocol (a header announcing
-more than `message_bytes_max`, an unknown type, a body that does not decode) get one
-FAILURE with dqlite's protocol code, after the answers to every request before them, and
-the connection is closed. A handshake other than protocol version 1 (such as the
+Bad input never reaches the actor: bytes that break the protocol (an unknown type, a
+body that does not decode) get one FAILURE with dqlite's protocol code, after the
+answers to every request before them, and the connection is closed. A request whose
+header announces more than `message_bytes_max` is refused in its turn with SQLITE_TOOBIG
+(18), naming its size and the limit, as soon as its header is in: its body is dropped as
+it arrives (never buffered) and the connection stays usable. (dqlite closes the
+connection there without an answer, its limit being 4 GiB; a client still sending its
+request then sees a reset, not the reason, which is why raftlite answers and reads on.) A handshake other than protocol version 1 (such as the
 legacy version of pre-1.0 drivers) is closed without an answer. Values the protocol
 carries but SQLite does not (UNIXTIME, ISO8601, BOOLEAN parameters) are converted to
 SQLite's own types.
@@ -77,7 +81,7 @@ from ..core.wire import (
     PROTOCOL_VERSION, WORD_BYTES, AddRequest, AssignRequest, ClientRequest, ClusterRequest, ConnectRequest, DbResponse,
     DescribeRequest, DumpFile, DumpRequest, EmptyResponse, ErrorCode, ExecRequest, ExecSqlRequest, FailureResponse,
     FilesResponse, FinalizeRequest, HeartbeatRequest, InterruptRequest, Iso8601, LeaderRequest, MetadataResponse,
-    NodeInfo, OpenRequest, PrepareRequest, QueryRequest, QuerySqlRequest, RemoveRequest, RequestReader,
+    NodeInfo, OpenRequest, OversizedRequest, PrepareRequest, QueryRequest, QuerySqlRequest, RemoveRequest, RequestReader,
     ResultResponse, RowsBatchBuilder, ServerResponse, ServersResponse, StmtResponse, TransferRequest, UnixTime,
     WeightRequest, WelcomeResponse, WireEncodeError, WireProtocolError, column_value, decode_handshake, encode_response,
 )
@@ -199,7 +203,7 @@ class DqliteSession:
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.transfer_timeout_ms = transfer_timeout_ms
         self.metadata = metadata if metadata is not None else NodeMetadata()
-        self._reader = RequestReader(message_bytes_max=message_bytes_max)
+        self._reader = RequestReader(message_bytes_max=message_bytes_max, skip_oversized=True)
         self._handshake: bytearray | None = bytearray()   # the version word so far; None once read
         self.databases: list[str] = []
         self.statements: dict[int, tuple[int, str]] = {}   # stmt id -> (db id, SQL)
@@ -395,6 +399,10 @@ class DqliteSession:
 
     def _answer(self, request: Any) -> list[Effect]:
         match request:
+            case OversizedRequest(body_bytes=body_bytes, limit_bytes=limit_bytes):
+                return [self._send(FailureResponse(code=ErrorCode.TOOBIG, message=(
+                    f"request too big: {request.type_name} of {body_bytes} bytes is above the limit of "
+                    f"{limit_bytes} bytes (message_bytes_max); nothing was run")))]
             case ExecRequest(db_id=db_id, stmt_id=stmt_id, params=params) | QueryRequest(db_id=db_id, stmt_id=stmt_id, params=params):
                 found = self.statements.get(stmt_id)
                 if found is None or found[0] != db_id:

@@ -19,7 +19,10 @@ called WIRE.md below).
 - `FrameReader` is the streaming half: it is fed bytes as they arrive and hands out
   complete `Frame`s. It reads the header first and refuses a frame whose announced
   body exceeds `message_bytes_max` before buffering any of it; it never allocates
-  according to an announced length, only for bytes actually received.
+  according to an announced length, only for bytes actually received. The server's
+  reader may instead *skip* such a request (`skip_oversized`): it hands out an
+  `OversizedRequest` in the request's place and discards its body as it arrives, so the
+  stream stays in step and the connection usable (the session answers SQLITE_TOOBIG).
   `RequestReader` (server side) and `ResponseReader` (client side) also reject unknown
   type codes at the header and decode the frame into a message value.
 - `decode_request` / `decode_response` decode one frame's body. Every count read from
@@ -95,7 +98,7 @@ __all__ = [
     "DumpFile", "DumpRequest", "EmptyResponse", "ErrorCode", "ExecRequest", "ExecSqlRequest",
     "FailureResponse", "FilesResponse", "FinalizeRequest", "Frame", "FrameReader",
     "HEADER_BYTES", "HeartbeatRequest", "InterruptRequest", "Iso8601", "LeaderRequest",
-    "MESSAGE_BYTES_MAX_DEFAULT", "MetadataResponse", "NodeInfo", "OpenRequest",
+    "MESSAGE_BYTES_MAX_DEFAULT", "MetadataResponse", "NodeInfo", "OpenRequest", "OversizedRequest",
     "PROTOCOL_VERSION", "PROTOCOL_VERSION_LEGACY", "PrepareRequest", "QueryRequest",
     "QuerySqlRequest", "ROWS_BATCH_BYTES", "ROWS_DONE", "ROWS_PART", "RemoveRequest",
     "Request", "RequestReader", "RequestType", "Response", "ResponseReader", "ResponseType",
@@ -190,6 +193,7 @@ class ErrorCode(IntEnum):
     ERROR = 1              # SQLITE_ERROR
     BUSY = 5               # SQLITE_BUSY
     NOT_FOUND = 12         # SQLITE_NOTFOUND: no database opened, no such statement
+    TOOBIG = 18            # SQLITE_TOOBIG: a request above the message limit
     PROTOCOL = 1001        # DQLITE_PROTO
     PARSE = 1005           # DQLITE_PARSE: a request body that does not decode
     NOT_LEADER = 10250     # SQLITE_IOERR | (40 << 8)
@@ -705,6 +709,21 @@ class Frame:
     body: bytes
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OversizedRequest:
+    """What a skipping `RequestReader` hands out in place of a request whose header
+    announced more than its limit: the request's type and announced size (its body is
+    discarded, never buffered)."""
+
+    type: int
+    body_bytes: int
+    limit_bytes: int
+
+    @property
+    def type_name(self) -> str:
+        return _request_name(self.type)
+
+
 class _BodyReader:
     """Reads 8-byte-aligned fields from a message body, checking every length first."""
 
@@ -1158,6 +1177,17 @@ class FrameReader:
         self._handshake_pending = expect_handshake
         self._header: tuple[int, int, int] | None = None  # (body bytes, type, schema)
         self._error: WireProtocolError | None = None
+        # RequestReader(skip_oversized=True): a frame above the limit becomes an
+        # OversizedRequest (handed out in its turn) and its body is dropped as it
+        # arrives, so memory stays bounded and the stream stays in step.
+        self._skip_oversized = False
+        self._oversized: OversizedRequest | None = None
+        self._skip_bytes = 0                              # body bytes still to drop
+
+    @property
+    def skipping(self) -> bool:
+        """An oversized body is being dropped: its bytes are still to come."""
+        return self._skip_bytes > 0
 
     @property
     def buffered_bytes(self) -> int:
@@ -1167,6 +1197,10 @@ class FrameReader:
         """Adds received bytes; raises at once on a bad header among them."""
         if self._error is not None:
             raise self._error
+        if self._skip_bytes:
+            dropped = min(self._skip_bytes, len(data))
+            self._skip_bytes -= dropped
+            data = data[dropped:]
         self._buffer += data
         self._check_header()
 
@@ -1185,10 +1219,17 @@ class FrameReader:
         return version
 
     def _check_header(self) -> None:
-        if self._header is not None or self._handshake_pending or len(self._buffer) < HEADER_BYTES:
+        if (self._header is not None or self._oversized is not None or self._handshake_pending
+                or len(self._buffer) < HEADER_BYTES):
             return
         words, kind, schema, _unused = _HEADER.unpack_from(self._buffer, 0)
         body_bytes = words * WORD_BYTES
+        if body_bytes > self.message_bytes_max and self._skip_oversized:
+            self._oversized = OversizedRequest(type=kind, body_bytes=body_bytes, limit_bytes=self.message_bytes_max)
+            dropped = min(body_bytes, len(self._buffer) - HEADER_BYTES)
+            del self._buffer[:HEADER_BYTES + dropped]
+            self._skip_bytes = body_bytes - dropped
+            return
         if body_bytes > self.message_bytes_max:
             self._error = WireProtocolError(
                 f"a {self._kind} announces {body_bytes} bytes, above the maximum of {self.message_bytes_max}",
@@ -1228,15 +1269,26 @@ class FrameReader:
 
 
 class RequestReader(FrameReader):
-    """The server's reader: frames of known request types, decoded into requests."""
+    """The server's reader: frames of known request types, decoded into requests.
+
+    With `skip_oversized`, a request announcing more than `message_bytes_max` is not an
+    error: `next_request` hands out an `OversizedRequest` in its place (after every
+    request before it), and its body is dropped as it arrives (`skipping`)."""
 
     _valid_types = frozenset(int(code) for code in RequestType)
     _kind = "request"
 
-    def next_request(self) -> Request | None:
-        frame = self.next_frame()
+    def __init__(self, *, message_bytes_max: int = MESSAGE_BYTES_MAX_DEFAULT, expect_handshake: bool = False,
+                 skip_oversized: bool = False) -> None:
+        super().__init__(message_bytes_max=message_bytes_max, expect_handshake=expect_handshake)
+        self._skip_oversized = skip_oversized
+
+    def next_request(self) -> "Request | OversizedRequest | None":
+        frame = self.next_frame() if self._oversized is None else None
         if frame is None:
-            return None
+            # next_frame found (or had found) an oversized header where a frame would start.
+            oversized, self._oversized = self._oversized, None
+            return oversized
         try:
             return decode_request(frame)
         except WireProtocolError as error:

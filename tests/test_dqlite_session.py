@@ -1,5 +1,5 @@
 """The sans-I/O dqlite session (actors/dqlite_session.py), bytes in and bytes out, with no
-runtime at all: the handshake, a bad protocol version, malformed and oversized frames,
+runtime at all: the handshake, a bad protocol version, malformed frames, oversized ones (TOOBIG),
 pipelined requests answered one at a time and in order, a result paged out batch by
 batch (and stopped by an INTERRUPT), TRANSFER's timers, and the end of a session."""
 
@@ -132,13 +132,35 @@ def test_an_unknown_request_type_is_refused_at_its_header():
     assert client.closed_because is not None
 
 
-def test_an_oversized_frame_is_refused_before_its_body_arrives():
+def test_an_oversized_request_gets_toobig_at_its_header_and_the_connection_stays_usable():
     client = Client(message_bytes_max=1024)
-    client.send(encode_handshake() + struct.pack("<IBBH", 1024 // 8 + 1, 3, 0, 0))
-    (failure,) = client.responses()
-    assert failure == FailureResponse(code=ErrorCode.PROTOCOL,
-                                      message="a request announces 1032 bytes, above the maximum of 1024")
-    assert client.closed_because is not None
+    big = requests(ExecSqlRequest(db_id=0, sql="INSERT INTO t VALUES (?)", params=(b"x" * 4000,)))
+    client.send(encode_handshake() + requests(OpenRequest(name="app")) + big[:8])   # only its header
+    opened, failure = client.responses()
+    assert opened == DbResponse(db_id=0)
+    assert failure == FailureResponse(code=ErrorCode.TOOBIG, message=(
+        f"request too big: EXEC_SQL of {len(big) - 8} bytes is above the limit of 1024 bytes "
+        "(message_bytes_max); nothing was run"))
+    for start in range(8, len(big), 1000):   # the body arrives and is dropped, never buffered
+        client.send(big[start:start + 1000])
+        assert client.session._reader.buffered_bytes == 0
+    assert client.submitted == [] and client.closed_because is None
+    client.send(requests(ExecSqlRequest(db_id=0, sql="SELECT 1")))   # the stream is still in step
+    assert client.submitted[-1].message == Execute(database="app", sql="SELECT 1", params=())
+
+
+def test_an_oversized_request_behind_a_busy_one_is_refused_in_its_turn():
+    client = Client(message_bytes_max=1024)
+    client.send(encode_handshake() + requests(OpenRequest(name="app"), ExecSqlRequest(db_id=0, sql="INSERT 1"))
+                + struct.pack("<IBBH", (1 << 32) - 1, 8, 0, 0) + bytes(64))   # announces 32 GiB
+    assert client.responses() == [DbResponse(db_id=0)]   # the INSERT is at the actor
+    client.reply(ExecuteResult(last_insert_id=1, rows_affected=1))
+    result, failure = client.responses()
+    assert result == ResultResponse(last_insert_id=1, rows_affected=1)
+    assert failure.code == ErrorCode.TOOBIG and "34359738360 bytes" in failure.message
+    assert len(client.submitted) == 1 and client.closed_because is None
+    client.send(b"")   # the client gives up before sending the rest: closed, nothing more said
+    assert client.responses() == [] and client.closed_because == "the client closed the connection"
 
 
 def test_pipelined_requests_are_answered_one_at_a_time_in_order():

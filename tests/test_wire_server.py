@@ -170,7 +170,7 @@ def _raw(cluster, payload: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("payload, code", [
-    (struct.pack("<IBBH", 1 << 30, 3, 0, 0), ErrorCode.PROTOCOL),               # announces 8 GiB
+    (struct.pack("<IBBH", 1 << 30, 3, 0, 0), ErrorCode.TOOBIG),                 # announces 8 GiB: refused, body skipped
     (struct.pack("<IBBH", 1, 200, 0, 0) + bytes(8), ErrorCode.PROTOCOL),        # unknown type
     (struct.pack("<IBBH", 1, 3, 0, 0) + b"\xff\xfe\x00\x00\x00\x00\x00\x00", ErrorCode.PARSE),  # bad UTF-8
 ])
