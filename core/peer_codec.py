@@ -24,6 +24,20 @@ anywhere but at the head of an array, truncated bytes — raises a `CodecError`
 subclass, never anything else: a peer's bad message is dropped, never crashes a node
 (docs/architecture.md §6).
 
+Messages and values. A codec may name its *messages* (`messages=`): the classes a whole
+encoded message may decode to, what a receiver hands on (raft steps them). Then anything
+else at the top — a registered value class that only travels inside a message (an
+`Entry`, a `Configuration`), or a bare msgpack value — is a `MalformedMessage` too: a
+receiver never sees a value it has no handler for. Without `messages`, any value decodes
+(the admin codec's extension, tests).
+
+Ranges. msgpack carries any 64-bit integer, but a field may need less: `int_ranges`
+maps a field name to the (least, greatest) value an `int` field of that name accepts in
+every class the codec registers. RAFT_CODEC bounds `term` to 0..TERM_MAX: a node adopts
+a peer's term and then counts elections up from it, in the 64 unsigned bits its metadata
+file stores it in; a term of 2**64 - 1 would overflow that at the next election (the
+node would stop).
+
 Compatibility. Fields are positional, so a later version may append fields with
 defaults: a decoder fills in the defaults of fields a shorter record lacks. Removing or
 reordering fields, or reusing a tag, needs a new `CODEC_VERSION`.
@@ -42,7 +56,7 @@ import dataclasses
 import enum
 import types
 import typing
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import msgpack
 
@@ -67,6 +81,7 @@ __all__ = [
     "EXT_RECORD_HEADER",
     "MalformedMessage",
     "RAFT_CODEC",
+    "TERM_MAX",
     "UnknownTag",
     "UnregisteredType",
     "UnsupportedVersion",
@@ -74,6 +89,9 @@ __all__ = [
 
 CODEC_VERSION = 1
 EXT_RECORD_HEADER = 1
+# The greatest term a peer may send: leaves 2**63 elections before the 64 unsigned bits
+# a term is stored in run out.
+TERM_MAX = (1 << 63) - 1
 TAG_MAX = 0xFFFF
 
 
@@ -135,6 +153,16 @@ def _scalar(kind: type, name: str) -> Converter:
             raise MalformedMessage(f"expected {name}, got a bool")
         if not isinstance(value, kind):
             raise MalformedMessage(f"expected {name}, got {type(value).__name__}")
+        return value
+
+    return convert
+
+
+def _bounded_int(least: int, greatest: int) -> Converter:
+    def convert(value: Any) -> Any:
+        value = _SCALAR_INT(value)
+        if not least <= value <= greatest:
+            raise MalformedMessage(f"{value} is outside {least}..{greatest}")
         return value
 
     return convert
@@ -216,8 +244,9 @@ def _mapping(key: Converter, value_converter: Converter) -> Converter:
     return convert
 
 
+_SCALAR_INT = _scalar(int, "an int")
 _SCALARS: dict[Any, Converter] = {
-    int: _scalar(int, "an int"),
+    int: _SCALAR_INT,
     bool: _scalar(bool, "a bool"),
     str: _scalar(str, "a str"),
     bytes: _scalar(bytes, "bytes"),
@@ -307,11 +336,25 @@ class _Decoding:
 class Codec:
     """A registry of message classes and the encode / decode functions over it."""
 
-    def __init__(self, registrations: Iterable[tuple[int, type]] = ()) -> None:
+    def __init__(self, registrations: Iterable[tuple[int, type]] = (), *, messages: Iterable[type] | None = None,
+                 int_ranges: Mapping[str, tuple[int, int]] | None = None) -> None:
         self._by_tag: dict[int, _RecordSpec] = {}
         self._by_type: dict[type, _RecordSpec] = {}
+        # {field name: (least, greatest)} for the `int` fields of that name; see the module docstring.
+        self._int_ranges: dict[str, tuple[int, int]] = dict(int_ranges or {})
         for tag, cls in registrations:
             self.register(tag, cls)
+        # What `decode` may return (None: any value); see the module docstring.
+        self._messages: frozenset[type] | None = None
+        if messages is not None:
+            self._set_messages(messages)
+
+    def _set_messages(self, messages: Iterable[type]) -> None:
+        messages = frozenset(messages)
+        unregistered = [cls.__name__ for cls in messages if cls not in self._by_type]
+        if unregistered:
+            raise ValueError(f"messages must be registered classes: {', '.join(sorted(unregistered))}")
+        self._messages = messages
 
     def register(self, tag: int, cls: type) -> type:
         """Register a dataclass under `tag` (1..65535); returns the class (usable as a decorator)."""
@@ -327,7 +370,7 @@ class Codec:
         fields = tuple(
             _FieldSpec(
                 name=field.name,
-                convert=_compile(hints.get(field.name, Any)),
+                convert=self._converter(field.name, hints.get(field.name, Any)),
                 required=field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING,
             )
             for field in dataclasses.fields(cls)
@@ -338,14 +381,17 @@ class Codec:
         self._by_type[cls] = spec
         return cls
 
-    def extended(self, registrations: Iterable[tuple[int, type]]) -> "Codec":
-        """A new codec with this one's registrations plus `registrations`."""
-        codec = Codec()
-        codec._by_tag = dict(self._by_tag)
-        codec._by_type = dict(self._by_type)
-        for tag, cls in registrations:
-            codec.register(tag, cls)
-        return codec
+    def _converter(self, name: str, hint: Any) -> Converter:
+        if hint is int and name in self._int_ranges:
+            return _bounded_int(*self._int_ranges[name])
+        return _compile(hint)
+
+    def extended(self, registrations: Iterable[tuple[int, type]], *, messages: Iterable[type] | None = None,
+                 int_ranges: Mapping[str, tuple[int, int]] | None = None) -> "Codec":
+        """A new codec with this one's registrations plus `registrations`. It states its
+        own receiving rules, `messages` and `int_ranges` (None: none), as they are about
+        who sends to it: this codec's are not inherited."""
+        return Codec([*self.registered().items(), *registrations], messages=messages, int_ranges=int_ranges)
 
     def registered(self) -> dict[int, type]:
         return {tag: spec.cls for tag, spec in sorted(self._by_tag.items())}
@@ -389,11 +435,18 @@ class Codec:
             raise MalformedMessage(f"undecodable message: {type(error).__name__}: {error}") from None
         if decoding.markers_made != decoding.markers_used:
             raise MalformedMessage("a record header outside the head of an array")
+        if self._messages is not None and type(value) not in self._messages:
+            raise MalformedMessage(f"a {type(value).__name__} is not a message")
         return value
 
 
 # Tags 1..63: raft messages; 64..127: values they carry. raftlite.io adds the client
-# messages from 128 on. Never reuse a tag within a codec version.
+# messages from 128 on. Never reuse a tag within a codec version. Only the raft messages
+# decode as a whole message: a peer's `Entry` or bare int never reaches raft's step.
+_RAFT_MESSAGES = (
+    VoteRequest, VoteResponse, AppendRequest, AppendResponse, HeartbeatRequest, HeartbeatResponse, SnapshotChunk,
+    SnapshotResponse, TimeoutNow, Removed,
+)
 RAFT_CODEC = Codec([
     (1, VoteRequest),
     (2, VoteResponse),
@@ -410,4 +463,4 @@ RAFT_CODEC = Codec([
     (66, Configuration),
     (67, SnapshotMeta),
     (68, Snapshot),
-])
+], messages=_RAFT_MESSAGES, int_ranges={"term": (0, TERM_MAX)})
