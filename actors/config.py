@@ -24,6 +24,11 @@ class Config:
     inflight_bytes_max: int = 32 << 20
     # Nothing larger crosses a connection; bigger payloads are chunked.
     message_bytes_max: int = 64 << 20
+    # The biggest transaction (its page images, encoded as one raft entry) the leader
+    # proposes; a bigger one is rolled back and refused with SQLITE_TOOBIG. Peers accept
+    # appends this big (raftlite.io.transport), above message_bytes_max: a transaction is
+    # built from many client requests, each under message_bytes_max.
+    transaction_bytes_max: int = 128 << 20
     # Every queue is bounded.
     outbound_queue_messages_max: int = 4096
     client_queue_requests_max: int = 1024

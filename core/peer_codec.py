@@ -14,6 +14,21 @@ of a chunk) are encoded the same way, inline: no nested `packb`, so a 20 MB entr
 copied once. Enums that are `int` or `str` subclasses (`EntryKind`, `Role`, raft's
 `State`) travel as their plain value; tuples and lists both travel as arrays.
 
+Big values out of line. A `bytes` field value of at least `ATTACHMENT_BYTES_MIN` (the
+page images of a 100 MB transaction in an `Entry`, a snapshot chunk) is not copied into
+the msgpack body: `encode_parts` returns the body with a small placeholder in its place
+(ext `EXT_ATTACHMENT`, its length) followed by the value itself, untouched, as a part of
+its own. Such a message starts with `CODEC_VERSION_ATTACHED` and the body's length:
+
+    2 | body length: u32 big-endian | msgpack body | attachment 1 | attachment 2 | ...
+
+so the sender hands the transport the original bytes (an AppendRequest per follower
+costs no copy of its entries), and the receiver copies each attachment once, out of the
+reassembled message. Measured on a 63 MB entry (2 cores): encode() took 170-195 ms per
+follower, encode_parts a few microseconds. A message without a big value is encoded
+exactly as before (version 1); a node from before version 2 drops a message carrying
+one as undecodable.
+
 Decoding runs msgpack with `use_list=False` (every array becomes a tuple), an ext hook
 that turns a record header into a marker object, and a list hook that turns an array
 starting with a marker into the registered dataclass. Each field value goes through its
@@ -54,6 +69,7 @@ stays pure.
 import collections.abc
 import dataclasses
 import enum
+import struct
 import types
 import typing
 from typing import Any, Callable, Iterable, Mapping
@@ -75,7 +91,9 @@ from .raft_messages import (
 from .raft_types import Configuration, Entry, HardState, Snapshot, SnapshotMeta
 
 __all__ = [
+    "ATTACHMENT_BYTES_MIN",
     "CODEC_VERSION",
+    "CODEC_VERSION_ATTACHED",
     "Codec",
     "CodecError",
     "EXT_RECORD_HEADER",
@@ -88,11 +106,16 @@ __all__ = [
 ]
 
 CODEC_VERSION = 1
+CODEC_VERSION_ATTACHED = 2     # a body with big bytes values after it (see above)
 EXT_RECORD_HEADER = 1
 # The greatest term a peer may send: leaves 2**63 elections before the 64 unsigned bits
 # a term is stored in run out.
 TERM_MAX = (1 << 63) - 1
+EXT_ATTACHMENT = 2             # in the body: the next attachment, its length as u64
+ATTACHMENT_BYTES_MIN = 64 << 10
 TAG_MAX = 0xFFFF
+_BODY_LENGTH = struct.Struct(">I")
+_ATTACHMENT_LENGTH = struct.Struct(">Q")
 
 
 class CodecError(Exception):
@@ -291,16 +314,26 @@ def _compile(hint: Any) -> Converter:
 
 
 class _Decoding:
-    """Hooks for one decode call; counts markers so a stray one is caught."""
+    """Hooks for one decode call; counts markers so a stray one is caught, and hands out
+    the message's attachments in order."""
 
-    __slots__ = ("codec", "markers_made", "markers_used")
+    __slots__ = ("attachments", "attachments_used", "codec", "markers_made", "markers_used")
 
-    def __init__(self, codec: "Codec") -> None:
+    def __init__(self, codec: "Codec", attachments: memoryview | None = None) -> None:
         self.codec = codec
         self.markers_made = 0
         self.markers_used = 0
+        self.attachments = attachments
+        self.attachments_used = 0   # bytes of `attachments` handed out so far
 
     def ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_ATTACHMENT and self.attachments is not None and len(data) == _ATTACHMENT_LENGTH.size:
+            (length,) = _ATTACHMENT_LENGTH.unpack(data)
+            start = self.attachments_used
+            if length > len(self.attachments) - start:
+                raise MalformedMessage(f"an attachment of {length} bytes runs past the message's end")
+            self.attachments_used = start + length
+            return bytes(self.attachments[start:start + length])   # the one copy on this side
         if code != EXT_RECORD_HEADER or len(data) != 2:
             raise MalformedMessage(f"unknown ext type {code} ({len(data)} bytes)")
         tag = int.from_bytes(data, "big")
@@ -396,33 +429,70 @@ class Codec:
     def registered(self) -> dict[int, type]:
         return {tag: spec.cls for tag, spec in sorted(self._by_tag.items())}
 
-    def _default(self, value: Any) -> Any:
+    def _record(self, value: Any, attachments: list[bytes] | None) -> Any:
+        """msgpack's `default`: a registered dataclass as [header, field values...], its
+        big bytes values moved to `attachments` (when given) with a placeholder."""
         spec = self._by_type.get(type(value))
         if spec is None:
             raise UnregisteredType(f"cannot encode {type(value).__name__}: not a registered message class")
-        return [spec.header, *(getattr(value, field_spec.name) for field_spec in spec.fields)]
+        values = [spec.header]
+        for field_spec in spec.fields:
+            field_value = getattr(value, field_spec.name)
+            if attachments is not None and type(field_value) is bytes and len(field_value) >= ATTACHMENT_BYTES_MIN:
+                attachments.append(field_value)
+                field_value = msgpack.ExtType(EXT_ATTACHMENT, _ATTACHMENT_LENGTH.pack(len(field_value)))
+            values.append(field_value)
+        return values
 
-    def encode(self, message: Any) -> bytes:
-        """`message` as bytes: the version byte, then msgpack."""
+    def _pack(self, message: Any, attachments: list[bytes] | None) -> bytes:
         try:
-            body = msgpack.packb(message, default=self._default, use_bin_type=True, datetime=False)
+            return msgpack.packb(message, default=lambda value: self._record(value, attachments),
+                                 use_bin_type=True, datetime=False)
         except CodecError:
             raise
         except Exception as error:  # OverflowError, ValueError (nesting too deep), TypeError
             raise UnregisteredType(f"cannot encode {type(message).__name__}: {error}") from None
-        return bytes((CODEC_VERSION,)) + body
+
+    def encode(self, message: Any) -> bytes:
+        """`message` as bytes: the version byte, then msgpack (every value inline)."""
+        return bytes((CODEC_VERSION,)) + self._pack(message, None)
+
+    def encode_parts(self, message: Any) -> list[bytes]:
+        """`message` as parts whose concatenation `decode` reads: one part when it holds
+        no big bytes value (exactly `encode`'s bytes), else the head (version, body
+        length, body) and then each big value itself, not copied (see the module
+        docstring)."""
+        attachments: list[bytes] = []
+        body = self._pack(message, attachments)
+        if not attachments:
+            return [bytes((CODEC_VERSION,)) + body]
+        if len(body) > 0xFFFFFFFF:
+            raise UnregisteredType(f"cannot encode {type(message).__name__}: its body is above 4 GiB")
+        return [bytes((CODEC_VERSION_ATTACHED,)) + _BODY_LENGTH.pack(len(body)) + body, *attachments]
 
     def decode(self, data: bytes | bytearray | memoryview) -> Any:
         """The message `data` holds; raises a CodecError subclass, never anything else."""
         if len(data) < 2:
             raise MalformedMessage(f"{len(data)} bytes is too short for a message")
         version = data[0]
-        if version != CODEC_VERSION:
-            raise UnsupportedVersion(f"codec version {version} (this node reads version {CODEC_VERSION})")
-        decoding = _Decoding(self)
+        view = memoryview(data)
+        if version == CODEC_VERSION:
+            body, attachments = view[1:], None
+        elif version == CODEC_VERSION_ATTACHED:
+            if len(view) < 1 + _BODY_LENGTH.size:
+                raise MalformedMessage(f"{len(data)} bytes is too short for a message")
+            (body_length,) = _BODY_LENGTH.unpack_from(view, 1)
+            body_start = 1 + _BODY_LENGTH.size
+            if body_length > len(view) - body_start:
+                raise MalformedMessage(f"a body of {body_length} bytes runs past the message's end")
+            body, attachments = view[body_start:body_start + body_length], view[body_start + body_length:]
+        else:
+            raise UnsupportedVersion(
+                f"codec version {version} (this node reads versions {CODEC_VERSION} and {CODEC_VERSION_ATTACHED})")
+        decoding = _Decoding(self, attachments)
         try:
             value = msgpack.unpackb(
-                memoryview(data)[1:],
+                body,
                 use_list=False,
                 raw=False,
                 strict_map_key=False,
@@ -435,6 +505,8 @@ class Codec:
             raise MalformedMessage(f"undecodable message: {type(error).__name__}: {error}") from None
         if decoding.markers_made != decoding.markers_used:
             raise MalformedMessage("a record header outside the head of an array")
+        if attachments is not None and decoding.attachments_used != len(attachments):
+            raise MalformedMessage(f"{len(attachments) - decoding.attachments_used} bytes after the last attachment")
         if self._messages is not None and type(value) not in self._messages:
             raise MalformedMessage(f"a {type(value).__name__} is not a message")
         return value

@@ -60,8 +60,10 @@ __all__ = [
     "decode_metadata",
     "decode_snapshot",
     "encode_batch",
+    "encode_batch_pieces",
     "encode_commit_hint",
     "encode_entry",
+    "encoded_entry_bytes",
     "encode_metadata",
     "encode_segment_header",
     "encode_snapshot",
@@ -210,18 +212,85 @@ class EncodedBatch:
     record: bytes
     entry_offsets: tuple[int, ...]  # relative to the start of the record
 
-    def layout(self, start: int, first_index: int) -> BatchLayout:
+    def layout(self, start: int, first_index: int, *, record_bytes: int | None = None) -> BatchLayout:
         return BatchLayout(
             first_index=first_index,
             last_index=first_index + len(self.entry_offsets) - 1,
             start=start,
-            end=start + len(self.record),
+            end=start + (len(self.record) if record_bytes is None else record_bytes),
             entry_offsets=tuple(start + offset for offset in self.entry_offsets),
         )
 
 
 def encode_entry(entry: Entry) -> bytes:
     return msgpack.packb([entry.term, entry.index, int(entry.kind), bytes(entry.data)], use_bin_type=True)
+
+
+def _entry_prefix(entry: Entry) -> bytes:
+    """encode_entry's bytes before the entry's data."""
+    packer = msgpack.Packer()
+    return (packer.pack_array_header(4) + packer.pack(entry.term) + packer.pack(entry.index)
+            + packer.pack(int(entry.kind)) + msgpack_bin_header(len(entry.data)))
+
+
+def encoded_entry_bytes(entry: Entry) -> int:
+    """len(encode_entry(entry)), without encoding it."""
+    return len(_entry_prefix(entry)) + len(entry.data)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPieces:
+    """One batch record (encode_batch's bytes) as pieces to write one after the other:
+    an entry's data is not copied, and no piece is above the size asked for, unless
+    every piece is small (then there is one, the whole record)."""
+
+    pieces: tuple[bytes | memoryview, ...]
+    record_bytes: int
+    entry_offsets: tuple[int, ...]  # relative to the start of the record
+
+    def layout(self, start: int, first_index: int) -> BatchLayout:
+        return EncodedBatch(b"", self.entry_offsets).layout(start, first_index, record_bytes=self.record_bytes)
+
+
+def encode_batch_pieces(entries: Iterable[Entry], piece_bytes_max: int) -> BatchPieces:
+    """encode_batch(entries).record as pieces of at most `piece_bytes_max` bytes (views
+    of the entries' data where they are big). Writing a 63 MB entry's batch as one
+    record cost three copies and one write of it on the node's event loop (~0.5 s, and
+    the write's copy into the page cache inside io_submit another 0.1-0.3 s); in pieces,
+    the data is not copied here and each piece is its own bounded write."""
+    entries = list(entries)
+    array_header = msgpack.Packer().pack_array_header(len(entries))
+    parts: list[bytes | memoryview] = [array_header]
+    offsets, position = [], RECORD_HEADER_BYTES + len(array_header)
+    for entry in entries:
+        prefix = _entry_prefix(entry)
+        offsets.append(position)
+        position += len(prefix) + len(entry.data)
+        parts.append(prefix)
+        parts.append(entry.data)
+    length = position - RECORD_HEADER_BYTES
+    checksum = zlib.crc32(length.to_bytes(4, "little"))
+    for part in parts:
+        checksum = zlib.crc32(part, checksum)
+    pieces: list[bytes | memoryview] = []
+    small: list[bytes | memoryview] = [record_header(length, checksum)]
+    small_bytes = RECORD_HEADER_BYTES
+    for part in parts:
+        if small_bytes + len(part) <= piece_bytes_max:
+            small.append(part)
+            small_bytes += len(part)
+            continue
+        if small:
+            pieces.append(b"".join(small))
+            small, small_bytes = [], 0
+        if len(part) <= piece_bytes_max:
+            small, small_bytes = [part], len(part)
+            continue
+        view = memoryview(part)
+        pieces.extend(view[start:start + piece_bytes_max] for start in range(0, len(view), piece_bytes_max))
+    if small:
+        pieces.append(b"".join(small))
+    return BatchPieces(tuple(pieces), position, tuple(offsets))
 
 
 def encode_batch(entries: Iterable[Entry], encoded: Iterable[bytes] | None = None) -> EncodedBatch:
@@ -235,7 +304,13 @@ def encode_batch(entries: Iterable[Entry], encoded: Iterable[bytes] | None = Non
     for blob in blobs:
         offsets.append(position)
         position += len(blob)
-    return EncodedBatch(encode_record(array_header + b"".join(blobs)), tuple(offsets))
+    # encode_record's bytes, built with one copy of the blobs, not three: a 63 MB entry's
+    # batch took ~390 ms on the leader's loop, in copies.
+    length = position - RECORD_HEADER_BYTES
+    checksum = zlib.crc32(array_header, zlib.crc32(length.to_bytes(4, "little")))
+    for blob in blobs:
+        checksum = zlib.crc32(blob, checksum)
+    return EncodedBatch(b"".join((record_header(length, checksum), array_header, *blobs)), tuple(offsets))
 
 
 def encode_metadata(version: int, hard_state: HardState) -> bytes:

@@ -393,7 +393,7 @@ def test_heartbeats_overtake_a_20_mb_append():
 def test_limits_bounded_queue_oversized_messages_and_reconnect_with_backoff():
     async def scenario():
         config = Config(election_timeout_ms=1000.0, heartbeat_interval_ms=100.0, outbound_queue_messages_max=10,
-                        message_bytes_max=2 << 20, append_batch_bytes_max=1 << 20)
+                        message_bytes_max=2 << 20, append_batch_bytes_max=1 << 20, transaction_bytes_max=1 << 20)
         inbox = Inbox()
         # A peer that is not listening yet: its address is reserved and closed.
         reserved = socket.socket()
@@ -466,7 +466,9 @@ def test_first_word_routing_and_hostile_peers():
             await writer.drain()
 
         inbox = Inbox()
-        config = Config(election_timeout_ms=1000.0, heartbeat_interval_ms=100.0, message_bytes_max=1 << 20, append_batch_bytes_max=1 << 20)
+        # Peers may send max(message_bytes_max, transaction_bytes_max + append_batch_bytes_max): 1 MiB here.
+        config = Config(election_timeout_ms=1000.0, heartbeat_interval_ms=100.0, message_bytes_max=1 << 20,
+                        append_batch_bytes_max=1 << 19, transaction_bytes_max=1 << 19)
         node = Transport(node_id=1, address="127.0.0.1:0", config=config, on_peer_message=inbox, client_protocol_handler=dqlite_handler)
         await node.listen()
         try:

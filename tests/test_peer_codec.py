@@ -14,7 +14,8 @@ from hypothesis import given, settings, strategies as st
 from raftlite.actors.database import QueryResult
 from raftlite.actors.raft_node import Read as ReadRequest
 from raftlite.core.peer_codec import (
-    CODEC_VERSION, RAFT_CODEC, Codec, CodecError, MalformedMessage, UnknownTag, UnregisteredType, UnsupportedVersion,
+    CODEC_VERSION, CODEC_VERSION_ATTACHED, RAFT_CODEC, Codec, CodecError, MalformedMessage, UnknownTag, UnregisteredType,
+    UnsupportedVersion,
 )
 from raftlite.core.raft_messages import AppendRequest, HeartbeatRequest, SnapshotChunk, VoteRequest
 from raftlite.core.raft_types import Configuration, Entry, EntryKind, Role, SnapshotMeta
@@ -108,7 +109,7 @@ def _record(tag, *values):
 @pytest.mark.parametrize("payload, error", [
     (b"", MalformedMessage),
     (b"\x01", MalformedMessage),
-    (bytes([CODEC_VERSION + 1]) + msgpack.packb(1), UnsupportedVersion),
+    (bytes([CODEC_VERSION_ATTACHED + 1]) + msgpack.packb(1), UnsupportedVersion),
     (_record(999, 1), UnknownTag),
     (_record(1, "not an int", 1, 1), MalformedMessage),          # VoteRequest.term
     (_record(1, True, 1, 1), MalformedMessage),                  # a bool is not an int
