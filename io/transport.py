@@ -48,10 +48,13 @@ small message queued meanwhile into one write; the link's task dials, fragments 
 messages, and takes over the small ones while the connection's write buffer is above
 its limit (asyncio's high-water mark) or the connection has ended.
 
-Each peer's outbound queue is bounded (`Config.outbound_queue_messages_max` messages
-and `TransportSettings.outbound_queue_bytes_max` bytes; one message is always accepted
-into an empty queue). When full, new messages are dropped: raft retransmits, and a
-stopped peer (SIGSTOP) costs at most the bound in memory. While a peer is unreachable
+Each peer's outbound queue is bounded (`Config.outbound_queue_messages_max` messages,
+and `TransportSettings.outbound_queue_bytes_max` bytes for small messages and as many
+for large ones; one large message is always accepted when no other waits). When full,
+new messages are dropped: raft retransmits, and a stopped peer (SIGSTOP) costs at most
+the bound in memory. The budgets are apart because one shared budget dropped every
+heartbeat queued behind a 105 MB append for the 1.3 s it took to send, and the leader
+lost its quorum (check-quorum) with its followers up and reading. While a peer is unreachable
 its link reconnects with capped exponential backoff and full jitter; a large message
 cut by a broken connection is dropped, not resumed (the receiver dropped its part).
 A dead remote is noticed when its side of the connection reaches end-of-file.
@@ -259,6 +262,7 @@ class _PeerLink:
         self.current: _LargeMessage | None = None   # the large message being fragmented
         self.queued_messages = 0
         self.queued_bytes = 0
+        self.large_queued_bytes = 0   # of queued_bytes, in large messages (the current one included)
         self.wake = asyncio.Event()
         self.connected = False
         self.closing = False
@@ -271,14 +275,22 @@ class _PeerLink:
 
     def enqueue(self, parts: list[bytes], total_bytes: int) -> bool:
         transport = self.transport
-        if self.queued_messages and (
-            self.queued_messages >= transport.config.outbound_queue_messages_max
-            or self.queued_bytes + total_bytes > transport.settings.outbound_queue_bytes_max
-        ):
+        bytes_max = transport.settings.outbound_queue_bytes_max
+        large = total_bytes > transport.settings.fragment_bytes
+        # Small and large messages have a byte budget each, so a 100 MB append (always
+        # accepted when no other large message waits) never makes the heartbeats queued
+        # behind it be dropped: they overtake it between two fragments.
+        if large:
+            refused = self.large_queued_bytes and self.large_queued_bytes + total_bytes > bytes_max
+        else:
+            small_bytes = self.queued_bytes - self.large_queued_bytes
+            refused = small_bytes and small_bytes + total_bytes > bytes_max
+        if refused or (self.queued_messages and self.queued_messages >= transport.config.outbound_queue_messages_max):
             return False
         self.queued_messages += 1
         self.queued_bytes += total_bytes
-        if total_bytes > transport.settings.fragment_bytes:
+        if large:
+            self.large_queued_bytes += total_bytes
             self.large.append(_LargeMessage(parts, total_bytes))
             self.wake.set()
         else:
@@ -293,8 +305,10 @@ class _PeerLink:
         return True
 
     def _dequeued(self, payload_bytes: int) -> None:
+        """A large message left the queue (sent, or cut with its connection)."""
         self.queued_messages -= 1
         self.queued_bytes -= payload_bytes
+        self.large_queued_bytes -= payload_bytes
 
     def _flush(self) -> None:
         """Write the waiting small messages (a call_soon callback). Frames are written

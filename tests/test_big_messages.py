@@ -2,17 +2,20 @@
 attachments, a raft log batch written in pieces, and the transport's fragments as views
 of the codec's parts. Fast, no processes: the real-cluster side is test_big_requests.py."""
 
+import asyncio
 import random
+import socket
 
 import pytest
 
+from raftlite.actors.config import Config
 from raftlite.core.peer_codec import (
     ATTACHMENT_BYTES_MIN, CODEC_VERSION, CODEC_VERSION_ATTACHED, RAFT_CODEC, MalformedMessage,
 )
 from raftlite.core.raft_log_format import encode_batch, encode_batch_pieces, encode_entry, encoded_entry_bytes
 from raftlite.core.raft_messages import AppendRequest, HeartbeatRequest, SnapshotChunk
 from raftlite.core.raft_types import Configuration, Entry, EntryKind, Role, SnapshotMeta
-from raftlite.io.transport import _LargeMessage
+from raftlite.io.transport import Transport, TransportSettings, _LargeMessage
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,3 +90,26 @@ def test_the_transport_fragments_a_large_message_as_views_of_its_parts():
         fragments.append(fragment)
     assert b"".join(fragments) == b"".join(parts)
     assert all(fragment.obj is parts[1] for fragment in fragments[1:3])
+
+
+def test_a_queued_big_append_never_makes_the_heartbeats_behind_it_be_dropped():
+    """One byte budget for both dropped every heartbeat queued behind a 105 MB append
+    while it was sent (1.3 s), and the leader lost its quorum."""
+
+    async def scenario():
+        reserved = socket.socket()   # a peer that is not listening: everything stays queued
+        reserved.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{reserved.getsockname()[1]}"
+        reserved.close()
+        sender = Transport(node_id=1, address="127.0.0.1:0", config=Config(), on_peer_message=lambda *_: None,
+                           settings=TransportSettings(outbound_queue_bytes_max=1 << 20, reconnect_delay_ms=1000))
+        sender.set_peers({2: address})
+        try:
+            assert sender.send(2, append_of(3 << 20))          # above the budget: alone, accepted
+            assert all(sender.send(2, HeartbeatRequest(term=3, commit=0, sequence=n)) for n in range(100))
+            assert not sender.send(2, append_of(1 << 20))      # a second large one waits its turn: dropped
+            assert sender.stats["dropped_queue_full"] == 1
+        finally:
+            await sender.close()
+
+    asyncio.run(scenario())
