@@ -24,10 +24,10 @@ class Config:
     inflight_bytes_max: int = 32 << 20
     # Nothing larger crosses a connection; bigger payloads are chunked.
     message_bytes_max: int = 64 << 20
-    # The biggest transaction (its page images, encoded as one raft entry) the leader
-    # proposes; a bigger one is rolled back and refused with SQLITE_TOOBIG. Peers accept
-    # appends this big (raftlite.io.transport), above message_bytes_max: a transaction is
-    # built from many client requests, each under message_bytes_max.
+    # The biggest transaction (its page images, one raft entry) a leader commits: at
+    # COMMIT, one whose pages spilled to the WAL exceed it is rolled back and refused
+    # with SQLITE_TOOBIG. Peers accept appends up to twice this (raftlite.io.transport),
+    # above message_bytes_max: a transaction is built from many client requests.
     transaction_bytes_max: int = 128 << 20
     # Every queue is bounded.
     outbound_queue_messages_max: int = 4096

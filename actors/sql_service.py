@@ -85,6 +85,7 @@ __all__ = ["SqlService"]
 
 # Primary codes that mean the leader's storage (or memory) failed, not the SQL.
 STORAGE_ERRORS = frozenset({SQLITE_NOMEM, SQLITE_IOERR, SQLITE_FULL})
+SQLITE_TOOBIG = 18
 SESSION_EXPIRED = ("not leader: this connection's SQLite state on the leader is gone (leadership changed, or "
                    "its connections were given up at client_connections_max); reconnect")
 
@@ -236,6 +237,8 @@ class SqlService:
         self.long_reads: deque[_LongRead] = deque()      # SELECTs stepping through their rows
         self.write_owner: Client | None = None     # session holding an open write transaction
         self.write_queue: deque[tuple[Client, Any]] = deque()
+        # Set by the commit hook when it refused a transaction as too big (its size).
+        self.too_big_vetoed: int | None = None
         self.last_executed_index = 0
         self.wal_entries = 0     # transactions run since the last checkpoint
         self.serving = False
@@ -425,6 +428,7 @@ class SqlService:
         # client may turn them off for itself.
         connection.config(apsw.SQLITE_DBCONFIG_ENABLE_FKEY, 1)
         connection.authorizer = _authorizer
+        connection.set_commit_hook(lambda: self._veto_too_big(database))
         if session is None:
             session = self.sessions[client] = _Session()
         session.connections[database] = connection
@@ -564,12 +568,13 @@ class SqlService:
             response: Any = _sql_error(error)
             rows, columns = (), ()
         except apsw.Error as error:
-            if _is_storage_error(error) and capture.wal_write_attempts != wal_writes_before:
+            if _is_storage_error(error) and capture.wal_write_attempts != wal_writes_before and self.too_big_vetoed is None:
                 self._step_down_after_storage_error(client, capture, error)
                 return True
             # An ordinary SQL error: what ran before it (earlier statements of the
             # request) stays committed and is proposed below; the error is the answer.
-            response = _sql_error(error)
+            # A transaction the commit hook refused as too big was rolled back: say why.
+            response = _sql_error(error) if self.too_big_vetoed is None else self._too_big_refusal(capture)
             rows, columns = (), ()
         else:
             if isinstance(message, Query):
@@ -676,6 +681,29 @@ class SqlService:
         elif response is not None:
             # The answer waits for the last of its entries.
             host.answer_when_applied(self.last_executed_index, client, response)
+
+    def _veto_too_big(self, database: str) -> bool:
+        """SQLite's commit hook: True turns the COMMIT into a rollback. A transaction
+        whose pages already spilled to the WAL take more than transaction_bytes_max is
+        refused here, before SQLite publishes it (once published in the leader's WAL, only
+        leadership loss could drop it; and once proposed, peers would refuse its append).
+        The pages still in the connection's cache are not counted (at most its size, 2
+        MiB by default): peers accept entries up to twice the limit for them."""
+        capture = self.captures.get(database)
+        if capture is None:
+            return False
+        spilled = capture.uncommitted_frame_count() * capture.page_size
+        if spilled <= self.ctx.config.transaction_bytes_max:
+            return False
+        self.too_big_vetoed = spilled
+        return True
+
+    def _too_big_refusal(self, capture: Any) -> SqlError:
+        spilled, self.too_big_vetoed = self.too_big_vetoed, None
+        capture.forget_uncommitted()   # the rolled-back transaction's frames: their memory
+        return SqlError(code=SQLITE_TOOBIG, message=(
+            f"transaction too big: its pages take more than {spilled} bytes, above the limit of "
+            f"{self.ctx.config.transaction_bytes_max} bytes (transaction_bytes_max); it was rolled back"))
 
     def _respond_after_commit(self, client: Client, response: Any) -> None:
         """Answer once leadership is confirmed and all this answer could depend on is

@@ -37,9 +37,10 @@ sender copies nothing per follower (an AppendRequest carrying a 63 MB entry took
 ms to encode, per follower, on the leader's loop). A receiver reassembles at most one
 large message per connection, and refuses (closes the connection) when a frame or the
 reassembled message would exceed `Transport.peer_message_bytes_max`, checked from the
-header before the body is read: the larger of `Config.message_bytes_max` and what one
-entry of `Config.transaction_bytes_max` needs (one transaction is one raft entry, and an
-entry is never split across appends).
+header before the body is read: the larger of `Config.message_bytes_max` and twice
+`Config.transaction_bytes_max` (one transaction is one raft entry, an entry is never
+split across appends, and the leader's check of a transaction's size may miss the pages
+still in SQLite's cache).
 
 No task wakes up per message. The receiver reads whatever the socket holds, up to
 256 KiB, and parses every complete frame in it synchronously. A sender's small messages
@@ -578,9 +579,10 @@ class Transport:
         self.host, self.port = parse_address(address)
         self.config = config
         # The biggest message a peer may send: a client request's limit, or one append
-        # carrying an entry of a whole transaction (see the module docstring).
-        self.peer_message_bytes_max = max(config.message_bytes_max,
-                                          config.transaction_bytes_max + config.append_batch_bytes_max)
+        # carrying an entry of a whole transaction (see the module docstring): twice
+        # transaction_bytes_max, as the leader refuses a transaction from the pages it
+        # spilled, not counting those still in SQLite's cache (actors/sql_service.py).
+        self.peer_message_bytes_max = max(config.message_bytes_max, 2 * config.transaction_bytes_max)
         self.on_peer_message = on_peer_message
         self.on_admin_connection = on_admin_connection
         self.client_protocol_handler = client_protocol_handler

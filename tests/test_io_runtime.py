@@ -466,7 +466,7 @@ def test_first_word_routing_and_hostile_peers():
             await writer.drain()
 
         inbox = Inbox()
-        # Peers may send max(message_bytes_max, transaction_bytes_max + append_batch_bytes_max): 1 MiB here.
+        # Peers may send max(message_bytes_max, 2 * transaction_bytes_max): 1 MiB here.
         config = Config(election_timeout_ms=1000.0, heartbeat_interval_ms=100.0, message_bytes_max=1 << 20,
                         append_batch_bytes_max=1 << 19, transaction_bytes_max=1 << 19)
         node = Transport(node_id=1, address="127.0.0.1:0", config=config, on_peer_message=inbox, client_protocol_handler=dqlite_handler)

@@ -31,8 +31,8 @@ def receiver(message_bytes_max=1 << 20, codec=None):
     received = []
     transport = Transport(
         node_id=1, address="127.0.0.1:0", on_peer_message=lambda src, message: received.append(message),
-        # The peer limit is the larger of message_bytes_max and transaction_bytes_max plus
-        # one append batch: here message_bytes_max.
+        # The peer limit is the larger of message_bytes_max and twice transaction_bytes_max:
+        # here message_bytes_max.
         config=Config(message_bytes_max=message_bytes_max, append_batch_bytes_max=min(1 << 20, message_bytes_max // 2),
                       transaction_bytes_max=message_bytes_max // 2),
         **({"codec": codec} if codec is not None else {"codec": BytesCodec()}),
