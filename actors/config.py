@@ -49,6 +49,11 @@ class Config:
     segment_bytes_max: int = 8 << 20
     # A promotion to voter waits at most this long for the node to catch up.
     promotion_timeout_ms: float = 30_000.0
+    # A leader whose storage has been failing (ENOSPC, EIO) this long hands leadership to
+    # its most caught-up voter and steps down: it can neither make entries durable nor
+    # apply them, so its clients would wait for nothing. Long enough for a retry to clear
+    # a passing error, short enough that clients see a new leader inside their timeouts.
+    storage_failure_step_down_ms: float = 2_000.0
     # An interactive transaction with no request for this long is rolled back (it may
     # hold the write lock, and its client may be gone).
     transaction_idle_timeout_ms: float = 30_000.0

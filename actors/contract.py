@@ -17,6 +17,9 @@ commands out, in order:
                                            disk operations; each carries a token and
                                            completes later through on_io_done(token, result)
     Halt(reason)                           stop this node: its durable state is unusable
+    Event(name, level, text, fields)       something an operator should hear of (storage
+                                           failing, leadership handed over): the real
+                                           runtime logs it, the simulator traces it
 
 The same actor therefore runs unchanged under `raftlite.sim` (simpy, simulated time,
 fault injection) and under `raftlite.io` (asyncio, sockets, real files).
@@ -56,6 +59,8 @@ __all__ = [
     "Write",
     "COMMAND_TYPES",
     "DISK_COMMAND_TYPES",
+    "EVENT_LEVELS",
+    "Event",
 ]
 
 NodeId = int
@@ -147,10 +152,25 @@ class Halt:
     reason: str
 
 
+EVENT_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """An operational event: `name` is a stable identifier ("storage-failing"), `text`
+    the sentence a person reads, `fields` its facts for structured logs. Actors cannot
+    log (they do no I/O and must stay deterministic), so they emit this instead."""
+
+    name: str
+    level: str
+    text: str
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
 DiskCommand = Write | Read | Sync | Truncate | Rename | Delete
-Command = Send | Reply | SetTimer | CancelTimer | DiskCommand | Halt
+Command = Send | Reply | SetTimer | CancelTimer | DiskCommand | Halt | Event
 DISK_COMMAND_TYPES = (Write, Read, Sync, Truncate, Rename, Delete)
-COMMAND_TYPES = (Send, Reply, SetTimer, CancelTimer, Halt) + DISK_COMMAND_TYPES
+COMMAND_TYPES = (Send, Reply, SetTimer, CancelTimer, Halt, Event) + DISK_COMMAND_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +256,10 @@ class Context:
 
     def halt(self, reason: str) -> None:
         self.out.append(Halt(reason=reason))
+
+    def event(self, name: str, text: str, *, level: str = "info", **fields: Any) -> None:
+        assert level in EVENT_LEVELS, level
+        self.out.append(Event(name=name, level=level, text=text, fields=fields))
 
     def take_commands(self) -> list:
         """Drain the output buffer (runtime side)."""

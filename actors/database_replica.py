@@ -42,6 +42,9 @@ class DatabaseReplica:
         self.executed_here: dict[int, int] = {}
         # Committed entries that are only in the WAL (not in the main files).
         self.only_in_wal: list[Entry] = []
+        # The WAL was dropped (leadership lost) and `only_in_wal` is still to be written
+        # into the main files: `flush` finishes it (a full disk may interrupt it).
+        self.wal_dropped = False
         # Transactions applied but not yet written, per database: written together by
         # `flush` (the raft node calls it at the end of each apply step), before
         # anything else touches the files.
@@ -73,10 +76,25 @@ class DatabaseReplica:
         return entry.kind != EntryKind.NORMAL or self.executed_here.get(entry.index) == entry.term
 
     def flush(self) -> None:
-        """Write what `apply` held back (see database_files.apply_transactions)."""
+        """Write what `apply` held back (see database_files.apply_transactions), then
+        what a dropped WAL held. An OSError (ENOSPC, EIO) leaves whatever is not written
+        to be written by the next `flush`: the raft node calls it again once the disk
+        takes data (writing a page image twice is harmless)."""
         unwritten, self.unwritten = self.unwritten, {}
-        for database, transactions in unwritten.items():
-            database_files.apply_transactions(self.path(database), transactions)
+        for database in list(unwritten):
+            try:
+                database_files.apply_transactions(self.path(database), unwritten[database])
+            except OSError:
+                # The disk refused (ENOSPC, EIO): what is not written stays to be written,
+                # ahead of anything applied later (the raft node retries after a probe;
+                # writing a page image twice is harmless).
+                self.unwritten = unwritten
+                raise
+            del unwritten[database]
+        while self.wal_dropped and self.only_in_wal:
+            self._write_now(decode_database_entry(self.only_in_wal[0].data))
+            self.only_in_wal.pop(0)
+        self.wal_dropped = False
 
     def apply_steps(self, entry: Entry, step_bytes: int) -> Steps:
         """`apply` of a big entry, as a generator yielding the bytes written per step."""
@@ -93,6 +111,9 @@ class DatabaseReplica:
 
     def _write(self, decoded) -> None:
         self.flush()
+        self._write_now(decoded)
+
+    def _write_now(self, decoded) -> None:
         if isinstance(decoded, CreateDatabase):
             database_files.create_database(self.path(decoded.database), decoded)
             self.databases[decoded.database] = decoded.page_size
@@ -100,12 +121,11 @@ class DatabaseReplica:
             database_files.apply_transaction(self.path(decoded.database), decoded)
 
     def rewrite_wal_only_entries(self) -> None:
-        """After the WAL was dropped: put the committed entries it held into the files."""
-        self.flush()
-        for entry in self.only_in_wal:
-            self._write(decode_database_entry(entry.data))
-        self.only_in_wal.clear()
+        """After the WAL was dropped: put the committed entries it held into the files.
+        What ran here and is not committed is forgotten first: it is in no file now."""
         self.executed_here.clear()
+        self.wal_dropped = True
+        self.flush()
 
     def checkpointed(self) -> None:
         self.only_in_wal.clear()
@@ -116,7 +136,7 @@ class DatabaseReplica:
     def main_files_complete(self) -> bool:
         """The main files hold every entry applied, and nothing run here awaits its
         commit: what a snapshot reads from them is exactly the applied state."""
-        return not self.only_in_wal and not self.executed_here
+        return not self.only_in_wal and not self.executed_here and not self.unwritten
 
     def snapshot(self) -> bytes:
         return _drive(self.snapshot_steps(1 << 62))

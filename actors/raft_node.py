@@ -19,6 +19,12 @@ turns each into commands, honouring the ordering contract of core/raft.py:
 A storage failure (EIO, ENOSPC) stalls persistence: the node retries the same group
 every tick and never acknowledges anything that is not durable; it never reuses a log
 index (the raft core assigns indexes, and a failed group is rewritten byte for byte).
+The state machine's storage failing (SQLite's WAL, a follower writing pages: ENOSPC,
+EIO) stalls applying instead: the entry is applied again, from the start, once a probe
+write to the disk succeeds. Either way the node is *storage-failing*, one state: it
+neither campaigns nor votes, a leader hands leadership to its most caught-up voter
+(at once for the state machine's failure, after `storage_failure_step_down_ms` for the
+log's), and `status` and an `Event` say so.
 Corrupt durable state makes the node refuse to start (`Halt`, naming file and offset).
 
 The application is a component, not a subclass: a `StateMachine` (actors/state_machine.py)
@@ -35,6 +41,7 @@ and applied; if leadership is lost while it is in the log, it fails with
 `LeadershipLost` (outcome unknown); if it never entered the log, with `NotLeader`.
 """
 
+import errno
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Mapping
@@ -72,6 +79,7 @@ def settings_from_config(config) -> RaftSettings:
         inflight_bytes_max=config.inflight_bytes_max,
         snapshot_chunk_bytes=config.snapshot_chunk_bytes,
         promotion_timeout_ticks=max(1, round(config.promotion_timeout_ms / tick_ms)),
+        storage_failure_step_down_ticks=max(1, round(config.storage_failure_step_down_ms / tick_ms)),
     )
 
 
@@ -115,6 +123,12 @@ class RaftNode:
     start_voting_blocked = False
     RETRY_STORAGE = "retry-storage"
     APPLY = "apply"
+    # A write that tells whether the disk takes data again after the state machine's
+    # storage failed (its file is deleted once written).
+    STORAGE_PROBE = "storage-probe"
+    STORAGE_PROBE_DELETED = "storage-probe-deleted"
+    STORAGE_PROBE_FILE = "storage-probe"
+    STORAGE_PROBE_BYTES = 1 << 20
     COMMIT_HINT_WRITTEN = "commit-hint-written"   # token of the hint's (unsynced) write
     # Work applied per handler before yielding to other inputs.
     APPLY_STEP_BYTES = 1 << 20
@@ -177,6 +191,11 @@ class RaftNode:
         self.step_in_progress: tuple[Any, Callable[[Any], None]] | None = None
         self.snapshot_in_progress: int | None = None   # its index, while one is taken
         self.storage_errors = 0
+        self.storage_failing_since_ms: float | None = None   # reported as failing since (an Event)
+        # The errno name while the state machine's storage is failing (cleared by a probe).
+        self.machine_storage_error: str | None = None
+        self.storage_probe_in_flight = False
+        self.step_item: Entry | Snapshot | None = None   # the entry or snapshot `step_in_progress` applies
         self.leading = False
         self.promotion_client: tuple[Client, NodeId] | None = None
         self.commit_hint_written = 0
@@ -215,7 +234,7 @@ class RaftNode:
         raft = self.raft
         if raft is None:
             return
-        raft.storage_failing = self.storage.failed
+        raft.storage_failing = self._storage_failing()
         if self.halted:
             return
         if isinstance(src, Client):
@@ -255,12 +274,16 @@ class RaftNode:
             return
         if timer == self.TICK:
             raft = self._core
-            raft.storage_failing = self.storage.failed
+            raft.storage_failing = self._storage_failing()
             raft.tick()
+            if raft.stepped_aside:
+                self._report_step_aside(f"the raft log's storage has been failing ({self.storage.error}) for "
+                                        f"{self.ctx.config.storage_failure_step_down_ms / 1000:g} s")
             self._check_promotion()
             self.ctx.set_timer(self.TICK, self.ctx.config.heartbeat_interval_ms)
             if self.storage.failed:
                 self.storage.retry()
+            self._probe_storage()
             self._process()
             self._write_commit_hint()   # once a tick at most: it is only a hint
             self._halt_if_removed()
@@ -274,14 +297,101 @@ class RaftNode:
         if token == self.COMMIT_HINT_WRITTEN:
             self.commit_hint_in_flight = False   # a failed hint write is simply retried later
             return
+        if token in (self.STORAGE_PROBE, self.STORAGE_PROBE_DELETED):
+            self._storage_probe_done(token, result)
+            return
         completed = self.storage.on_io_done(token, result)
         if not result.ok and self.storage.failed:
             self.storage_errors += 1   # (an expected ENOENT, e.g. deleting a leftover, is not one)
+        self._report_storage()
         self._groups_completed(completed)
         self._submit_persist()
         self._complete_batches()
         self._process()
         self._halt_if_removed()
+
+    def _storage_failing(self) -> bool:
+        return self.storage.failing or self.machine_storage_error is not None
+
+    def _machine_storage_failed(self, errno_name: str, what: str) -> None:
+        """The state machine's storage failed (`what` says where): stop applying and, as
+        leader, hand leadership over now: this node cannot run or apply writes until a
+        probe shows the disk takes data again (`_probe_storage`)."""
+        self.storage_errors += 1
+        raft = self._core
+        first = self.machine_storage_error is None
+        self.machine_storage_error = errno_name
+        if self.storage_failing_since_ms is None:
+            self.storage_failing_since_ms = self.ctx.now_ms()
+        raft.storage_failing = True
+        if first:
+            disk_full = errno_name == "ENOSPC"
+            self.ctx.event(
+                "disk-full" if disk_full else "storage-failing",
+                f"storage failing: {what} failed with {errno_name}" + (" (the disk is full)" if disk_full else "")
+                + "; applying stalls, and this node neither campaigns nor votes, until a test write succeeds",
+                level="error", errno=errno_name)
+        if raft.state == State.LEADER:
+            raft.step_aside()
+            self._report_step_aside(f"{what} failed with {errno_name}")
+
+    def _probe_storage(self) -> None:
+        """Once the state machine's storage has failed for `storage_failure_step_down_ms`
+        (a hold-down, so a node whose disk is still nearly full does not take leadership
+        back at once), write STORAGE_PROBE_BYTES each tick until a write succeeds."""
+        if self.machine_storage_error is None or self.storage_probe_in_flight:
+            return
+        since = present(self.storage_failing_since_ms, "machine storage failing with no start time")
+        if self.ctx.now_ms() - since < self.ctx.config.storage_failure_step_down_ms:
+            return
+        self.storage_probe_in_flight = True
+        self.ctx.write(self.STORAGE_PROBE, self.STORAGE_PROBE_FILE, 0, bytes(self.STORAGE_PROBE_BYTES), durable=True)
+
+    def _storage_probe_done(self, token: Hashable, result: IoResult) -> None:
+        if token == self.STORAGE_PROBE_DELETED:
+            return   # a failed delete leaves a file the next probe overwrites
+        self.storage_probe_in_flight = False
+        if not result.ok or self.machine_storage_error is None:
+            return   # still failing: the next tick probes again
+        self.ctx.delete(self.STORAGE_PROBE_DELETED, self.STORAGE_PROBE_FILE)
+        self.machine_storage_error = None
+        self._report_storage()
+        self._core.storage_failing = self._storage_failing()
+        self.ctx.set_timer(self.APPLY, 0.0)   # resume applying where it stalled
+
+    def _report_storage(self) -> None:
+        """One event when the log's storage starts failing, one when it recovers (not one
+        per retry: `RaftStorage.failing` stays set across retries)."""
+        storage = self.storage
+        if self.machine_storage_error is not None:
+            return   # reported by _machine_storage_failed; recovery is reported once both are healthy
+        if storage.failing and self.storage_failing_since_ms is None:
+            self.storage_failing_since_ms = self.ctx.now_ms()
+            disk_full = storage.error == "ENOSPC"
+            self.ctx.event(
+                "disk-full" if disk_full else "storage-failing",
+                f"storage failing: writing the raft log failed with {storage.error}"
+                + (" (the disk is full)" if disk_full else "")
+                + "; retrying every heartbeat; this node neither campaigns nor votes until a retry succeeds"
+                + (", and as leader it steps down" if self.raft is not None and self.raft.state == State.LEADER else ""),
+                level="error", errno=storage.error)
+        elif not self._storage_failing() and self.storage_failing_since_ms is not None:
+            failed_for_ms = self.ctx.now_ms() - self.storage_failing_since_ms
+            self.storage_failing_since_ms = None
+            self.ctx.event("storage-recovered",
+                           f"storage recovered: writes succeed again, after {failed_for_ms / 1000:.1f} s of failures",
+                           level="info", failed_for_ms=round(failed_for_ms))
+
+    def _report_step_aside(self, why: str) -> None:
+        raft = self._core
+        raft.stepped_aside = False
+        target = raft.stepped_aside_to
+        self.ctx.event(
+            "leader-stepped-down",
+            f"stepped down as leader of term {raft.term}: {why}; "
+            + (f"asked node {target}, the most caught-up voter, to campaign now" if target is not None
+               else "no other voter to hand leadership to"),
+            level="error", term=raft.term, target=target)
 
     def _groups_completed(self, groups) -> None:
         for group in groups:
@@ -437,7 +547,10 @@ class RaftNode:
         if self.leading and not leading:
             self._fail_pending(LeadershipLost("leadership lost: the outcome is unknown"))
             self.leading = False
-            self._machine.leadership_lost()
+            try:
+                self._machine.leadership_lost()
+            except OSError as error:
+                self._apply_failed(error, "writing the committed pages of the dropped WAL")
         elif leading and not self.leading:
             self.leading = True
             self._machine.leadership_gained()
@@ -480,7 +593,31 @@ class RaftNode:
         handler, a big entry, snapshot or restore in several (if the state machine can),
         then yield to the other inputs (heartbeats keep flowing) and go on from a
         zero-delay timer. While a snapshot is being taken nothing is applied: the
-        snapshot must show the state at exactly its index."""
+        snapshot must show the state at exactly its index.
+
+        The state machine's storage failing (an OSError such as ENOSPC or EIO) stalls
+        applying: the entry is put back, to be applied again from its start (applying
+        is idempotent) once a probe write succeeds."""
+        if self.machine_storage_error is not None:
+            return
+        try:
+            self._apply_within_budget()
+        except OSError as error:
+            self._apply_failed(error, "applying committed entries")
+
+    def _apply_failed(self, error: OSError, what: str) -> None:
+        """The state machine's files refused a write: stall (see `_apply_some`)."""
+        if error.errno is None or error.errno == errno.ENOENT:
+            raise error   # not the disk refusing data: a missing file is a broken invariant
+        if self.step_item is not None:
+            self.apply_queue.appendleft(self.step_item)
+            self.step_in_progress, self.step_item = None, None
+        elif self.snapshot_in_progress is not None:
+            self.step_in_progress = None
+            self.snapshot_in_progress = None   # taken again once due and healthy
+        self._machine_storage_failed(errno.errorcode.get(error.errno, str(error.errno)), f"{what} ({error.strerror})")
+
+    def _apply_within_budget(self) -> None:
         budget = self.APPLY_STEP_BYTES
         machine = self._machine
         while budget > 0 and (self.step_in_progress is not None or (self.apply_queue and self.snapshot_in_progress is None)):
@@ -488,8 +625,9 @@ class RaftNode:
                     and isinstance(self.apply_queue[0], Entry) and machine.applies_during_snapshot(self.apply_queue[0])):
                 # An entry that leaves what the snapshot reads untouched need not wait
                 # for it (on a leader: its own transactions, already in its WAL).
-                item = self.apply_queue.popleft()
+                item = self.apply_queue[0]
                 result = machine.apply(item)
+                self.apply_queue.popleft()   # only once applied: a failed apply is retried
                 budget -= max(1, len(item.data))
                 self._applied(item, result)
                 continue
@@ -498,25 +636,29 @@ class RaftNode:
                 try:
                     budget -= next(steps)
                 except StopIteration as finished:
-                    self.step_in_progress = None
+                    self.step_in_progress, self.step_item = None, None
                     finish(finished.value)
                 continue
-            item = self.apply_queue.popleft()
+            item = self.apply_queue[0]
             big = machine.works_in_steps and len(item.data) > self.APPLY_STEP_BYTES
             if isinstance(item, Snapshot):
                 if big:
+                    self.step_item = self.apply_queue.popleft()
                     self.step_in_progress = (machine.restore_steps(item.data, self.APPLY_STEP_BYTES),
                                              lambda _, snapshot=item: self._restored(snapshot))
                     continue
                 machine.restore(item.data)
+                self.apply_queue.popleft()
                 self._restored(item)
                 budget -= len(item.data)
                 continue
             if big:
+                self.step_item = self.apply_queue.popleft()
                 self.step_in_progress = (machine.apply_steps(item, self.APPLY_STEP_BYTES),
                                          lambda result, entry=item: self._applied(entry, result))
                 continue
             result = machine.apply(item)
+            self.apply_queue.popleft()
             budget -= max(1, len(item.data))
             self._applied(item, result)
         machine.flush()   # a state machine may batch the writes of one step (the database does)
@@ -718,6 +860,9 @@ class RaftNode:
             return {}
         status = raft.status()
         status["storage_errors"] = self.storage_errors
+        status["storage_failing"] = self._storage_failing()
+        status["disk_full"] = (self.machine_storage_error == "ENOSPC"
+                               or (self.storage.failing and self.storage.error == "ENOSPC"))
         status.update(self._machine.status())
         return status
 
@@ -796,8 +941,8 @@ class _Host(StateMachineHost):
         del reads[client]
         return True
 
-    def step_down(self) -> None:
-        self._node._core.step_down()
+    def storage_failed(self, errno_name: str, what: str) -> None:
+        self._node._machine_storage_failed(errno_name, what)
 
     @property
     def snapshot_in_progress(self) -> int | None:

@@ -146,6 +146,10 @@ class RaftStorage:
         self._retry_requested = False
         self.failed = False
         self.error: str | None = None              # the errno name of the latest failure
+        # `failed` clears at every retry; `failing` stays set from a failure until the
+        # operation that failed succeeds on a retry: what the node reports and acts on.
+        self.failing = False
+        self._failed_operation: _Operation | None = None
 
         self._metadata_version = recovered.metadata_version
         self._hard_state = recovered.hard_state
@@ -333,6 +337,8 @@ class RaftStorage:
         command = operation.command
         idempotent_miss = isinstance(command, Delete) and result.error == "ENOENT"
         if result.ok or idempotent_miss:
+            if operation is self._failed_operation:
+                self.failing, self._failed_operation = False, None
             volatile = isinstance(command, Write) and not command.durable
             operation.state = _DONE if volatile else _DURABLE
             operation.group.remaining -= 1
@@ -342,6 +348,8 @@ class RaftStorage:
             operation.state = _WAITING
             self.failed = True
             self.error = result.error
+            if not self.failing:
+                self.failing, self._failed_operation = True, operation
         if self._retry_requested and not self._in_flight:
             self._reissue()
         else:
@@ -355,6 +363,7 @@ class RaftStorage:
             "segments": len(self._segments),
             "groups_in_flight": self.groups_in_flight,
             "failed": self.failed,
+            "failing": self.failing,
         }
 
     # -- turning requests into operations -------------------------------------------------------

@@ -53,7 +53,7 @@ they are committed (SQLite's and dqlite's semantics). A storage error (SQLITE_IO
 its extended codes, SQLITE_FULL, SQLITE_NOMEM) met while the request wrote the WAL is
 different: SQLite may have published the commit or not, and the capture may hold a
 transaction SQLite then rolled back (see sqlite_capture). Nothing the request captured
-is proposed; the leader steps down (`StateMachineHost.step_down`), which drops its WAL with its
+is proposed; the leader steps down (`StateMachineHost.storage_failed`), which drops its WAL with its
 connections, so the request certainly did not apply and is answered 10250; writes of
 other clients already proposed end with 10506, as on any leadership loss.
 
@@ -102,6 +102,12 @@ def _end_statement(cursor) -> None:
 
 def _is_storage_error(error: apsw.Error) -> bool:
     return getattr(error, "result", None) in STORAGE_ERRORS
+
+
+def _errno_name(error: apsw.Error) -> str:
+    """The errno an SQLite storage error stands for, as the node reports storage errors."""
+    result = getattr(error, "result", None)
+    return "ENOSPC" if result == SQLITE_FULL else "ENOMEM" if result == SQLITE_NOMEM else "EIO"
 
 
 class _Refused(Exception):
@@ -598,7 +604,7 @@ class SqlService:
         Ready loop, in this same handler) closes every connection and drops the WAL, so the request
         certainly did not apply: 10250. (Its client may retry it on the next leader.)"""
         capture.discard()
-        self.host.step_down()
+        self.host.storage_failed(_errno_name(error), "writing SQLite's WAL")
         self.ctx.reply(client, SqlError(code=NOT_LEADER, message=(
             f"not leader: the leader stepped down after a storage error while writing ({_sql_error(error).message or error.__class__.__name__}, "
             f"code {_sql_error(error).code}); the request was not applied")))
@@ -782,7 +788,7 @@ class SqlService:
                     raise
                 # The WAL is intact, the main file maybe half written: stop leading;
                 # leadership loss rewrites the committed pages from the log's entries.
-                self.host.step_down()
+                self.host.storage_failed(_errno_name(error), "checkpointing SQLite's WAL")
                 return
         machine.checkpointed()
         self.wal_entries = 0

@@ -106,8 +106,11 @@ class StateMachineHost(Protocol):
         `answer_is`; whether one was dropped (the client is not answered)."""
         ...
 
-    def step_down(self) -> None:
-        """Stop leading now (e.g. the leader's storage failed under a write)."""
+    def storage_failed(self, errno_name: str, what: str) -> None:
+        """The state machine's own storage failed (`errno_name`: "ENOSPC", "EIO", ...;
+        `what`: where, for the operator). The node becomes storage-failing (no campaign,
+        no vote), hands leadership over at once if it leads, and stays so until a test
+        write to its disk succeeds."""
         ...
 
     @property

@@ -141,6 +141,8 @@ class RaftSettings:
     # for at most `promotion_timeout_ticks`.
     promotion_lag_entries_max: int = 0
     promotion_timeout_ticks: int = 100
+    # A leader whose storage has failed for this many ticks steps aside (`step_aside`).
+    storage_failure_step_down_ticks: int = 20
     pre_vote: bool = True
     check_quorum: bool = True
     unsafe: UnsafeSwitches = SAFE   # test-only deliberate bugs; see UnsafeSwitches
@@ -228,6 +230,11 @@ class Raft:
         # Set by the runtime while durable storage is failing (EIO, ENOSPC): a node that
         # cannot make a term or a vote durable neither campaigns nor grants votes.
         self.storage_failing = False
+        self.storage_failing_ticks = 0   # consecutive ticks with storage failing
+        # Set when this leader stepped aside for failing storage: the voter it told to
+        # campaign (None: there was none), for the runtime to report; it clears it.
+        self.stepped_aside_to: int | None = None
+        self.stepped_aside = False
         # Set when the leader answered that this node is no longer a member (a `Removed`
         # message): why, for the runtime to log before it stops the node.
         self.removed: str | None = None
@@ -410,7 +417,11 @@ class Raft:
     # Time
 
     def tick(self) -> None:
+        self.storage_failing_ticks = self.storage_failing_ticks + 1 if self.storage_failing else 0
         if self.state == State.LEADER:
+            if self.storage_failing_ticks >= self.settings.storage_failure_step_down_ticks:
+                self.step_aside()
+                return
             self._tick_leader()
         else:
             self.election_elapsed += 1
@@ -590,7 +601,9 @@ class Raft:
                 self._follow(src)
                 self._handle_snapshot_chunk(src, message)
             case TimeoutNow():
-                if self.is_voter and self.state != State.LEADER:
+                # A transfer target campaigns at once, but only if it may campaign at
+                # all: not with failing storage (it could not make its term durable).
+                if self._may_campaign() and self.state != State.LEADER:
                     self._campaign(transfer=True)
             case AppendResponse():
                 if self.state == State.LEADER:
@@ -980,11 +993,23 @@ class Raft:
         self._maybe_commit()
         return index
 
-    def step_down(self) -> None:
-        """Stop leading now, staying in the term (the state machine cannot go on leading,
-        e.g. an I/O error while it executed a write). Another node will be elected."""
-        if self.state == State.LEADER:
-            self._become_follower(self.term, None)
+    def step_aside(self) -> None:
+        """Stop leading because storage is failing (the log's for a while, or the state
+        machine's): entries are neither durable here nor applied, so this node's clients
+        would wait for nothing. Tell the most caught-up other voter to campaign now
+        (TimeoutNow; the lowest id among equals) and step down, staying in the term. This
+        node cannot win it back: while its storage fails it neither campaigns nor votes.
+        With no other voter, it stays follower until storage heals."""
+        if self.state != State.LEADER:
+            return
+        others = [node for node in self.configuration.voters if node != self.id and node in self.progress]
+        self.stepped_aside = True
+        self.stepped_aside_to = None
+        if others:
+            target = max(others, key=lambda node: (self.progress[node].match, -node))
+            self.stepped_aside_to = target
+            self._send(target, TimeoutNow(term=self.term))
+        self._become_follower(self.term, None)
 
     def transfer_leadership(self, target: int) -> None:
         self._require_leader()

@@ -44,7 +44,7 @@ from typing import Any, Callable, Hashable, Mapping
 
 from ..actors.config import Config
 from ..actors.contract import (
-    CancelTimer, Client, Context, Delete, Halt, IoResult, Read, Rename, Reply, Send, SetTimer, Sync, Truncate, Write,
+    CancelTimer, Client, Context, Delete, Event, Halt, IoResult, Read, Rename, Reply, Send, SetTimer, Sync, Truncate, Write,
 )
 from ..core.peer_codec import RAFT_CODEC, Codec
 from ..core.raft import REMOVED_FROM_CLUSTER
@@ -317,6 +317,10 @@ class NodeRuntime:
                         armed[1].cancel()
                 case Write() | Read() | Sync() | Truncate() | Rename() | Delete():
                     self.disk.submit(command)
+                case Event(name=name, level=level, text=text, fields=fields):
+                    # Structured fields ride along in `extra` for a JSON log formatter.
+                    log.log(logging.getLevelName(level.upper()), "node %s: %s", self.node_id, text,
+                            extra={"event": name, "event_fields": dict(fields), "node_id": self.node_id})
                 case Halt(reason=reason):
                     self.halt_reason = reason
                     # Removal is an orderly end (the cluster let this node go), not a fault.

@@ -28,7 +28,7 @@ import simpy
 
 from ..actors.config import Config
 from ..actors.contract import (
-    CancelTimer, Client, Context, DISK_COMMAND_TYPES, Halt, Reply, Send, SetTimer, Write,
+    CancelTimer, Client, Context, DISK_COMMAND_TYPES, Event, Halt, Reply, Send, SetTimer, Write,
 )
 from ..core.invariant import InvariantViolation
 from ..core.raft import State
@@ -214,6 +214,9 @@ class SimNode:
                 sim.call_later(done_at - env.now, self._complete_disk, command, self.incarnation)
             elif command_type is Reply:
                 sim.deliver_reply(self.node_id, command.client, command.response)
+            elif command_type is Event:
+                trace.record(env.now, self.node_id, "event",
+                             {"name": command.name, "level": command.level, "text": command.text, **command.fields})
             elif command_type is Halt:
                 self.state = NodeState.HALTED
                 self.halt_reason = command.reason

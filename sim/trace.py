@@ -16,7 +16,7 @@ __all__ = ["Trace", "format_timeline_line"]
 TIMELINE_EVENTS = frozenset({
     "start", "crash", "restart", "halt", "pause", "resume", "partition", "heal", "clog",
     "unclog", "network", "skew", "drift", "disk-fault", "disk-full", "corrupt", "nemesis",
-    "note", "invariant", "leader",
+    "note", "invariant", "leader", "event",
 })
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, default=repr)
