@@ -169,6 +169,7 @@ STOP_SECONDS = 60
 LEADER_EXTRA_RSS_MAX_BYTES = 64 << 20
 
 
+@pytest.mark.slow   # a minute's stop by design: in `make test-slow`
 @pytest.mark.timeout(240)
 def test_a_follower_stopped_for_a_minute_costs_the_leader_little_memory_and_catches_up(cluster):
     cluster.start()

@@ -20,7 +20,10 @@ from raftlite.core.wire import (
 )
 from raftlite_inprocess import free_ports
 
-FUZZ_CASES = 10_000
+# `make test` runs 2,000 streams (about 11 s); the 10,000 of the original acceptance run
+# live in `make test-slow`.
+FUZZ_CASES = 2_000
+FUZZ_CASES_SLOW = 10_000
 MEMORY_GROWTH_MAX_BYTES = 50 << 20
 
 
@@ -116,14 +119,15 @@ def hostile_streams(draw) -> bytes:
 
 
 @pytest.mark.timeout(600)
-def test_ten_thousand_hostile_streams_neither_crash_the_node_nor_grow_it(node):
+@pytest.mark.parametrize("fuzz_cases", [FUZZ_CASES, pytest.param(FUZZ_CASES_SLOW, marks=pytest.mark.slow)])
+def test_hostile_streams_neither_crash_the_node_nor_grow_it(node, fuzz_cases):
     process, address = node
     for _ in range(200):   # warm up: caches, the first connections, SQLite's page cache
         exchange(address, encode_handshake() + _VALID[0] + _VALID[2])
     baseline = rss_bytes(process.pid)
     cases = 0
 
-    @settings(max_examples=FUZZ_CASES, derandomize=True, database=None,
+    @settings(max_examples=fuzz_cases, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck), deadline=None)
     @given(hostile_streams())
     def one_case(data):
@@ -152,7 +156,7 @@ def test_ten_thousand_hostile_streams_neither_crash_the_node_nor_grow_it(node):
                 assert healthy.query_sql(db, "SELECT 1").rows == ((1,),)
 
     one_case()
-    assert cases >= FUZZ_CASES
+    assert cases >= fuzz_cases
     assert process.poll() is None
     growth = rss_bytes(process.pid) - baseline
     print(f"{cases} cases; node RSS grew by {growth / (1 << 20):.1f} MiB")
