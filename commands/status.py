@@ -36,4 +36,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"  member {member['id']}: {member['role']} at {member['address']}")
     for follower, progress in status.get("followers", {}).items():
         print(f"  follower {follower}: matched {progress['match']}, lag {progress['lag']} entries")
+    storage = "failing" if status.get("storage_failing") else "ok"
+    if status.get("disk_full"):
+        storage += " (disk full)"
+    print(f"  storage {storage}, {status.get('storage_errors', 0)} errors")
+    # Limits hit, failed handshakes, idle clients closed, messages dropped: the counters an
+    # operator acts on (the traffic counters are in --json).
+    refused = {name: count for name, count in sorted(status.get("connections", {}).items())
+               if count and any(word in name for word in ("refused", "failures", "closed", "dropped", "undecodable"))}
+    if refused:
+        print("  connections: " + ", ".join(f"{name} {count}" for name, count in refused.items()))
     return 0

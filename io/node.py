@@ -241,6 +241,7 @@ class Node:
             client_closed_message=SessionClosed(), disk_backend=self.disk_backend, cluster_keys=self.cluster_keys,
         )
         self.wire.runtime = self.runtime
+        self.runtime.connection_stats.append(lambda: self.wire.stats)
         await self.runtime.start()
         self.tasks.append(asyncio.create_task(self._watch_peers(), name=f"peers-{self.node_id}"))
         if joining:

@@ -44,7 +44,8 @@ from typing import Any, Callable, Hashable, Mapping
 
 from ..actors.config import Config
 from ..actors.contract import (
-    CancelTimer, Client, Context, Delete, Event, Halt, IoResult, Read, Rename, Reply, Send, SetTimer, Sync, Truncate, Write,
+    CancelTimer, Client, Context, Delete, Event, Halt, IoResult, Read, Rename, Reply, Send, SetTimer, StatusResponse, Sync,
+    Truncate, Write,
 )
 from ..core.peer_codec import RAFT_CODEC, Codec
 from ..core.raft import REMOVED_FROM_CLUSTER
@@ -127,6 +128,10 @@ class NodeRuntime:
         self.stop_task: asyncio.Task | None = None
         self.stopped = asyncio.Event()
         self.handlers_run = 0
+        # Counters kept outside the actor (sockets refused at a limit, failed peer
+        # handshakes, idle clients closed...): added to every status answer under
+        # "connections", so `raftlite status` shows them. The transport's are added at start.
+        self.connection_stats: list[Callable[[], Mapping[str, int]]] = []
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -302,6 +307,9 @@ class NodeRuntime:
                 case Reply(client=client, response=response):
                     on_reply = self.clients.get(client)
                     if on_reply is not None:
+                        if type(response) is StatusResponse:
+                            response = StatusResponse(node_id=response.node_id,
+                                                      status={**response.status, "connections": self._connections()})
                         on_reply(response)
                 case SetTimer(timer=timer, delay_ms=delay_ms):
                     armed = self.timers.get(timer)
@@ -355,6 +363,14 @@ class NodeRuntime:
 
     # -- introspection -------------------------------------------------------------------
 
+    def _connections(self) -> dict[str, int]:
+        counters: dict[str, int] = {}
+        if self.transport is not None:
+            counters.update(self.transport.stats)
+        for source in self.connection_stats:
+            counters.update(source())
+        return counters
+
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"state": self.state, "address": self.address}
         if self.halt_reason is not None:
@@ -364,4 +380,5 @@ class NodeRuntime:
         actor_status = getattr(self.actor, "status", None)
         if actor_status is not None and self.state == RuntimeState.RUNNING:
             status.update(actor_status())
+        status["connections"] = self._connections()
         return status

@@ -7,10 +7,13 @@ on, and a key rotation node by node keeps writes committing."""
 
 import asyncio
 import os
+import re
 import secrets
 import socket
 import stat
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -292,6 +295,13 @@ def test_a_forged_heartbeat_moves_no_term_in_a_keyed_cluster(keyed_cluster):
     # Refused, and warned about once, not once per forgery.
     log = cluster.nodes[leader].log_text()
     assert log.count("refused an unauthenticated peer connection") == 1, log[-3000:]
+    # ... and every refusal counted, in `raftlite status` (text and JSON).
+    assert cluster.nodes[leader].status()["connections"]["peer_auth_failures"] >= sent
+    shown = subprocess.run([sys.executable, "-m", "raftlite", "status", cluster.address(leader)],
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"connections: .*peer_auth_failures (\d+)", shown.stdout), shown.stdout
+    assert int(re.search(r"peer_auth_failures (\d+)", shown.stdout).group(1)) >= sent
 
 
 @pytest.mark.timeout(60)
