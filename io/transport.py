@@ -13,7 +13,8 @@ what it is (docs/architecture.md §5, as dqlite tells its protocol versions apar
     ADMIN_MAGIC  "rlADMIN1"   raftlite's admin protocol (raftlite.io.admin)
     1 or 0x86104dd760433fe5   dqlite's client protocol, version 1 or legacy (little-endian
                               uint64): handed to `client_protocol_handler(reader, writer,
-                              protocol_version)`; without a handler the connection is closed
+                              protocol_version, roles)` (roles: the certificate's, None
+                              without TLS); without a handler the connection is closed
     anything else             closed
 
 Peers. Each node *dials* one connection to every peer and only ever writes on it; what a
@@ -65,6 +66,10 @@ after the handshake): the server requires and verifies a client certificate sign
 the cluster CA (mutual TLS), and a dialling node verifies the server's certificate and,
 by default, its host name against the address it dialled. `TlsSettings.from_files`
 builds both contexts from PEM files; admin and dqlite clients use `client_context`.
+A certificate grants only its role (raftlite.io.tls_roles: OU=raftlite-node, -admin or
+-client in its subject): after the first word, a connection whose word needs a role the
+certificate lacks (a client certificate on the peer or admin word) is closed, counted in
+`stats["role_refused"]` and logged at WARNING at most once a minute per remote host.
 
 Connection limits. Every connection holds a file descriptor, and a node that runs out of
 them cannot open a raft segment or an SQLite file. So dqlite client connections are
@@ -91,6 +96,8 @@ frame closes that connection, an undecodable message is counted and dropped
 """
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import random
@@ -111,6 +118,7 @@ from .peer_auth import (
     ANSWER_BYTES, HELLO_FIXED_BYTES, PROOF_BYTES, ClusterKeys, PeerAuthError, dialler_finish, dialler_hello, hello_bytes,
     server_answer, server_finish,
 )
+from .tls_roles import CertificateRoles, Operation, RoleGate
 
 __all__ = [
     "DQLITE_PROTOCOL_VERSION", "DQLITE_PROTOCOL_VERSION_LEGACY", "PEER_AUTH_MAGIC", "PEER_MAGIC", "TlsSettings", "Transport",
@@ -147,6 +155,26 @@ _REFUSAL_LINGER_S = 0.5
 # flood beyond it is closed at once, and may see a reset instead of the FAILURE).
 _REFUSALS_LINGERING_MAX = 16
 READ_DISCARD_BYTES = 64 << 10
+# After a message this big was sent or received, glibc's malloc_trim(0) runs once the
+# node has been free of them for MEMORY_TRIM_DELAY_S: a big transaction leaves many
+# freed mid-sized blocks in glibc's heaps (SQLite pages, the page images decoded one by
+# one), which free() keeps for reuse; malloc_trim gives their pages back to the system.
+# (Blocks above glibc's mmap threshold, like an entry's data, go back at once anyway.)
+MEMORY_TRIM_AFTER_BYTES = 16 << 20
+MEMORY_TRIM_DELAY_S = 2.0
+
+
+def _load_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (another C library)."""
+    try:
+        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
+    return function
+
+
+_MALLOC_TRIM = _load_malloc_trim()
 
 
 def client_sockets_default(nofile_soft: int | None = None) -> int:
@@ -166,7 +194,9 @@ _WHOLE, _FRAGMENT, _LAST = 1, 2, 3
 # 128 KiB, so this takes everything it has).
 _READ_CHUNK_BYTES = 256 << 10
 
-ClientProtocolHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+# (reader, writer, protocol version, the certificate's roles: None without TLS)
+ClientProtocolHandler = Callable[
+    [asyncio.StreamReader, asyncio.StreamWriter, int, CertificateRoles | None], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -198,6 +228,9 @@ class TransportSettings:
 class TlsSettings:
     server_context: ssl.SSLContext
     client_context: ssl.SSLContext
+    # A certificate without a raftlite role (OU) grants nothing, instead of counting as
+    # a node's (raftlite.io.tls_roles).
+    require_roles: bool = False
 
     @classmethod
     def from_files(
@@ -208,6 +241,7 @@ class TlsSettings:
         ca_file: str,
         require_client_certificate: bool = True,
         check_hostname: bool = True,
+        require_roles: bool = False,
     ) -> "TlsSettings":
         """Contexts for a node whose certificate (for both serving and dialling) and CA are
         PEM files. ValueError with a one-line message when a file is missing or bad."""
@@ -222,7 +256,7 @@ class TlsSettings:
             raise ValueError(f"TLS files unusable: {error}") from None
         for context in (server, client):
             context.minimum_version = ssl.TLSVersion.TLSv1_2
-        return cls(server_context=server, client_context=client)
+        return cls(server_context=server, client_context=client, require_roles=require_roles)
 
 
 class _LargeMessage:
@@ -443,6 +477,8 @@ class _PeerLink:
                 writer.write(fragment)
                 stats["fragments_sent"] += 1
                 if last:
+                    if self.current.total_bytes >= MEMORY_TRIM_AFTER_BYTES:
+                        self.transport.trim_memory_later()
                     self._dequeued(self.current.total_bytes)
                     self.current = None
                     stats["messages_sent"] += 1
@@ -607,14 +643,17 @@ class Transport:
         self.limit_warned_at: dict[str, float] = {}
         self.limit_refusals_unlogged: dict[str, int] = {}
         self.closed = False
+        self.memory_trim: asyncio.TimerHandle | None = None
         self.stats = {
             key: 0 for key in (
                 "messages_sent", "fragments_sent", "messages_received", "dropped_queue_full", "dropped_too_large",
                 "dropped_unencodable", "dropped_unknown_peer", "dropped_cut", "undecodable", "connections_dialled",
                 "connections_accepted", "connections_refused", "peer_auth_failures", "clients_refused", "admin_refused",
-                "pending_refused",
+                "pending_refused", "memory_trims",
             )
         }
+        # With TLS: what each connection's certificate may do (raftlite.io.tls_roles).
+        self.role_gate = RoleGate(node_id, require_roles=tls.require_roles, stats=self.stats) if tls else None
 
     @property
     def address(self) -> str:
@@ -693,6 +732,13 @@ class Transport:
                     word = await reader.readexactly(8)
             finally:
                 self.pending_sockets -= 1
+            roles: CertificateRoles | None = None
+            if self.role_gate is not None:   # TLS: the certificate must grant what the first word asks for
+                roles = self.role_gate.roles_of(writer.get_extra_info("peercert"))
+                needs = (Operation.PEER if word in (PEER_AUTH_MAGIC, PEER_MAGIC) else Operation.ADMIN if word == ADMIN_MAGIC
+                         else Operation.CLIENT if word in _DQLITE_WORDS else None)
+                if needs is not None and not self.role_gate.admit(roles, needs, _remote_host(writer)):
+                    return
             if word == PEER_AUTH_MAGIC or word == PEER_MAGIC:
                 await self._serve_peer(reader, writer, authenticated=word == PEER_AUTH_MAGIC)
             elif word == ADMIN_MAGIC and self.on_admin_connection is not None:
@@ -711,7 +757,7 @@ class Transport:
                     return
                 self.client_sockets += 1
                 try:
-                    await self.client_protocol_handler(reader, writer, _DQLITE_WORDS[word])
+                    await self.client_protocol_handler(reader, writer, _DQLITE_WORDS[word], roles)
                 finally:
                     self.client_sockets -= 1
             else:
@@ -836,7 +882,24 @@ class Transport:
             log.warning("node %s: dropping an undecodable message from peer %s: %s", self.node_id, peer, error)
             return
         self.stats["messages_received"] += 1
+        if len(payload) >= MEMORY_TRIM_AFTER_BYTES:
+            self.trim_memory_later()
         self.on_peer_message(peer, message)
+
+    def trim_memory_later(self) -> None:
+        """malloc_trim(0) once MEMORY_TRIM_DELAY_S have passed without another call
+        (see MEMORY_TRIM_AFTER_BYTES): after the big message has been applied and let go."""
+        if _MALLOC_TRIM is None or self.closed:
+            return
+        if self.memory_trim is not None:
+            self.memory_trim.cancel()
+        self.memory_trim = asyncio.get_running_loop().call_later(MEMORY_TRIM_DELAY_S, self._trim_memory)
+
+    def _trim_memory(self) -> None:
+        self.memory_trim = None
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
+            self.stats["memory_trims"] += 1
 
     # -- shutdown ------------------------------------------------------------------------
 
@@ -844,6 +907,8 @@ class Transport:
         if self.closed:
             return
         self.closed = True
+        if self.memory_trim is not None:
+            self.memory_trim.cancel()
         if self.server is not None:
             self.server.close()
         links, self.links = list(self.links.values()), {}

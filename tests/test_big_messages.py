@@ -113,3 +113,22 @@ def test_a_queued_big_append_never_makes_the_heartbeats_behind_it_be_dropped():
             await sender.close()
 
     asyncio.run(scenario())
+
+
+def test_a_big_message_received_is_followed_by_one_malloc_trim(monkeypatch):
+    import raftlite.io.transport as transport_module
+    if transport_module._MALLOC_TRIM is None:
+        pytest.skip("not glibc: no malloc_trim")
+    monkeypatch.setattr(transport_module, "MEMORY_TRIM_DELAY_S", 0.05)
+
+    async def scenario():
+        received = []
+        receiver = Transport(node_id=2, address="127.0.0.1:0", config=Config(), on_peer_message=lambda *m: received.append(m))
+        payload = b"".join(RAFT_CODEC.encode_parts(append_of(transport_module.MEMORY_TRIM_AFTER_BYTES)))
+        receiver._deliver(1, payload)
+        receiver._deliver(1, payload)   # a second one within the delay: still one trim, later
+        await asyncio.sleep(0.3)
+        assert len(received) == 2 and receiver.stats["memory_trims"] == 1
+        await receiver.close()
+
+    asyncio.run(scenario())
