@@ -56,6 +56,11 @@ How each request is answered:
                              the target leads or `transfer_timeout_ms` has passed
     DESCRIBE, WEIGHT         this node's failure domain and weight (`NodeMetadata`)
 
+Membership requests (ADD, ASSIGN, REMOVE, TRANSFER, WEIGHT) are refused on a connection
+whose TLS certificate lacks the role for them (`membership_refused` holds why, from
+io/tls_roles.py; None without TLS, as in dqlite): FAILURE SQLITE_AUTH (23) with that
+reason, and nothing reaches the actor.
+
 Bad input never reaches the actor: bytes that break the protocol (an unknown type, a
 body that does not decode) get one FAILURE with dqlite's protocol code, after the
 answers to every request before them, and the connection is closed. A request whose
@@ -86,7 +91,7 @@ from ..core.wire import (
     WeightRequest, WelcomeResponse, WireEncodeError, WireProtocolError, column_value, decode_handshake, encode_response,
 )
 from .database import (
-    Dump, Dumped, Execute, ExecuteResult, Prepare, Prepared, Query, QueryResult, SessionClosed, SqlError,
+    SQLITE_AUTH, Dump, Dumped, Execute, ExecuteResult, Prepare, Prepared, Query, QueryResult, SessionClosed, SqlError,
 )
 from .raft_node import (
     ChangeMembership, ClientError, ClusterDescription, DescribeCluster, ProposeResult, TransferLeadership,
@@ -100,6 +105,10 @@ __all__ = [
 STATEMENTS_PER_CONNECTION_MAX = 4096
 DATABASES_PER_CONNECTION_MAX = 64
 TRANSFER_POLL_MS = 20.0      # how often TRANSFER asks whether the target leads yet
+
+_MEMBERSHIP_REQUEST_NAMES = {
+    AddRequest: "ADD", AssignRequest: "ASSIGN", RemoveRequest: "REMOVE", TransferRequest: "TRANSFER", WeightRequest: "WEIGHT",
+}
 
 _CLIENT_ERROR_CODES = {"not-leader": ErrorCode.NOT_LEADER, "leadership-lost": ErrorCode.LEADERSHIP_LOST}
 
@@ -198,8 +207,11 @@ class DqliteSession:
         heartbeat_timeout_ms: int,
         transfer_timeout_ms: float = 10_000.0,
         metadata: NodeMetadata | None = None,
+        membership_refused: str | None = None,
     ) -> None:
         self.addresses = addresses
+        # Why this connection may not change membership (its certificate's role), or None.
+        self.membership_refused = membership_refused
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
         self.transfer_timeout_ms = transfer_timeout_ms
         self.metadata = metadata if metadata is not None else NodeMetadata()
@@ -403,6 +415,10 @@ class DqliteSession:
                 return [self._send(FailureResponse(code=ErrorCode.TOOBIG, message=(
                     f"request too big: {request.type_name} of {body_bytes} bytes is above the limit of "
                     f"{limit_bytes} bytes (message_bytes_max); nothing was run")))]
+            case AddRequest() | AssignRequest() | RemoveRequest() | TransferRequest() | WeightRequest() \
+                    if self.membership_refused is not None:
+                return [self._send(FailureResponse(
+                    code=SQLITE_AUTH, message=f"{_MEMBERSHIP_REQUEST_NAMES[type(request)]} refused: {self.membership_refused}"))]
             case ExecRequest(db_id=db_id, stmt_id=stmt_id, params=params) | QueryRequest(db_id=db_id, stmt_id=stmt_id, params=params):
                 found = self.statements.get(stmt_id)
                 if found is None or found[0] != db_id:

@@ -11,6 +11,9 @@ module only moves bytes and messages around it, for one connection at a time:
   to `WireServer.serve`; the session is given that word first, then what the socket
   reads, `READ_CHUNK_BYTES` at a time, and only while it `wants_bytes` (it holds at most
   one decoded request beyond the one being answered: TCP backpressure does the rest);
+- with TLS, the transport also hands over the roles of the connection's certificate
+  (io/tls_roles.py); a connection whose roles do not allow membership requests gets a
+  session that refuses them (ADD, ASSIGN, REMOVE, TRANSFER, WEIGHT: SQLITE_AUTH);
 - a connection is one client of the node's actor (the runtime's `open_client`): the
   session's `SubmitRequest`s go to `runtime.submit`, and the runtime calls `_on_reply`
   synchronously from inside the actor's handler, which feeds the reply to the session
@@ -40,6 +43,7 @@ from ..actors.dqlite_session import (
     CloseConnection, DqliteSession, EndSession, NodeMetadata, SendBytes, StartTimer, SubmitRequest,
 )
 from ..core.wire import ErrorCode, FailureResponse, encode_handshake, encode_response
+from .tls_roles import CertificateRoles, Operation
 
 __all__ = ["NodeMetadata", "WireServer"]
 
@@ -83,8 +87,12 @@ class WireServer:
         self.idle_timeout_s = idle_timeout_s
         self.stats = {"idle_closed": 0}
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol_version: int) -> None:
-        connection = _Connection(self, reader, writer)
+    async def serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol_version: int,
+        roles: CertificateRoles | None = None,
+    ) -> None:
+        """Serve one connection; `roles`: its certificate's (None without TLS: everything allowed)."""
+        connection = _Connection(self, reader, writer, roles.refusal(Operation.MEMBERSHIP) if roles is not None else None)
         try:
             await connection.run(protocol_version)
         finally:
@@ -105,7 +113,10 @@ class _Connection:
     wakes it.
     """
 
-    def __init__(self, server: WireServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, server: WireServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+        membership_refused: str | None,
+    ) -> None:
         self.server = server
         self.runtime = server.runtime
         self.reader = reader
@@ -116,7 +127,7 @@ class _Connection:
         self.session = DqliteSession(
             addresses=self.runtime, message_bytes_max=server.message_bytes_max,
             heartbeat_timeout_ms=server.heartbeat_timeout_ms, transfer_timeout_ms=server.transfer_timeout_s * 1000.0,
-            metadata=server.metadata,
+            metadata=server.metadata, membership_refused=membership_refused,
         )
         self.closing = False                                 # the session closed the connection
         self.drain_before_closing = False                    # ... right after answering (a FAILURE)

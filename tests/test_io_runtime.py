@@ -460,8 +460,9 @@ def test_first_word_routing_and_hostile_peers():
     async def scenario():
         seen_versions = []
 
-        async def dqlite_handler(reader, writer, version):
+        async def dqlite_handler(reader, writer, version, roles):   # roles: None without TLS
             seen_versions.append(version)
+            assert roles is None
             writer.write(b"dqlite here")
             await writer.drain()
 
