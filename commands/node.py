@@ -72,6 +72,9 @@ def register(commands) -> None:
                       "(peers and clients must present certificates signed by --tls-ca)")
     node.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     node.add_argument("--tls-ca", metavar="PEM", help="the cluster's CA certificate")
+    node.add_argument("--tls-require-roles", action="store_true",
+                      help="refuse a certificate that carries no raftlite role (OU=raftlite-node, raftlite-admin or "
+                           "raftlite-client); without it such a certificate counts as a node's (full access)")
     node.add_argument("--dial-via", default="", metavar="NODE=HOST:PORT,...",
                       help="dial a peer through a proxy, e.g. toxiproxy: for peer NODE connect to HOST:PORT "
                            "instead of the peer's own address")
@@ -179,10 +182,13 @@ def _cluster_keys(path: str | None, *, bootstrapping: bool) -> ClusterKeys | Non
 def _tls_settings(args: argparse.Namespace) -> TlsSettings | None:
     given = [args.tls_cert, args.tls_key, args.tls_ca]
     if not any(given):
+        if args.tls_require_roles:
+            raise ValueError("--tls-require-roles needs TLS: give --tls-cert, --tls-key and --tls-ca")
         return None
     if not all(given):
         raise ValueError("TLS needs all three of --tls-cert, --tls-key and --tls-ca")
-    return TlsSettings.from_files(certificate_chain_file=args.tls_cert, private_key_file=args.tls_key, ca_file=args.tls_ca)
+    return TlsSettings.from_files(certificate_chain_file=args.tls_cert, private_key_file=args.tls_key, ca_file=args.tls_ca,
+                                  require_roles=args.tls_require_roles)
 
 
 async def _serve(node: Node) -> int:

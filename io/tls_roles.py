@@ -111,7 +111,7 @@ def certificate_roles(peer_certificate: Mapping[str, Any] | None, *, require_rol
     """The roles of a certificate as `ssl.SSLObject.getpeercert()` gives it (None or {}:
     no certificate). See the module docstring for the rules."""
     units: list[str] = []
-    names: list[str] = []
+    common_names: list[str] = []
     for rdn in (peer_certificate or {}).get("subject", ()):
         for attribute in rdn:
             if len(attribute) != 2:
@@ -119,10 +119,10 @@ def certificate_roles(peer_certificate: Mapping[str, Any] | None, *, require_rol
             key, value = attribute
             if key == "organizationalUnitName":
                 units.append(str(value))
-                names.append(f"OU={value}")
             elif key == "commonName":
-                names.append(f"CN={value}")
-    subject = ", ".join(names) if peer_certificate else "(no certificate)"
+                common_names.append(str(value))
+    subject = (", ".join([f"CN={name}" for name in common_names] + [f"OU={unit}" for unit in units])
+               if peer_certificate else "(no certificate)")
     marked_units = [unit for unit in units if unit.startswith(ROLE_UNIT_PREFIX)]
     if not marked_units:
         roles = frozenset() if require_roles else frozenset({CertificateRole.NODE})
