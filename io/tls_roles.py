@@ -39,8 +39,9 @@ protocols stay open to anyone who reaches the address, as in dqlite.
 import enum
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
     "ROLE_UNITS", "CertificateRole", "CertificateRoles", "Operation", "RoleGate", "certificate_roles",

@@ -4,6 +4,7 @@ peer protocol; OU=raftlite-admin may change membership and use the admin protoco
 no peer; OU=raftlite-node may do everything (the nodes themselves use it); a certificate
 without a role counts as a node's unless roles are required."""
 
+import argparse
 import asyncio
 import logging
 import socket
@@ -19,6 +20,7 @@ from raftlite.actors.database import SQLITE_AUTH
 from raftlite.actors.dqlite_session import DqliteSession, SendBytes, SubmitRequest
 from raftlite.cli import main as raftlite_main
 from raftlite.client.connection import Connection, ConnectionBroken, RequestFailed
+from raftlite.commands.node import _tls_settings
 from raftlite.core.raft_types import Role
 from raftlite.core.wire import (
     AddRequest, AssignRequest, FailureResponse, RemoveRequest, ResponseReader, TransferRequest, WeightRequest,
@@ -33,7 +35,7 @@ NODE, ADMIN, CLIENT = "raftlite-node", "raftlite-admin", "raftlite-client"
 
 
 def _subject(*units: str, common_name: str = "x") -> dict:
-    return {"subject": tuple(((("organizationalUnitName", unit),) for unit in units))
+    return {"subject": tuple((("organizationalUnitName", unit),) for unit in units)
             + (((("commonName", common_name),),))}
 
 
@@ -70,8 +72,9 @@ def test_organizational_units_map_to_roles_and_roles_to_operations():
 
 
 class _Addresses:
-    address = "127.0.0.1:1"
-    peers: dict = {}
+    def __init__(self) -> None:
+        self.address = "127.0.0.1:1"
+        self.peers: dict[int, str] = {}
 
 
 @pytest.mark.timeout(10)
@@ -269,9 +272,13 @@ def test_required_roles_refuse_a_certificate_without_one(tmp_path):
 
 
 @pytest.mark.timeout(10)
-def test_require_roles_without_tls_is_a_usage_error(tmp_path, capsys):
+def test_the_require_roles_option(tmp_path, capsys):
     code = raftlite_main(["node", "--id", "1", "--address", "127.0.0.1:1", "--data-dir", str(tmp_path / "n"),
                           "--tls-require-roles"])
     assert code == 2
     assert "--tls-require-roles needs TLS" in capsys.readouterr().err
     assert not (tmp_path / "n").exists()
+    node_tls_settings(trustme.CA(), tmp_path)   # writes ca.pem, chain.pem, key.pem
+    files = {"tls_cert": str(tmp_path / "chain.pem"), "tls_key": str(tmp_path / "key.pem"), "tls_ca": str(tmp_path / "ca.pem")}
+    for flag in (True, False):
+        assert _tls_settings(argparse.Namespace(**files, tls_require_roles=flag)).require_roles is flag

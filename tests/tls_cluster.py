@@ -38,8 +38,7 @@ def node_tls_settings(
     authority.cert_pem.write_to_path(paths["ca"])
     certificate.private_key_pem.write_to_path(paths["key"])
     with open(paths["chain"], "wb") as chain:
-        for blob in certificate.cert_chain_pems:
-            chain.write(blob.bytes())
+        chain.writelines(blob.bytes() for blob in certificate.cert_chain_pems)
     tls = TlsSettings.from_files(certificate_chain_file=paths["chain"], private_key_file=paths["key"], ca_file=paths["ca"],
                                  require_roles=require_roles)
     return tls, paths["ca"]
