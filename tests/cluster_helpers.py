@@ -17,6 +17,7 @@ import ctypes.util
 import os
 import select
 import signal
+import socket
 import struct
 import threading
 import time
@@ -28,7 +29,7 @@ from raftlite.core.wire import WireProtocolError
 from raftlite.process_cluster import ClusterError, NodeProcess
 
 __all__ = ["ClusterError", "IN_DELETE", "KillOnFile", "NodeProcess", "ProcessCluster", "TABLE_SQL", "Writer",
-           "check_history", "check_same_everywhere"]
+           "check_history", "check_same_everywhere", "send_and_read_to_end"]
 
 NOT_LEADER = 10250
 LEADERSHIP_LOST = 10506
@@ -267,3 +268,21 @@ class KillOnFile:
     def cancel(self) -> None:
         self._done.set()
         self._thread.join(2)
+
+
+def send_and_read_to_end(sock, data: bytes) -> bytes:
+    """Send `data` on `sock`, close our side, and read until the node closes (the socket's
+    timeout bounds each read). A node that closed first, refusing, gives b""."""
+    try:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+    except (BrokenPipeError, ConnectionResetError):
+        return b""
+    received = b""
+    try:
+        while chunk := sock.recv(1 << 16):
+            received += chunk
+    except ConnectionResetError:
+        pass
+    return received
+

@@ -11,19 +11,13 @@ from raftlite.sim.raft_checkers import RaftChecker
 from raftlite.sim.run import ACTORS, leader_of
 from raftlite.sim.simulation import Simulation
 from raftlite.sim.trace import Trace
+from sim_helpers import start_database_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def database_cluster(seed=1, nodes=3) -> Simulation:
-    founders = list(range(1, nodes + 1))
-    sim = Simulation(seed=seed, node_ids=founders, actor_factory=ACTORS["database"](founders), scratch_dir=True,
-                     trace=Trace(keep=True))
-    checker = RaftChecker(sim).attach()
-    sim.actor_hooks.append(checker.instrument)
-    sim.start()
-    sim.run_for(3000)
-    return sim
+    return start_database_cluster(seed, nodes)[0]
 
 
 def request(sim, node, message, wait=50.0):

@@ -39,7 +39,7 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from cluster_helpers import TABLE_SQL, ProcessCluster
+from cluster_helpers import TABLE_SQL, ProcessCluster, send_and_read_to_end
 from raftlite.core.peer_codec import CODEC_VERSION, EXT_RECORD_HEADER, RAFT_CODEC, CodecError
 from raftlite.core.raft_messages import (
     AppendRequest, AppendResponse, HeartbeatRequest, HeartbeatResponse, Removed, SnapshotChunk, SnapshotResponse,
@@ -87,23 +87,6 @@ def node(tmp_path):
 
 def _connect(address: str) -> socket.socket:
     return socket.create_connection(parse_address(address), timeout=EXCHANGE_TIMEOUT_S)
-
-
-def _send_and_read_to_end(sock: socket.socket, data: bytes) -> bytes:
-    """Send `data`, close our side, read until the node closes (TimeoutError if it does
-    not within EXCHANGE_TIMEOUT_S)."""
-    try:
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-    except (BrokenPipeError, ConnectionResetError):
-        return b""   # the node closed first
-    received = b""
-    try:
-        while chunk := sock.recv(1 << 16):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    return received
 
 
 def _receive_exactly(sock: socket.socket, count: int) -> bytes:
@@ -368,7 +351,7 @@ def test_without_the_key_nothing_is_stepped_and_the_node_keeps_serving(node):
         nonlocal attempts
         attempts += 1
         with _connect(address) as sock:
-            answer = _send_and_read_to_end(sock, data)
+            answer = send_and_read_to_end(sock, data)
         # At most the handshake's answer comes back (a refusal, or a challenge the
         # sender cannot meet); never a frame.
         assert len(answer) in (0, ANSWER_BYTES), answer.hex()
@@ -391,7 +374,7 @@ def test_with_the_key_fuzzed_frames_reach_the_decoder_and_the_node_stays_up_and_
     for _ in range(50):   # warm up: the first connections, handshakes and decodes
         with _connect(address) as sock:
             _authenticate(sock, keys)
-            _send_and_read_to_end(sock, _frame(WHOLE, RAFT_CODEC.encode(HeartbeatResponse(term=0, sequence=0, last_index=0))))
+            send_and_read_to_end(sock, _frame(WHOLE, RAFT_CODEC.encode(HeartbeatResponse(term=0, sequence=0, last_index=0))))
     baseline = process.rss_bytes()
     cases = 0
     decoded: dict[str, int] = {}   # what the node's decoder made of the delivered payloads
@@ -415,7 +398,7 @@ def test_with_the_key_fuzzed_frames_reach_the_decoder_and_the_node_stays_up_and_
                 _authenticate(sock, keys)
             except (ConnectionError, PeerAuthError) as error:   # the node must always let the key in
                 raise AssertionError(f"handshake failed: {error}\n{process.log_tail(40)}") from None
-            _send_and_read_to_end(sock, stream)
+            send_and_read_to_end(sock, stream)
         if cases % LIMIT_CHECK_EVERY == 0:
             assert process.alive, process.log_tail(40)
             assert process.status() is not None, process.log_tail(40)

@@ -15,25 +15,13 @@ import pytest
 from raftlite.actors import database_files
 from raftlite.actors.database import Execute, ExecuteResult, Open
 from raftlite.sim.database_workload import read_replica
-from raftlite.sim.raft_checkers import RaftChecker
-from raftlite.sim.run import ACTORS, leader_of
+from raftlite.sim.run import leader_of
 from raftlite.sim.simulation import Simulation
-from raftlite.sim.trace import Trace
+from sim_helpers import start_database_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
 SEEDS = range(1, 6)
-
-
-def database_cluster(seed: int) -> tuple[Simulation, RaftChecker]:
-    founders = [1, 2, 3]
-    sim = Simulation(seed=seed, node_ids=founders, actor_factory=ACTORS["database"](founders), scratch_dir=True,
-                     trace=Trace(keep=True))
-    checker = RaftChecker(sim).attach()
-    sim.actor_hooks.append(checker.instrument)
-    sim.start()
-    sim.run_for(3000)
-    return sim, checker
 
 
 def write(sim: Simulation, node: int, sql: str, wait_ms: float = 20.0):
@@ -75,7 +63,7 @@ class RefusingDisk:
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_follower_whose_files_refuse_writes_stalls_reports_and_catches_up(seed, monkeypatch):
     disk = RefusingDisk(monkeypatch)
-    sim, checker = database_cluster(seed)
+    sim, checker = start_database_cluster(seed)
     leader = leader_of(sim)
     follower = min(node for node in sim.node_ids if node != leader)
     sim.submit(leader, Open(database="app"))
@@ -120,7 +108,7 @@ def test_a_leader_whose_files_refuse_writes_hands_leadership_over_and_does_not_t
     campaign, so it does not lead again; writes go on at the new leader; it catches up
     once the disk takes data."""
     disk = RefusingDisk(monkeypatch, errno.EIO)
-    sim, checker = database_cluster(seed)
+    sim, checker = start_database_cluster(seed)
     leader = leader_of(sim)
     sim.submit(leader, Open(database="app"))
     sim.run_for(50)

@@ -18,6 +18,7 @@ from raftlite.core.wire import (
     ExecSqlRequest, OpenRequest, PrepareRequest, QuerySqlRequest, RequestType, ResponseReader, encode_handshake,
     encode_request,
 )
+from cluster_helpers import send_and_read_to_end
 from raftlite_inprocess import free_ports
 
 # `make test` runs 2,000 streams (about 11 s); the 10,000 of the original acceptance run
@@ -68,18 +69,7 @@ def exchange(address: str, data: bytes) -> bytes:
     """Send `data`, close our side, read what comes back until the node closes."""
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            return b""   # the node closed first: a refusal
-        received = b""
-        try:
-            while chunk := sock.recv(1 << 16):
-                received += chunk
-        except ConnectionResetError:
-            pass
-        return received
+        return send_and_read_to_end(sock, data)
 
 
 _VALID = [
