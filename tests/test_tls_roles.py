@@ -198,6 +198,8 @@ def test_each_role_gets_only_its_operations(tmp_path):
         assert stats["role_refused"] == refused_before + 3
         assert stats["peer_auth_failures"] == auth_failures_before   # refused before the key was even asked for
         assert cluster.nodes[leader].status()["connections"]["role_refused"] == refused_before + 3
+        time.sleep(0.3)
+        assert _terms(cluster) == terms and cluster.leader() == leader
 
         # An admin certificate: the admin protocol, ASSIGN and TRANSFER, but not the peer protocol.
         assert isinstance(_admin_status(cluster, admin, leader), StatusResponse)
