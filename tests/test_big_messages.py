@@ -14,6 +14,7 @@ from raftlite.core.peer_codec import (
 )
 from raftlite.core.raft_log_format import encode_batch, encode_batch_pieces, encode_entry, encoded_entry_bytes
 from raftlite.core.raft_messages import AppendRequest, HeartbeatRequest, SnapshotChunk
+from raftlite.core.raft_progress import Progress, ProgressState
 from raftlite.core.raft_types import Configuration, Entry, EntryKind, Role, SnapshotMeta
 from raftlite.io.transport import Transport, TransportSettings, _LargeMessage
 
@@ -132,3 +133,18 @@ def test_a_big_message_received_is_followed_by_one_malloc_trim(monkeypatch):
         await receiver.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("append_bytes, heartbeats_before_presumed_lost", [(1000, 3), (105 << 20, 3 + 26)])
+def test_a_big_append_in_flight_is_given_heartbeats_in_proportion_before_being_presumed_lost(
+        append_bytes, heartbeats_before_presumed_lost):
+    """With 3 heartbeats for any append, a 105 MB append (over a second on loopback) was
+    presumed lost and sent again every time."""
+    progress = Progress(match=9, next=10)
+    progress.become_replicate()
+    progress.sent_append(10, append_bytes)
+    for _ in range(heartbeats_before_presumed_lost):
+        progress.heartbeat_behind_window(9)
+        assert progress.state == ProgressState.REPLICATE
+    progress.heartbeat_behind_window(9)
+    assert progress.state == ProgressState.PROBE and progress.next == 10
